@@ -1,0 +1,80 @@
+# One target per task. `make help` lists them.
+# Everything runs in a project virtualenv (.venv) that the first target needing it creates.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+.PHONY: install
+install: $(STAMP) ## Create .venv and install the project with its dev tools
+
+.PHONY: controlplane
+controlplane: ## Build (or reuse from cache) kube-apiserver, kube-controller-manager and etcd
+	bash hack/build-controlplane.sh >/dev/null
+
+.PHONY: test
+test: install controlplane ## Run every test: unit tests and tests against the local control plane
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+.PHONY: test-unit
+test-unit: install ## Run only the tests that need no control plane
+	$(PY) -m pytest -m 'not controlplane' $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: install ## ruff (lint and format check), mypy --strict, import-linter contracts
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy operator/routemesh_operator sidecar/routemesh_sidecar testing/routemesh_testing hack/verify.py
+	$(VENV)/bin/mypy --config-file pyproject.toml tests
+	$(VENV)/bin/lint-imports
+
+.PHONY: fmt
+fmt: install ## Format the code and apply safe lint fixes
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+.PHONY: verify
+verify: install ## Regenerate generated files (CRDs, chart schema) and fail on drift
+	$(PY) hack/verify.py
+
+.PHONY: cluster-up
+cluster-up: install controlplane ## Start the local control plane by hand (prints the KUBECONFIG to use)
+	PYTHONPATH=testing $(PY) -m routemesh_testing up
+
+.PHONY: cluster-down
+cluster-down: install ## Stop the local control plane started with cluster-up
+	PYTHONPATH=testing $(PY) -m routemesh_testing down
+
+.PHONY: demo
+demo: install controlplane ## Run the demo on the embedded default (not built yet: says so)
+	@echo "The demo (operator, sidecars, fake providers and traces on the local control plane)"
+	@echo "is not built yet. 'make cluster-up' starts the local control plane it will run on."
+	@exit 1
+
+.PHONY: bench
+bench: install ## Run the benchmarks in bench/ and print results for docs/benchmarks.md
+	$(PY) bench/run.py
+
+.PHONY: ci
+ci: ## What CI runs: bash .ci/run
+	bash .ci/run
+
+.PHONY: clean
+clean: ## Remove the virtualenv and caches (not the control-plane binaries)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .localcluster

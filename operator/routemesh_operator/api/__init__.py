@@ -1,0 +1,1 @@
+"""The operator's custom-resource API, one subpackage per version."""
