@@ -41,7 +41,7 @@ lint: install ## ruff (lint and format check), mypy --strict, import-linter cont
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy operator/routemesh_operator sidecar/routemesh_sidecar testing/routemesh_testing hack/verify.py
-	$(VENV)/bin/mypy --config-file pyproject.toml tests
+	$(VENV)/bin/mypy --config-file pyproject.toml tests bench
 	$(VENV)/bin/lint-imports
 
 .PHONY: fmt
@@ -54,12 +54,12 @@ verify: install ## Regenerate generated files (CRDs, chart schema) and fail on d
 	$(PY) hack/verify.py
 
 .PHONY: cluster-up
-cluster-up: install controlplane ## Start the local control plane by hand (prints the KUBECONFIG to use)
-	PYTHONPATH=testing $(PY) -m routemesh_testing up
+cluster-up: ## Start the local control plane by hand (prints the KUBECONFIG to use)
+	bash hack/localcluster.sh up
 
 .PHONY: cluster-down
-cluster-down: install ## Stop the local control plane started with cluster-up
-	PYTHONPATH=testing $(PY) -m routemesh_testing down
+cluster-down: ## Stop the local control plane started with cluster-up
+	bash hack/localcluster.sh down
 
 .PHONY: demo
 demo: install controlplane ## Run the demo on the embedded default (not built yet: says so)
@@ -69,7 +69,7 @@ demo: install controlplane ## Run the demo on the embedded default (not built ye
 
 .PHONY: bench
 bench: install ## Run the benchmarks in bench/ and print results for docs/benchmarks.md
-	$(PY) bench/run.py
+	PYTHONPATH=testing $(PY) bench/run.py
 
 .PHONY: ci
 ci: ## What CI runs: bash .ci/run

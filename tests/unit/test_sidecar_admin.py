@@ -39,3 +39,27 @@ def test_settings_refuse_a_bad_port_with_the_field_name(monkeypatch: pytest.Monk
     monkeypatch.setenv("ROUTEMESH_SIDECAR_ADMIN_PORT", "70000")
     with pytest.raises(ValidationError, match="admin_port"):
         SidecarSettings()
+
+
+@pytest.mark.asyncio
+async def test_sidecar_binds_its_admin_port_and_is_not_ready_without_a_route_table():
+    import aiohttp
+
+    from routemesh_sidecar.app import Sidecar
+    from routemesh_testing.controlplane import free_port
+
+    port = free_port()
+    sidecar = Sidecar(SidecarSettings(admin_port=port))
+    await sidecar.start()
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/readyz") as response,
+        ):
+            assert response.status == 503
+            assert "no route table loaded" in await response.text()
+    finally:
+        await sidecar.stop()
+    with pytest.raises(aiohttp.ClientConnectionError):
+        async with aiohttp.ClientSession() as session:
+            await session.get(f"http://127.0.0.1:{port}/healthz")
