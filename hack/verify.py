@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+from routemesh_testing.controlplane import pinned_versions
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,14 +54,6 @@ STAGING_MODULES = [
 ]
 
 Check = Callable[[bool], list[str]]
-
-
-def pinned_versions() -> dict[str, str]:
-    """Read K8S_VERSION and ETCD_VERSION from hack/versions.sh, the one place they are set."""
-    script = f"source {REPO / 'hack/versions.sh'}; echo $K8S_VERSION $ETCD_VERSION"
-    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
-    k8s, etcd = out.stdout.split()
-    return {"k8s": k8s, "etcd": etcd}
 
 
 def check_controlplane_pins(write: bool) -> list[str]:

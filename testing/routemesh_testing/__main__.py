@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _up(state_dir: Path, crds: list[Path]) -> int:
-    if _read_state(state_dir) is not None and _alive(_read_state(state_dir) or {}):
+    previous = _read_state(state_dir)
+    if previous is not None and _alive(previous):
         print(f"already running; export KUBECONFIG={state_dir / 'kubeconfig'}")
         return 0
     shutil.rmtree(state_dir, ignore_errors=True)

@@ -99,8 +99,9 @@ class Binaries:
     def locate(cls, settings: ControlPlaneSettings) -> Binaries:
         """Find the binaries, or raise `BinariesMissing` saying how to build them."""
         bin_dir = settings.bin_dir or _default_bin_dir()
-        found = {name: bin_dir / name for name in ("kube-apiserver", "kube-controller-manager")}
-        found["etcd"] = bin_dir / "etcd"
+        found = {
+            name: bin_dir / name for name in ("kube-apiserver", "kube-controller-manager", "etcd")
+        }
         missing = [str(p) for p in found.values() if not os.access(p, os.X_OK)]
         if missing:
             raise BinariesMissing(
@@ -120,11 +121,20 @@ class Binaries:
         )
 
 
+def _versions_script(expression: str) -> str:
+    script = f"source {VERSIONS_SCRIPT}; {expression}"
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    return result.stdout.strip()
+
+
 def _default_bin_dir() -> Path:
-    result = subprocess.run(
-        ["bash", str(VERSIONS_SCRIPT), "print"], capture_output=True, text=True, check=True
-    )
-    return Path(result.stdout.strip())
+    return Path(_versions_script("routemesh_controlplane_dir"))
+
+
+def pinned_versions() -> dict[str, str]:
+    """The Kubernetes and etcd versions pinned in hack/versions.sh, the one place they are set."""
+    k8s, etcd = _versions_script("echo $K8S_VERSION $ETCD_VERSION").split()
+    return {"k8s": k8s, "etcd": etcd}
 
 
 def free_port() -> int:

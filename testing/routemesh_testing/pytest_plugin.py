@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from routemesh_testing.controlplane import (
     LocalControlPlane,
 )
 from routemesh_testing.kubectl import Kubectl
+from routemesh_testing.waiting import poll_until
 
 TEST_NAMESPACE_LABEL = "routemesh.dev/test-namespace"
 
@@ -113,13 +113,12 @@ def _namespace_name(test_name: str) -> str:
 def _wait_for_default_service_account(kubectl: Kubectl, namespace: str) -> None:
     # The serviceaccount controller creates it shortly after the namespace; the ServiceAccount
     # admission plugin refuses Pods until it exists.
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        found = kubectl.run("get", "serviceaccount", "default", "-n", namespace, check=False)
-        if found.returncode == 0:
-            return
-        time.sleep(0.1)
-    pytest.fail(f"serviceaccount/default never appeared in namespace {namespace}")
+    found = poll_until(
+        lambda: kubectl.run("get", "serviceaccount", "default", "-n", namespace, check=False),
+        lambda result: result.returncode == 0,
+    )
+    if found.returncode != 0:
+        pytest.fail(f"serviceaccount/default never appeared in namespace {namespace}")
 
 
 def _delete_test_webhooks(kubectl: Kubectl) -> None:

@@ -36,6 +36,7 @@ class TLSWebhookServer:
         self._context.load_cert_chain(cert, key)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.socket = self._context.wrap_socket(self._server.socket, server_side=True)
+        self._closed = False
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="test-webhook", daemon=True
         )
@@ -63,7 +64,10 @@ class TLSWebhookServer:
         self.close()
 
     def close(self) -> None:
-        """Stop serving; later calls from the API server get connection refused."""
+        """Stop serving; later calls from the API server get connection refused. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         self._server.shutdown()
         self._server.server_close()
 

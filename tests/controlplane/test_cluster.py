@@ -6,17 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from routemesh_testing.controlplane import REPO_ROOT, LocalControlPlane
+from routemesh_testing.controlplane import LocalControlPlane, pinned_versions
 from routemesh_testing.kubectl import Kubectl, KubectlError
 from routemesh_testing.pytest_plugin import TEST_NAMESPACE_LABEL
 from routemesh_testing.waiting import poll_until
-
-
-def pinned_kubernetes_version() -> str:
-    script = f"source {REPO_ROOT / 'hack/versions.sh'}; echo $K8S_VERSION"
-    return subprocess.run(
-        ["bash", "-c", script], capture_output=True, text=True, check=True
-    ).stdout.strip()
 
 
 def test_readyz_answers_ok(kubectl: Kubectl):
@@ -25,7 +18,7 @@ def test_readyz_answers_ok(kubectl: Kubectl):
 
 def test_server_runs_the_pinned_version(kubectl: Kubectl):
     version = yaml.safe_load(kubectl.run("version", "-o", "yaml").stdout)
-    assert version["serverVersion"]["gitVersion"] == pinned_kubernetes_version()
+    assert version["serverVersion"]["gitVersion"] == pinned_versions()["k8s"]
 
 
 def test_python_client_reads_the_same_cluster(kube_api_client, namespace: str):
