@@ -108,7 +108,7 @@ class Binaries:
                 "the local control plane is not built: missing "
                 + ", ".join(missing)
                 + f". Build it with `bash {BUILD_SCRIPT.relative_to(REPO_ROOT)}` "
-                "(or `make controlplane`); it takes about 15 minutes cold on 2 cores."
+                "(or `make controlplane`); it takes about 5 minutes cold on 2 cores."
             )
         kubectl = shutil.which(settings.kubectl) or shutil.which(str(bin_dir / "kubectl"))
         if kubectl is None:
