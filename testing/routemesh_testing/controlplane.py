@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from routemesh_testing.kubectl import Kubectl
@@ -66,10 +66,12 @@ class BinariesMissing(ControlPlaneError):
 class ControlPlaneSettings(BaseSettings):
     """Where the harness finds its binaries and how long it waits. Read from the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="ROUTEMESH_CONTROLPLANE_")
+    model_config = SettingsConfigDict(env_prefix="ROUTEMESH_CONTROLPLANE_", populate_by_name=True)
 
     bin_dir: Path | None = Field(
         default=None,
+        # KUBEBUILDER_ASSETS too, so that developers who have envtest's binaries can reuse them.
+        validation_alias=AliasChoices("ROUTEMESH_CONTROLPLANE_BIN_DIR", "KUBEBUILDER_ASSETS"),
         description="Directory holding kube-apiserver, kube-controller-manager and etcd. "
         "Defaults to the cache directory that hack/build-controlplane.sh writes.",
     )
@@ -128,7 +130,14 @@ def _versions_script(expression: str) -> str:
 
 
 def _default_bin_dir() -> Path:
-    return Path(_versions_script("routemesh_controlplane_dir"))
+    try:
+        return Path(_versions_script("routemesh_controlplane_dir"))
+    except subprocess.CalledProcessError as exc:
+        # The cache key includes the Go version, so without Go there is no default directory.
+        raise BinariesMissing(
+            f"cannot compute the control-plane cache directory ({exc.stderr.strip()}); "
+            "install Go, or set ROUTEMESH_CONTROLPLANE_BIN_DIR"
+        ) from exc
 
 
 def pinned_versions() -> dict[str, str]:

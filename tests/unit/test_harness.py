@@ -15,6 +15,12 @@ def test_locate_names_the_missing_binaries_and_the_build_command(tmp_path: Path)
     assert "hack/build-controlplane.sh" in message
 
 
+def test_bin_dir_can_come_from_envtests_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("ROUTEMESH_CONTROLPLANE_BIN_DIR", raising=False)
+    monkeypatch.setenv("KUBEBUILDER_ASSETS", str(tmp_path))
+    assert ControlPlaneSettings().bin_dir == tmp_path
+
+
 def test_tests_that_need_the_control_plane_fail_without_it(
     pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
