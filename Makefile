@@ -53,6 +53,10 @@ fmt: install ## Format the code and apply safe lint fixes
 verify: install ## Regenerate generated files (CRDs, chart schema) and fail on drift
 	$(PY) hack/verify.py
 
+.PHONY: generate
+generate: install ## Rewrite generated files (the CRDs in crds/) from their sources
+	$(PY) hack/verify.py --write
+
 .PHONY: cluster-up
 cluster-up: ## Start the local control plane by hand (prints the KUBECONFIG to use)
 	bash hack/localcluster.sh up

@@ -1,0 +1,540 @@
+"""The RoutingPolicy kind: which pods it applies to, their routes, and how requests survive failure.
+
+Users write these by hand; the CRD in `crds/` is generated from these models. CEL rules refuse what
+is wrong within one object (weights that do not add up, a cascade with one target, a per-try
+timeout longer than the whole request). References to ModelBackends are checked by the compiler,
+which reports them in status. No defaults are set in the schema: where a field is absent, its
+description says what the sidecar assumes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field
+
+from routemesh_operator.api.v1alpha1.common import (
+    SET_LIST,
+    ApiModel,
+    Conditions,
+    Decimal,
+    Duration,
+    LabelSelector,
+    Name,
+    Percent,
+    ShortString,
+    cel,
+    map_list,
+    validations,
+)
+
+ErrorClass = Literal[
+    "connect_error",
+    "timeout",
+    "rate_limited",
+    "overloaded",
+    "server_error",
+    "client_error",
+    "context_length",
+    "content_policy",
+    "bad_response",
+    "stream_broken",
+]
+StrategyType = Literal[
+    "Fallback", "Weighted", "CheapestCapable", "Fastest", "Cascade", "ScoreBased"
+]
+Modality = Literal["Text", "Image", "Audio"]
+HeaderName = Annotated[
+    str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+]
+Ratio = Annotated[str, Field(max_length=16, pattern=r"^(0(\.[0-9]+)?|1(\.0+)?)$")]
+
+
+def _not_longer(shorter: str, longer: str) -> str:
+    return (
+        f"!has(self.{shorter}) || !has(self.{longer}) || "
+        f"duration(self.{shorter}) <= duration(self.{longer})"
+    )
+
+
+# ----------------------------------------------------------------------------- resilience
+
+
+class Backoff(ApiModel):
+    """Exponential backoff between retries, with jitter so that clients do not retry in step."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                _not_longer("baseInterval", "maxInterval"),
+                "backoff.baseInterval must not exceed backoff.maxInterval",
+            )
+        )
+    )
+
+    base_interval: Duration | None = None
+    """Wait before the first retry; it doubles for each later one. Absent means 100ms."""
+    max_interval: Duration | None = None
+    """Longest wait between retries. Absent means 10 times baseInterval."""
+    jitter: Literal["Full", "None"] | None = None
+    """Full: wait a random time up to the computed backoff (the default). None: wait exactly."""
+
+
+class RetryBudget(ApiModel):
+    """Caps retries as a share of recent requests, so they cannot multiply load in an outage."""
+
+    percent: Annotated[int, Field(ge=1, le=100)]
+    """Retries allowed, as a percentage of the requests in the last 10 seconds."""
+    min_retries_per_second: Annotated[int, Field(ge=0, le=10_000)] | None = None
+    """Retries always allowed regardless of the percentage, so that low traffic can still retry.
+    Absent means 10."""
+
+
+class Retry(ApiModel):
+    """How a failed attempt is retried against the same target before falling back."""
+
+    attempts: Annotated[int, Field(ge=1, le=10)] | None = None
+    """Attempts per target, the first one included. Absent means 2."""
+    per_try_timeout: Duration | None = None
+    """Time one attempt may take. Absent means the remaining total timeout."""
+    backoff: Backoff | None = None
+    """Wait between attempts."""
+    honor_retry_after: bool | None = None
+    """Wait as long as an upstream's Retry-After header asks, when it fits in the deadline.
+    Absent means true."""
+    retry_on: (
+        Annotated[list[ErrorClass], Field(max_length=10, json_schema_extra=SET_LIST)] | None
+    ) = None
+    """Error classes that are retried. Absent means connect_error, timeout, rate_limited,
+    overloaded and server_error. client_error is never retried."""
+    budget: RetryBudget | None = None
+    """A cap on retries across requests. Absent means 20 percent."""
+
+
+class Timeouts(ApiModel):
+    """Deadlines for one request, across all of its attempts."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(_not_longer("connect", "total"), "timeouts.connect must not exceed timeouts.total"),
+            cel(
+                _not_longer("firstToken", "total"),
+                "timeouts.firstToken must not exceed timeouts.total",
+            ),
+        )
+    )
+
+    connect: Duration | None = None
+    """Time to open a connection to an endpoint. Absent means 5s."""
+    first_token: Duration | None = None
+    """Time from sending the request to the first byte of the response. Absent means 30s."""
+    total: Duration | None = None
+    """Time for the whole request, retries and fallbacks included. Absent means 300s."""
+
+
+class FailureRate(ApiModel):
+    """Open when this share of recent requests failed, once enough requests were seen."""
+
+    percent: Annotated[int, Field(ge=1, le=100)]
+    """Failure percentage that opens the breaker."""
+    window: Duration
+    """Sliding window the rate is measured over, for example 30s."""
+    minimum_requests: Annotated[int, Field(ge=1, le=100_000)]
+    """Requests the window must hold before the rate counts."""
+
+
+class CircuitBreaker(ApiModel):
+    """Per backend: stop sending after failures, then probe (closed, open, half_open)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                _not_longer("baseOpenTime", "maxOpenTime"),
+                "circuitBreaker.baseOpenTime must not exceed circuitBreaker.maxOpenTime",
+            )
+        )
+    )
+
+    consecutive_failures: Annotated[int, Field(ge=1, le=1000)] | None = None
+    """Failures in a row that open the breaker. Absent means 5."""
+    failure_rate: FailureRate | None = None
+    """Also open on a failure rate over a window."""
+    base_open_time: Duration | None = None
+    """How long the breaker stays open the first time; it grows with each reopening. Absent
+    means 30s."""
+    max_open_time: Duration | None = None
+    """Longest the breaker stays open. Absent means 300s."""
+    half_open_probes: Annotated[int, Field(ge=1, le=100)] | None = None
+    """Requests let through while half open; all must succeed to close. Absent means 1."""
+
+
+class OutlierDetection(ApiModel):
+    """Per endpoint: passive ejection of an endpoint by its own recent results."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                _not_longer("baseEjectionTime", "maxEjectionTime"),
+                "outlierDetection.baseEjectionTime must not exceed "
+                "outlierDetection.maxEjectionTime",
+            )
+        )
+    )
+
+    consecutive_failures: Annotated[int, Field(ge=1, le=1000)] | None = None
+    """Failures in a row that eject the endpoint. Absent means 5."""
+    base_ejection_time: Duration | None = None
+    """Ejection time the first time; multiplied by the number of ejections. Absent means 30s."""
+    max_ejection_time: Duration | None = None
+    """Longest ejection. Absent means 300s."""
+    max_ejected_percent: Percent | None = None
+    """Most endpoints of a backend ejected at once, as a percentage. Absent means 50."""
+    panic_threshold_percent: Percent | None = None
+    """Below this share of healthy endpoints, use all of them rather than none. Absent means 50."""
+
+
+class TierLatency(ApiModel):
+    """A latency budget for callers of one tier."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(_not_longer("firstToken", "total"), "firstToken must not exceed total")
+        )
+    )
+
+    tier: ShortString
+    """Tier name, as sent in the policy's tier header (for example free or paid)."""
+    first_token: Duration | None = None
+    """Time to first token the tier is promised; routing avoids targets that miss it."""
+    total: Duration | None = None
+    """Whole-request time the tier is promised."""
+
+
+class Budget(ApiModel):
+    """Limits per request: what it may cost and how long it may take."""
+
+    max_cost_per_request: Decimal | None = None
+    """Most a request may cost in US dollars, estimated before it is sent (for example "0.05").
+    Targets that would exceed it are filtered out."""
+    max_tokens_per_request: Annotated[int, Field(ge=1)] | None = None
+    """Most tokens (prompt plus completion) a request may use."""
+    latency_per_tier: (
+        Annotated[list[TierLatency], Field(max_length=16, json_schema_extra=map_list("tier"))]
+        | None
+    ) = None
+    """Latency budgets by caller tier."""
+
+
+class Hedging(ApiModel):
+    """Send an extra attempt to another target when the first is slow; the first answer wins."""
+
+    delay: Duration
+    """Wait this long for the first byte before hedging, for example 2s."""
+    max_extra_attempts: Annotated[int, Field(ge=1, le=3)] | None = None
+    """Extra attempts in flight at most. Absent means 1."""
+
+
+class Resilience(ApiModel):
+    """Retry, timeout, breaker, outlier-detection, budget and hedging settings."""
+
+    retry: Retry | None = None
+    """How failed attempts are retried."""
+    timeouts: Timeouts | None = None
+    """Connect, first-token and total deadlines."""
+    circuit_breaker: CircuitBreaker | None = None
+    """When to stop sending to a backend."""
+    outlier_detection: OutlierDetection | None = None
+    """When to eject one endpoint."""
+    budget: Budget | None = None
+    """Cost, token and latency limits per request."""
+    hedging: Hedging | None = None
+    """Parallel attempts for slow requests. Absent means no hedging."""
+
+
+# ----------------------------------------------------------------------------- match
+
+
+class HeaderMatch(ApiModel):
+    """A request header the route requires."""
+
+    name: HeaderName
+    """Header name, matched case-insensitively."""
+    value: Annotated[str, Field(max_length=4096)]
+    """Value to match."""
+    type: Literal["Exact", "RegularExpression"] | None = None
+    """Exact (the default) or RegularExpression (RE2 syntax, matched against the whole value)."""
+
+
+class TokenRange(ApiModel):
+    """A range of estimated prompt tokens."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "!has(self.min) || !has(self.max) || self.min <= self.max",
+                "tokens.min must not exceed tokens.max",
+            )
+        )
+    )
+
+    min: Annotated[int, Field(ge=0)] | None = None
+    """Fewest tokens, inclusive."""
+    max: Annotated[int, Field(ge=0)] | None = None
+    """Most tokens, inclusive."""
+
+
+class Category(ApiModel):
+    """A semantic category, defined by example utterances rather than by keywords."""
+
+    name: Annotated[
+        str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    ]
+    """Category name, shown in traces."""
+    examples: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=2048)]],
+        Field(min_length=1, max_length=64),
+    ]
+    """Utterances typical of the category; a request matches when it is close enough to them."""
+    threshold: Ratio | None = None
+    """Similarity (0 to 1) a request needs to match, for example "0.6". Absent means 0.5."""
+
+
+class Signals(ApiModel):
+    """Features of the request itself. All that are set must hold."""
+
+    tokens: TokenRange | None = None
+    """Estimated prompt size."""
+    code_present: bool | None = None
+    """The prompt contains source code (true) or does not (false)."""
+    keywords: (
+        Annotated[
+            list[Annotated[str, Field(min_length=1, max_length=256)]],
+            Field(max_length=128, json_schema_extra=SET_LIST),
+        ]
+        | None
+    ) = None
+    """Words or phrases, any of which must occur in the prompt (case-insensitive)."""
+    categories: (
+        Annotated[list[Category], Field(max_length=32, json_schema_extra=map_list())] | None
+    ) = None
+    """Semantic categories, any of which must match."""
+    modalities: (
+        Annotated[list[Modality], Field(max_length=3, json_schema_extra=SET_LIST)] | None
+    ) = None
+    """Input modalities, any of which must be present: Text, Image, Audio."""
+    tools_present: bool | None = None
+    """The request offers tools (true) or does not (false)."""
+
+
+class RouteMatch(ApiModel):
+    """Which requests a route takes. Every part that is set must hold; absent means any."""
+
+    models: (
+        Annotated[
+            list[Annotated[str, Field(min_length=1, max_length=256)]],
+            Field(max_length=64, json_schema_extra=SET_LIST),
+        ]
+        | None
+    ) = None
+    """Requested model names or aliases (the `model` field the app sends), any of which matches."""
+    headers: (
+        Annotated[list[HeaderMatch], Field(max_length=16, json_schema_extra=map_list())] | None
+    ) = None
+    """Headers the request must carry, all of them."""
+    signals: Signals | None = None
+    """Features of the request."""
+
+
+# ----------------------------------------------------------------------------- strategy
+
+
+class QualityGate(ApiModel):
+    """When a cascade accepts an answer instead of escalating to the next target."""
+
+    min_output_tokens: Annotated[int, Field(ge=0)] | None = None
+    """Answers shorter than this escalate. Absent means 1."""
+    reject_refusals: bool | None = None
+    """Answers that refuse the task escalate. Absent means true."""
+    require_complete: bool | None = None
+    """Answers cut off by the token limit escalate. Absent means true."""
+
+
+class CascadeSettings(ApiModel):
+    """Settings of the Cascade strategy: try targets cheapest first, escalate on a weak answer."""
+
+    quality_gate: QualityGate
+    """What counts as good enough."""
+
+
+class ScoreWeights(ApiModel):
+    """Relative weights of the scorers; only their ratios matter."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "(has(self.cost) ? self.cost : 0) + (has(self.latency) ? self.latency : 0) + "
+                "(has(self.load) ? self.load : 0) + (has(self.quality) ? self.quality : 0) > 0",
+                "at least one score weight must be above zero",
+            )
+        )
+    )
+
+    cost: Annotated[int, Field(ge=0, le=100)] | None = None
+    """Weight of cheapness."""
+    latency: Annotated[int, Field(ge=0, le=100)] | None = None
+    """Weight of low time to first token (peak EWMA)."""
+    load: Annotated[int, Field(ge=0, le=100)] | None = None
+    """Weight of spare capacity (requests in flight, queue depth, rate-limit headroom)."""
+    quality: Annotated[int, Field(ge=0, le=100)] | None = None
+    """Weight of the model's quality tier."""
+
+
+class ScoreSettings(ApiModel):
+    """Settings of the ScoreBased strategy."""
+
+    weights: ScoreWeights
+    """How much each signal counts."""
+
+
+class Strategy(ApiModel):
+    """How a route chooses among its targets."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "self.type == 'ScoreBased' ? has(self.score) : !has(self.score)",
+                "strategy.score is required for type ScoreBased and not allowed for any other type",
+            ),
+            cel(
+                "!has(self.cascade) || self.type == 'Cascade'",
+                "strategy.cascade is only allowed for type Cascade",
+            ),
+        )
+    )
+
+    type: StrategyType
+    """Fallback: targets in order, the next on failure. Weighted: split by weight (canaries
+    too). CheapestCapable: the cheapest target that can serve the request. Fastest: the lowest
+    recent time to first token. Cascade: cheapest first, escalating when the answer fails the
+    quality gate. ScoreBased: the best weighted score of cost, latency, load and quality."""
+    cascade: CascadeSettings | None = None
+    """Cascade settings. Absent means the default quality gate."""
+    score: ScoreSettings | None = None
+    """ScoreBased settings. Required for ScoreBased."""
+
+
+class Target(ApiModel):
+    """A model on a backend that a route may send to."""
+
+    backend: Name
+    """Name of a ModelBackend in this namespace."""
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    """One of the backend's spec.models[].name."""
+    weight: Annotated[int, Field(ge=0, le=100)] | None = None
+    """Share of traffic in percent, for the Weighted strategy only."""
+
+
+_TARGETS_RULES = validations(
+    cel(
+        "self.strategy.type != 'Weighted' || (self.targets.all(t, has(t.weight)) && "
+        "self.targets.map(t, t.weight).sum() == 100)",
+        "a Weighted route needs a weight on every target, and the weights must add up to 100",
+        field_path=".targets",
+    ),
+    cel(
+        "self.strategy.type == 'Weighted' || self.targets.all(t, !has(t.weight))",
+        "target weights are only used by the Weighted strategy",
+        field_path=".targets",
+    ),
+    cel(
+        "self.strategy.type != 'Cascade' || size(self.targets) >= 2",
+        "a Cascade route needs at least two targets, cheapest first",
+        field_path=".targets",
+    ),
+    cel(
+        "self.targets.all(t, "
+        "self.targets.exists_one(u, u.backend == t.backend && u.model == t.model))",
+        "each backend and model may appear only once in a route's targets",
+        field_path=".targets",
+    ),
+)
+
+
+class Route(Resilience):
+    """One rule: the requests it takes, how it chooses, where it sends, and its overrides.
+
+    Each of retry, timeouts, circuitBreaker, outlierDetection, budget and hedging set here replaces
+    the policy's default of the same name as a whole.
+    """
+
+    model_config = ConfigDict(json_schema_extra=_TARGETS_RULES)
+
+    name: Annotated[
+        str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    ]
+    """Route name, unique in the policy; shown in traces and metrics."""
+    match: RouteMatch | None = None
+    """Which requests the route takes. Absent means every request (a catch-all)."""
+    strategy: Strategy
+    """How the route picks among its targets."""
+    targets: Annotated[list[Target], Field(min_length=1, max_length=16)]
+    """Where requests may go. For Fallback and Cascade, order matters."""
+
+
+class Shadow(ApiModel):
+    """Routes evaluated for every request, with the decision recorded in the trace, never sent."""
+
+    routes: Annotated[list[Route], Field(min_length=1, max_length=32, json_schema_extra=map_list())]
+    """Candidate routes to compare with the live ones."""
+
+
+class Telemetry(ApiModel):
+    """What the sidecars record about the requests this policy routes."""
+
+    capture_content: bool | None = None
+    """Record prompts and responses in spans. Absent means false: content is never recorded
+    unless this is set."""
+    sampling_percent: Percent | None = None
+    """Share of routing decisions traced. Absent means 100."""
+
+
+class RoutingPolicySpec(ApiModel):
+    """Which pods the policy applies to, and how their requests are routed."""
+
+    selector: LabelSelector
+    """Pods in this namespace whose sidecars use the policy. `{}` selects every pod."""
+    tier_header: HeaderName | None = None
+    """Request header carrying the caller's tier, for tier matches and latency budgets. Absent
+    means x-routemesh-tier."""
+    defaults: Resilience | None = None
+    """Settings for every route that does not set its own."""
+    routes: Annotated[list[Route], Field(min_length=1, max_length=32, json_schema_extra=map_list())]
+    """Routes in order: a request takes the first whose match holds."""
+    shadow: Shadow | None = None
+    """Routes evaluated but not executed, to try a change on live traffic safely."""
+    telemetry: Telemetry | None = None
+    """Tracing settings."""
+
+
+class SidecarCounts(ApiModel):
+    """How many sidecars run the policy's current route table."""
+
+    desired: Annotated[int, Field(ge=0)]
+    """Sidecars the policy selects."""
+    synced: Annotated[int, Field(ge=0)]
+    """Sidecars that acknowledged the current route-table version."""
+    rejected: Annotated[int, Field(ge=0)]
+    """Sidecars that refused it (a NACK); their conditions say why."""
+
+
+class RoutingPolicyStatus(ApiModel):
+    """What the operator observed about this policy."""
+
+    conditions: Conditions | None = None
+    """Accepted, ResolvedRefs and Programmed, with reasons and messages."""
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """The metadata.generation the status describes."""
+    route_table_version: Annotated[str, Field(max_length=128)] | None = None
+    """Version of the route table compiled from this generation."""
+    sidecars: SidecarCounts | None = None
+    """Sync counts from the sidecars' acknowledgements."""
