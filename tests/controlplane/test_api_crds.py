@@ -99,7 +99,7 @@ def valid_policy() -> dict[str, Any]:
                     "targets": [{"backend": "a", "model": "m"}, {"backend": "b", "model": "m"}],
                 },
             ],
-            "telemetry": {"samplingPercent": 10},
+            "telemetry": {"samplingRatio": "0.1"},
         },
     }
 
@@ -171,9 +171,9 @@ INVALID = [
         id="route-name-not-dns-label",
     ),
     pytest.param(
-        changed(valid_policy(), "spec.telemetry.samplingPercent", 101),
-        ["spec.telemetry.samplingPercent", "less than or equal to 100"],
-        id="sampling-over-100",
+        changed(valid_policy(), "spec.telemetry.samplingRatio", "1.5"),
+        ["spec.telemetry.samplingRatio", "should match"],
+        id="sampling-ratio-over-1",
     ),
     pytest.param(
         changed(valid_policy(), "spec.selector", DELETE),

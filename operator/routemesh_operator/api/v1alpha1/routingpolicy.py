@@ -494,8 +494,9 @@ class Telemetry(ApiModel):
     capture_content: bool | None = None
     """Record prompts and responses in spans. Absent means false: content is never recorded
     unless this is set."""
-    sampling_percent: Percent | None = None
-    """Share of routing decisions traced. Absent means 100."""
+    sampling_ratio: Ratio | None = None
+    """Share of routing decisions traced, from "0" to "1" (for example "0.01" for one in a
+    hundred). A string, as Kubernetes APIs avoid floats. Absent means "1": every decision."""
 
 
 class RoutingPolicySpec(ApiModel):
