@@ -1,26 +1,56 @@
 """Entry point of the sidecar image: `routemesh-sidecar` or `python -m routemesh_sidecar`.
 
-The only place that reads the environment (through `SidecarSettings`) and configures logging.
+The only place that reads the environment (through `SidecarSettings`, and the variables that
+standalone route tables may name for API keys) and configures logging.
+
+Standalone mode needs no cluster: `routemesh-sidecar --route-table FILE`.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
+import os
+from pathlib import Path
 
 from routemesh_sidecar.app import Sidecar
 from routemesh_sidecar.settings import SidecarSettings
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; flags override the environment's settings."""
+    parser = argparse.ArgumentParser(prog="routemesh-sidecar", description=__doc__)
+    parser.add_argument("--route-table", type=Path, help="route table file to load and watch")
+    parser.add_argument("--port", type=int, help="downstream listener port")
+    parser.add_argument("--admin-port", type=int, help="admin listener port")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
     """Read settings, configure logging and run the sidecar until interrupted."""
-    settings = SidecarSettings()
+    args = parse_args(argv)
+    overrides = {
+        key: value
+        for key, value in {
+            "route_table_path": args.route_table,
+            "listen_port": args.port,
+            "admin_port": args.admin_port,
+            "log_level": args.log_level,
+        }.items()
+        if value is not None
+    }
+    settings = SidecarSettings(**overrides)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    # API keys a standalone route table names by variable are looked up here, at start, never
+    # at import time.
+    variables = dict(os.environ)  # noqa: TID251
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(Sidecar(settings).run_forever())
+        asyncio.run(Sidecar(settings, variables=variables).run_forever())
 
 
 if __name__ == "__main__":

@@ -1,47 +1,179 @@
 """Wire the sidecar's parts together and run them until cancelled.
 
-Called by `__main__` with settings already read. It owns the lifetime of the listeners; the
-parts themselves know nothing of each other beyond their interfaces.
+Called by `__main__` with settings already read (and by tests, which inject a clock, randomness
+and a tracer provider). It owns the lifetime of the listeners, the route-table source's task and
+the upstream pools; the parts themselves know nothing of each other beyond their interfaces.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+from collections.abc import Mapping
+from typing import Any
 
 from aiohttp import web
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from routemesh_sidecar.admin.server import build_admin_app
+from routemesh_sidecar.admin.server import AdminSources, build_admin_app
+from routemesh_sidecar.discovery.file import FileRouteTableSource, RouteTableSource
+from routemesh_sidecar.listener.proxy import Listener, ListenerParts
+from routemesh_sidecar.routetable import ActiveRouteTable, RouteTable
+from routemesh_sidecar.routing.pipeline import Router, unsupported_strategies
 from routemesh_sidecar.settings import SidecarSettings
+from routemesh_sidecar.telemetry.metrics import CONTENT_TYPE, Metrics
+from routemesh_sidecar.telemetry.tracing import TableRatioSampler
+from routemesh_sidecar.upstream.client import CredentialStore, UpstreamClient, UpstreamPool
+from routemesh_sidecar.upstream.executor import Executor
+from routemesh_sidecar.upstream.retry import Clock, SystemClock
 
 log = logging.getLogger(__name__)
 
 
-class Sidecar:
-    """The running sidecar: its listeners and the state readiness reads."""
+class SidecarActiveTable(ActiveRouteTable):
+    """The active table, refusing tables that name strategies this sidecar cannot run."""
 
-    def __init__(self, settings: SidecarSettings) -> None:
+    def offer(self, table: RouteTable) -> bool:
+        """Swap in a table this sidecar can honour; refuse (and keep the old one) otherwise."""
+        problems = unsupported_strategies(table)
+        if problems:
+            self.refuse("; ".join(problems))
+            log.error("route table %s refused: %s", table.version_label, "; ".join(problems))
+            return False
+        return super().offer(table)
+
+
+class Sidecar:
+    """The running sidecar: its listeners, its route table and the state readiness reads."""
+
+    def __init__(
+        self,
+        settings: SidecarSettings,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        tracer_provider: TracerProvider | None = None,
+        variables: Mapping[str, str] | None = None,
+        source: RouteTableSource | None = None,
+    ) -> None:
         self.settings = settings
+        self.active = SidecarActiveTable()
+        self.metrics = Metrics()
+        self.clock = clock or SystemClock()
+        self.rng = rng or random.Random()
+        # A provider passed in belongs to the caller, who shuts it down.
+        self._owns_tracer_provider = tracer_provider is None
+        self.tracer_provider = tracer_provider or self._tracer_provider()
+        self.pool = UpstreamPool()
+        client = UpstreamClient(self.pool, CredentialStore(variables or {}), self.clock.wall)
+        self.executor = Executor(client, self.clock, self.rng)
+        self.source = source or self._file_source()
         self._runners: list[web.AppRunner] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self.listen_port: int | None = None
+        self.admin_port: int | None = None
+
+    def _tracer_provider(self) -> TracerProvider:
+        provider = TracerProvider(
+            resource=Resource.create({"service.name": "routemesh-sidecar"}),
+            sampler=TableRatioSampler(self._sampling_ratio),
+        )
+        if self.settings.traces_url:
+            exporter = OTLPSpanExporter(endpoint=self.settings.traces_url)
+            provider.add_span_processor(BatchSpanProcessor(exporter))
+        return provider
+
+    def _sampling_ratio(self) -> float:
+        table = self.active.current
+        return table.telemetry.sampling_ratio if table else 1.0
+
+    def _file_source(self) -> RouteTableSource | None:
+        path = self.settings.route_table_path
+        if path is None:
+            return None
+        return FileRouteTableSource(path, self.active, self.settings.route_table_poll_seconds)
 
     def not_ready_reason(self) -> str | None:
         """Say why the sidecar cannot serve yet; None once it can."""
-        # Until a route table source is wired in, the sidecar has nothing to route with.
-        return "no route table loaded"
+        if self.active.current is None:
+            return self.active.last_error or "no route table loaded"
+        if self.listen_port is None:
+            return "listener not bound"
+        return None
+
+    def config_dump(self) -> dict[str, Any]:
+        """The active table's version, routes and backends, without any secret."""
+        table = self.active.current
+        dump: dict[str, Any] = {"last_error": self.active.last_error, "route_table": None}
+        if table is not None:
+            data = table.model_dump(mode="json")
+            for backend in data["backends"].values():
+                credentials = backend.pop("credentials", None)
+                backend["credentials"] = "configured" if credentials else "none"
+            dump["route_table"] = {**data, "version": table.version_label}
+        return dump
 
     async def start(self) -> None:
-        """Bind the admin listener."""
-        admin = web.AppRunner(build_admin_app(self.not_ready_reason), access_log=None)
-        await admin.setup()
-        await web.TCPSite(admin, self.settings.admin_host, self.settings.admin_port).start()
-        self._runners.append(admin)
-        log.info("admin listener on %s:%d", self.settings.admin_host, self.settings.admin_port)
+        """Load the route table, then bind the listeners and start the source's watch."""
+        if self.source is not None:
+            await self.source.load_once()
+            self._spawn("route-table-source", self.source.run())
+        admin = AdminSources(
+            self.not_ready_reason, self.config_dump, self.metrics.render, CONTENT_TYPE
+        )
+        self.admin_port = await self._serve(
+            build_admin_app(admin), self.settings.admin_host, self.settings.admin_port
+        )
+        parts = ListenerParts(
+            self.active,
+            Router(),
+            self.executor,
+            self.metrics,
+            self.tracer_provider.get_tracer("routemesh.sidecar"),
+            self.settings.max_body_bytes,
+            self.rng,
+        )
+        self.listen_port = await self._serve(
+            Listener(parts).app(), self.settings.listen_host, self.settings.listen_port
+        )
+        log.info(
+            "listening on %s:%d (admin %d)",
+            self.settings.listen_host,
+            self.listen_port,
+            self.admin_port,
+        )
+
+    async def _serve(self, app: web.Application, host: str, port: int) -> int:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        self._runners.append(runner)
+        server = site._server  # the bound port, when 0 was asked for
+        sockets = getattr(server, "sockets", None) or []
+        return int(sockets[0].getsockname()[1]) if sockets else port
+
+    def _spawn(self, name: str, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine, name=name)
+        task.add_done_callback(_log_task_end)
+        self._tasks.append(task)
 
     async def stop(self) -> None:
-        """Close every listener."""
+        """Stop the watch, close the listeners and pools, flush spans."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
+        await self.pool.close()
+        if self._owns_tracer_provider:
+            self.tracer_provider.shutdown()
 
     async def run_forever(self) -> None:
         """Start, then wait until cancelled, then stop."""
@@ -50,3 +182,11 @@ class Sidecar:
             await asyncio.Event().wait()
         finally:
             await self.stop()
+
+
+def _log_task_end(task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.error("background task %s died: %r", task.get_name(), exc, exc_info=exc)

@@ -1,6 +1,312 @@
 """The route table: the wire format between the operator and the sidecar.
 
 The sidecar owns this model and the operator imports it (never the other way). A route table is
-an immutable, versioned snapshot (a counter plus a content hash) that refers back to the
-resources that produced it. The models are defined with the API and the data plane.
+an immutable, versioned snapshot: a counter the operator increments, plus a hash of the content,
+so that a restarted operator republishes nothing that did not change. It names the resources that
+produced it. Everything in it is resolved: the compiler has applied every default and merged the
+policy's defaults into each route, so the sidecar never has to know what "absent" means.
+
+`ActiveRouteTable` holds the table in use. A swap is one assignment: a request reads the table
+once at its start and keeps it, so a request in flight finishes on the table it started with.
+
+Nothing here does I/O except `load_route_table_file`, which reads one file.
 """
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ErrorClass = Literal[
+    "connect_error",
+    "timeout",
+    "rate_limited",
+    "overloaded",
+    "server_error",
+    "client_error",
+    "context_length",
+    "content_policy",
+    "bad_response",
+    "stream_broken",
+]
+Api = Literal["openai", "anthropic"]
+Capability = Literal["Vision", "Tools", "JSONOutput", "Reasoning"]
+QualityTier = Literal["Economy", "Standard", "Premium", "Frontier"]
+StrategyType = Literal[
+    "Fallback", "Weighted", "CheapestCapable", "Fastest", "Cascade", "ScoreBased"
+]
+Seconds = Annotated[float, Field(gt=0)]
+
+DEFAULT_RETRY_ON: frozenset[ErrorClass] = frozenset(
+    {"connect_error", "timeout", "rate_limited", "overloaded", "server_error", "bad_response"}
+)
+
+
+class WireModel(BaseModel):
+    """Base of the route-table models: immutable, strict about unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SourceRef(WireModel):
+    """A resource the table was compiled from."""
+
+    kind: str
+    namespace: str
+    name: str
+    generation: int
+
+
+class Pricing(WireModel):
+    """US dollars per million tokens."""
+
+    input_per_million: float = Field(ge=0)
+    output_per_million: float = Field(ge=0)
+    cached_input_per_million: float | None = Field(default=None, ge=0)
+
+
+class ModelInfo(WireModel):
+    """What routing and accounting know about one model of a backend."""
+
+    context_window: int = Field(ge=1)
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    capabilities: frozenset[Capability] = frozenset()
+    pricing: Pricing
+    quality_tier: QualityTier = "Standard"
+
+
+class Credentials(WireModel):
+    """Where the sidecar finds a backend's API key: a file (a mounted Secret) or a variable.
+
+    The key itself never appears in a route table.
+    """
+
+    file: Path | None = None
+    env: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Credentials:
+        if (self.file is None) == (self.env is None):
+            raise ValueError("credentials need exactly one of 'file' and 'env'")
+        return self
+
+
+class Endpoint(WireModel):
+    """One address of a backend: its base URL, including the API's version path."""
+
+    url: str = Field(pattern=r"^https?://")
+    zone: str | None = None
+
+
+class Backend(WireModel):
+    """A compiled ModelBackend: the API it speaks, its endpoints, credentials and models."""
+
+    api: Api
+    endpoints: list[Endpoint] = Field(min_length=1)
+    credentials: Credentials | None = None
+    models: dict[str, ModelInfo] = Field(min_length=1)
+    max_concurrency: int | None = Field(default=None, ge=1)
+
+
+class HeaderMatch(WireModel):
+    """A header the request must carry (names are compared case-insensitively)."""
+
+    name: str
+    value: str
+    type: Literal["Exact", "RegularExpression"] = "Exact"
+
+
+class Signals(WireModel):
+    """Features of the request a route requires; None means any."""
+
+    min_tokens: int | None = None
+    max_tokens: int | None = None
+    code_present: bool | None = None
+    keywords: frozenset[str] = frozenset()
+    modalities: frozenset[Literal["Text", "Image", "Audio"]] = frozenset()
+    tools_present: bool | None = None
+
+
+class RouteMatch(WireModel):
+    """Which requests a route takes; an empty match takes every request."""
+
+    models: frozenset[str] = frozenset()
+    headers: tuple[HeaderMatch, ...] = ()
+    signals: Signals = Signals()
+
+
+class Target(WireModel):
+    """A model on a backend that a route may send to."""
+
+    backend: str
+    model: str
+    weight: int | None = Field(default=None, ge=0, le=100)
+
+
+class Backoff(WireModel):
+    """Exponential backoff between retries of one target."""
+
+    base: Seconds = 0.1
+    max: Seconds = 1.0
+    jitter: Literal["Full", "None"] = "Full"
+
+
+class RetryBudget(WireModel):
+    """Retries allowed as a share of recent requests, with a floor for low traffic."""
+
+    percent: int = Field(default=20, ge=1, le=100)
+    min_retries_per_second: int = Field(default=10, ge=0)
+    window: Seconds = 10.0
+
+
+class Retry(WireModel):
+    """How failed attempts are retried against the same target."""
+
+    attempts: int = Field(default=2, ge=1, le=10)
+    per_try_timeout: Seconds | None = None
+    backoff: Backoff = Backoff()
+    honor_retry_after: bool = True
+    retry_on: frozenset[ErrorClass] = DEFAULT_RETRY_ON
+    budget: RetryBudget = RetryBudget()
+
+
+class Timeouts(WireModel):
+    """Deadlines: connect per attempt, first byte per attempt, total per request."""
+
+    connect: Seconds = 5.0
+    first_token: Seconds = 30.0
+    total: Seconds = 300.0
+
+
+class Route(WireModel):
+    """One compiled rule of a policy, with every setting resolved."""
+
+    name: str
+    policy: str = ""
+    match: RouteMatch = RouteMatch()
+    strategy: StrategyType = "Fallback"
+    targets: tuple[Target, ...] = Field(min_length=1)
+    retry: Retry = Retry()
+    timeouts: Timeouts = Timeouts()
+
+
+class Telemetry(WireModel):
+    """What the sidecar records about the requests it routes."""
+
+    capture_content: bool = False
+    sampling_ratio: float = Field(default=1.0, ge=0, le=1)
+
+
+class RouteTable(WireModel):
+    """An immutable, versioned snapshot of everything the sidecar routes with."""
+
+    version: int = Field(ge=0)
+    sources: tuple[SourceRef, ...] = ()
+    tier_header: str = "x-routemesh-tier"
+    backends: dict[str, Backend]
+    routes: tuple[Route, ...] = Field(min_length=1)
+    telemetry: Telemetry = Telemetry()
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> RouteTable:
+        names = [route.name for route in self.routes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"route names must be unique: {names}")
+        for route in self.routes:
+            for target in route.targets:
+                backend = self.backends.get(target.backend)
+                if backend is None:
+                    raise ValueError(f"route {route.name!r}: unknown backend {target.backend!r}")
+                if target.model not in backend.models:
+                    raise ValueError(
+                        f"route {route.name!r}: backend {target.backend!r} does not serve "
+                        f"model {target.model!r}"
+                    )
+        return self
+
+    @property
+    def content_hash(self) -> str:
+        """A hash of everything but the version: equal content, equal hash."""
+        content = self.model_dump(mode="json", exclude={"version"})
+        digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+        return digest[:16]
+
+    @property
+    def version_label(self) -> str:
+        """The version as shown to people: the counter and the content hash."""
+        return f"{self.version}-{self.content_hash}"
+
+    def model_names(self) -> list[str]:
+        """The names a downstream may ask for: every route's match models and target models."""
+        names: set[str] = set()
+        for route in self.routes:
+            names.update(route.match.models)
+            names.update(target.model for target in route.targets)
+        return sorted(names)
+
+
+class RouteTableError(ValueError):
+    """A route table that cannot be used, with a message that says why."""
+
+
+def parse_route_table(text: str) -> RouteTable:
+    """Parse a route table from YAML or JSON text; raise RouteTableError if it is invalid."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RouteTableError(f"not YAML or JSON: {exc}") from exc
+    try:
+        return RouteTable.model_validate(data)
+    except ValidationError as exc:
+        raise RouteTableError(str(exc)) from exc
+
+
+def load_route_table_file(path: Path) -> RouteTable:
+    """Read and parse a route table file."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise RouteTableError(f"cannot read {path}: {exc}") from exc
+    return parse_route_table(text)
+
+
+class ActiveRouteTable:
+    """The table in use, and what happened to the last one offered.
+
+    A refused table never replaces a good one: the sidecar keeps serving the last good table and
+    reports the refusal (on `/config_dump` and in logs).
+    """
+
+    def __init__(self) -> None:
+        self._current: RouteTable | None = None
+        self.last_error: str | None = None
+        self._listeners: list[Callable[[RouteTable], None]] = []
+
+    @property
+    def current(self) -> RouteTable | None:
+        """The table to route with; read it once per request."""
+        return self._current
+
+    def on_swap(self, listener: Callable[[RouteTable], None]) -> None:
+        """Call `listener` with each new table after it is swapped in."""
+        self._listeners.append(listener)
+
+    def offer(self, table: RouteTable) -> bool:
+        """Swap in `table` unless it is the same content; return whether it was swapped."""
+        if self._current is not None and self._current.content_hash == table.content_hash:
+            return False
+        self._current = table
+        self.last_error = None
+        for listener in self._listeners:
+            listener(table)
+        return True
+
+    def refuse(self, reason: str) -> None:
+        """Record that an offered table was invalid; the current one stays."""
+        self.last_error = reason

@@ -9,32 +9,75 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class SidecarSettings(BaseSettings):
     """How the sidecar listens, where its route table comes from, and how it logs."""
 
-    model_config = SettingsConfigDict(env_prefix="ROUTEMESH_SIDECAR_", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="ROUTEMESH_SIDECAR_", frozen=True, populate_by_name=True
+    )
 
     listen_host: str = Field(
         default="127.0.0.1",
         description="Address of the downstream listener. Loopback: only the pod's app calls it.",
     )
     listen_port: int = Field(
-        default=4000, ge=1, le=65535, description="Port of the OpenAI/Anthropic-compatible API."
+        default=4000,
+        ge=0,
+        le=65535,
+        description="Port of the OpenAI/Anthropic-compatible API; 0 picks a free one.",
     )
     admin_host: str = Field(
         default="127.0.0.1",
         description="Address of the admin listener (/healthz, /readyz, /config_dump, /metrics).",
     )
     admin_port: int = Field(
-        default=15000, ge=1, le=65535, description="Port of the admin listener."
+        default=15000, ge=0, le=65535, description="Port of the admin listener; 0 picks a free one."
     )
     route_table_path: Path | None = Field(
         default=None, description="A route table file to load and watch, when not using discovery."
     )
+    route_table_poll_seconds: float = Field(
+        default=1.0, gt=0, description="How often the route table file is checked for changes."
+    )
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        description="Largest downstream request body; larger ones get 413 and go nowhere.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level of the sidecar's own logs."
     )
+    otlp_traces_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "ROUTEMESH_SIDECAR_OTLP_TRACES_ENDPOINT"
+        ),
+        description="Full OTLP/HTTP traces URL. Read from the standard OTel variable.",
+    )
+    otlp_endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "OTEL_EXPORTER_OTLP_ENDPOINT", "ROUTEMESH_SIDECAR_OTLP_ENDPOINT"
+        ),
+        description="OTLP/HTTP base URL; traces go to its /v1/traces. Standard OTel variable.",
+    )
+    otel_sdk_disabled: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("OTEL_SDK_DISABLED"),
+        description="Turn tracing export off, as the standard OTel variable does.",
+    )
+
+    @property
+    def traces_url(self) -> str | None:
+        """Where spans are exported, or None when export is off."""
+        if self.otel_sdk_disabled:
+            return None
+        if self.otlp_traces_endpoint:
+            return self.otlp_traces_endpoint
+        if self.otlp_endpoint:
+            return self.otlp_endpoint.rstrip("/") + "/v1/traces"
+        return None

@@ -1,0 +1,389 @@
+"""The downstream listener: the OpenAI- and Anthropic-compatible API the app calls.
+
+`app` builds it with the parts it needs. For each request it reads the body under a size limit,
+validates it (a bad request gets an error in the called API's shape and nothing goes upstream),
+routes it with the table the request started with, runs the attempts, and writes the answer:
+whole, or as server-sent events relayed one by one. A stream that fails after its first byte ends
+with an error event the client sees, never with a clean end.
+
+It owns no routing, retry or classification logic; it wires them to HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from routemesh_sidecar.protocol.anthropic import parse_messages_request
+from routemesh_sidecar.protocol.errors import ApiError, anthropic_error, openai_error
+from routemesh_sidecar.protocol.openai import (
+    parse_chat_request,
+    parse_completion_request,
+    parse_embedding_request,
+)
+from routemesh_sidecar.protocol.sse import encode_event
+from routemesh_sidecar.protocol.usage import Usage
+from routemesh_sidecar.routetable import ActiveRouteTable, Api, RouteTable
+from routemesh_sidecar.routing.contracts import RoutingRequest
+from routemesh_sidecar.routing.pipeline import Decision, NoCandidate, NoRoute, Router
+from routemesh_sidecar.telemetry.accounting import request_cost
+from routemesh_sidecar.telemetry.metrics import Metrics
+from routemesh_sidecar.telemetry.records import AttemptRecord
+from routemesh_sidecar.telemetry.tracing import RequestTrace
+from routemesh_sidecar.upstream.classify import UpstreamFailure
+from routemesh_sidecar.upstream.client import DownstreamCall, Operation, UpstreamStream
+from routemesh_sidecar.upstream.executor import Executor, Outcome, PlannedTarget, RequestFailed
+
+log = logging.getLogger(__name__)
+
+Parser = Callable[[bytes], dict[str, Any]]
+
+# The status a downstream sees when every attempt failed with this class. A client_error keeps
+# the upstream's own status (it is the request's fault, and the app should see exactly why).
+_FAILURE_STATUS = {
+    "connect_error": 502,
+    "timeout": 504,
+    "rate_limited": 429,
+    "overloaded": 503,
+    "server_error": 502,
+    "bad_response": 502,
+    "context_length": 400,
+    "content_policy": 400,
+    "stream_broken": 502,
+}
+
+
+@dataclass
+class ListenerParts:
+    """What the listener needs from the rest of the sidecar."""
+
+    active: ActiveRouteTable
+    router: Router
+    executor: Executor
+    metrics: Metrics
+    tracer: Any  # opentelemetry.trace.Tracer
+    max_body_bytes: int
+    rng: random.Random
+
+
+def error_response(
+    api: Api, error: ApiError, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """An error in the shape of the API the downstream called."""
+    body = (
+        anthropic_error(error.status, error.message, type=error.type)
+        if api == "anthropic"
+        else openai_error(
+            error.status, error.message, type=error.type, code=error.code, param=error.param
+        )
+    )
+    return web.json_response(body, status=error.status, headers=headers)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, refused with 413 past `limit` bytes (checked before reading it all)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, f"request body is larger than the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(65536):
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class Listener:
+    """The request handlers."""
+
+    def __init__(self, parts: ListenerParts) -> None:
+        self.parts = parts
+
+    def app(self) -> web.Application:
+        """The aiohttp application; the body limit is ours, so aiohttp's is lifted."""
+        app = web.Application(client_max_size=self.parts.max_body_bytes + 1)
+        app.router.add_post(
+            "/v1/chat/completions", self._handler("openai", "chat", parse_chat_request)
+        )
+        app.router.add_post(
+            "/v1/completions", self._handler("openai", "completions", parse_completion_request)
+        )
+        app.router.add_post(
+            "/v1/embeddings", self._handler("openai", "embeddings", parse_embedding_request)
+        )
+        app.router.add_post(
+            "/v1/messages", self._handler("anthropic", "chat", parse_messages_request)
+        )
+        app.router.add_get("/v1/models", self.models)
+        return app
+
+    async def models(self, request: web.Request) -> web.Response:
+        """The models the route table offers, as OpenAI's model list."""
+        table = self.parts.active.current
+        if table is None:
+            return error_response("openai", ApiError(503, "no route table loaded yet"))
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "routemesh"}
+            for name in table.model_names()
+        ]
+        return web.json_response({"object": "list", "data": data})
+
+    def _handler(
+        self, api: Api, operation: Operation, parse: Parser
+    ) -> Callable[[web.Request], Any]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            started = time.perf_counter()
+            try:
+                table = self.parts.active.current
+                if table is None:
+                    raise ApiError(503, "no route table loaded yet", type="api_error")
+                body = parse(await read_body(request, self.parts.max_body_bytes))
+            except ApiError as error:
+                return error_response(api, error)
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            call = DownstreamCall(api, operation, body, headers)
+            return await self._route(request, table, call, started)
+
+        return handle
+
+    async def _route(
+        self, request: web.Request, table: RouteTable, call: DownstreamCall, started: float
+    ) -> web.StreamResponse:
+        routing_request = RoutingRequest(
+            call.api,
+            call.operation,
+            str(call.body["model"]),
+            call.headers,
+            call.body,
+            self.parts.rng,
+        )
+        try:
+            decision = self.parts.router.decide(table, routing_request)
+        except NoRoute as exc:
+            return error_response(
+                call.api, ApiError(404, str(exc), code="model_not_found", param="model")
+            )
+        except NoCandidate as exc:
+            return error_response(call.api, ApiError(400, str(exc)))
+        trace = RequestTrace(
+            self.parts.tracer,
+            call.headers,
+            call.operation,
+            _decision_attributes(table, decision, call),
+        )
+        plan = [
+            PlannedTarget(c.target.backend, c.backend, c.target.model, c.model_info)
+            for c in decision.plan
+        ]
+        try:
+            outcome = await self.parts.executor.execute(call, plan, decision.route, trace)
+        except RequestFailed as failed:
+            return self._failed(call, decision, trace, failed, started)
+        self._record_attempts(outcome.attempts)
+        trace.set(_outcome_attributes(outcome))
+        self.parts.metrics.time_to_first_token.labels(
+            outcome.target.backend_name, outcome.target.model
+        ).observe(time.perf_counter() - started)
+        if isinstance(outcome.result, UpstreamStream):
+            return await self._stream(
+                request,
+                outcome.result,
+                call=call,
+                decision=decision,
+                trace=trace,
+                outcome=outcome,
+                started=started,
+            )
+        reply = outcome.result
+        cost = self._account(decision, outcome, reply.usage, trace)
+        headers = _routing_headers(decision, outcome) | {"x-routemesh-cost-usd": f"{cost:.8f}"}
+        self._finish(decision, outcome, reply.status, started)
+        trace.finish(usage=reply.usage, response_model=reply.response_model, error_class=None)
+        return web.json_response(reply.body, status=reply.status, headers=headers)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        stream: UpstreamStream,
+        *,
+        call: DownstreamCall,
+        decision: Decision,
+        trace: RequestTrace,
+        outcome: Outcome,
+        started: float,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            status=200,
+            headers={
+                "content-type": "text/event-stream",
+                "cache-control": "no-cache",
+                **_routing_headers(decision, outcome),
+            },
+        )
+        await response.prepare(request)
+        error_class: str | None = None
+        message: str | None = None
+        try:
+            async for data in stream.relay():
+                await response.write(data)
+        except Exception as exc:  # any failure after the first byte ends the stream
+            error_class = getattr(exc, "error_class", "stream_broken")
+            message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            log.warning(
+                "stream from %s broke after the first byte: %s",
+                outcome.target.backend_name,
+                message,
+            )
+            self.parts.metrics.errors.labels("stream_broken").inc()
+            trace.event("routemesh.stream.broken", {"routemesh.error.message": message})
+            await _write_terminal_error(response, call.api, message)
+        self._account(decision, outcome, stream.usage, trace)
+        self._finish(decision, outcome, 200, started)
+        trace.finish(
+            usage=stream.usage,
+            response_model=stream.response_model,
+            error_class="stream_broken" if error_class else None,
+            message=message,
+        )
+        await response.write_eof()
+        return response
+
+    def _failed(
+        self,
+        call: DownstreamCall,
+        decision: Decision,
+        trace: RequestTrace,
+        failed: RequestFailed,
+        started: float,
+    ) -> web.Response:
+        self._record_attempts(failed.attempts)
+        failure = failed.failure
+        status = _failure_status(failure)
+        self.parts.metrics.requests.labels(decision.route.name, "", "", str(status)).inc()
+        self.parts.metrics.duration.labels(decision.route.name).observe(
+            time.perf_counter() - started
+        )
+        trace.set({"routemesh.attempts": len(failed.attempts)})
+        trace.finish(
+            usage=None,
+            response_model=None,
+            error_class=failure.error_class,
+            message=failure.message,
+        )
+        headers = {
+            "x-routemesh-route": decision.route.name,
+            "x-routemesh-attempts": str(len(failed.attempts)),
+        }
+        if failure.retry_after is not None:
+            headers["retry-after"] = str(int(failure.retry_after + 0.999))
+        error = ApiError(
+            status, f"{failure.error_class}: {failure.message}", code=failure.error_class
+        )
+        return error_response(call.api, error, headers)
+
+    def _record_attempts(self, attempts: list[AttemptRecord]) -> None:
+        for record in attempts:
+            outcome = record.error_class or "ok"
+            self.parts.metrics.attempts.labels(record.backend, record.model, outcome).inc()
+            if record.error_class:
+                self.parts.metrics.errors.labels(record.error_class).inc()
+
+    def _account(
+        self, decision: Decision, outcome: Outcome, usage: Usage | None, trace: RequestTrace
+    ) -> float:
+        target = outcome.target
+        cost = request_cost(usage, target.model_info.pricing)
+        metrics = self.parts.metrics
+        if usage is not None:
+            for kind, count in (
+                ("input", usage.input_tokens),
+                ("output", usage.output_tokens),
+                ("cached_input", usage.cached_input_tokens),
+            ):
+                metrics.tokens.labels(target.backend_name, target.model, kind).inc(count)
+        metrics.cost.labels(target.backend_name, target.model).inc(cost)
+        trace.set({"routemesh.cost.usd": cost})
+        return cost
+
+    def _finish(self, decision: Decision, outcome: Outcome, status: int, started: float) -> None:
+        target = outcome.target
+        metrics = self.parts.metrics
+        metrics.requests.labels(
+            decision.route.name, target.backend_name, target.model, str(status)
+        ).inc()
+        metrics.duration.labels(decision.route.name).observe(time.perf_counter() - started)
+
+
+def _failure_status(failure: UpstreamFailure) -> int:
+    if failure.error_class == "client_error" and failure.status:
+        return failure.status
+    return _FAILURE_STATUS.get(failure.error_class, 502)
+
+
+async def _write_terminal_error(response: web.StreamResponse, api: Api, message: str) -> None:
+    """End a broken stream with an error event both SDKs raise on (never a clean end)."""
+    text = f"upstream stream broke: {message}"
+    if api == "anthropic":
+        body = anthropic_error(502, text, type="api_error")
+        payload = encode_event(_json(body), "error")
+    else:
+        body = openai_error(502, text, type="server_error", code="stream_broken")
+        payload = encode_event(_json(body))
+    try:
+        await response.write(payload)
+    except (ConnectionError, RuntimeError):
+        log.info("downstream went away before the stream error could be sent")
+
+
+def _json(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
+def _routing_headers(decision: Decision, outcome: Outcome) -> dict[str, str]:
+    return {
+        "x-routemesh-route": decision.route.name,
+        "x-routemesh-backend": outcome.target.backend_name,
+        "x-routemesh-model": outcome.target.model,
+        "x-routemesh-attempts": str(len(outcome.attempts)),
+    }
+
+
+def _decision_attributes(
+    table: RouteTable, decision: Decision, call: DownstreamCall
+) -> dict[str, Any]:
+    route = decision.route
+    attributes: dict[str, Any] = {
+        "routemesh.table.version": table.version_label,
+        "routemesh.policy": route.policy,
+        "routemesh.route": route.name,
+        "routemesh.strategy": route.strategy,
+        "routemesh.downstream.api": call.api,
+        "routemesh.candidates": [c.label for c in decision.candidates],
+        "routemesh.plan": [c.label for c in decision.plan],
+        "gen_ai.request.model": str(call.body.get("model", "")),
+    }
+    for filter_name, removed in decision.removed.items():
+        attributes[f"routemesh.filter.{filter_name}.removed"] = removed
+    if decision.scores:
+        attributes["routemesh.scores"] = [
+            f"{label}={score:.4f}" for label, score in decision.scores.items()
+        ]
+    return attributes
+
+
+def _outcome_attributes(outcome: Outcome) -> dict[str, Any]:
+    failures = [a for a in outcome.attempts if a.error_class]
+    return {
+        "routemesh.backend": outcome.target.backend_name,
+        "routemesh.model": outcome.target.model,
+        "routemesh.attempts": len(outcome.attempts),
+        "routemesh.fallback.cause": failures[-1].error_class if failures else None,
+    }

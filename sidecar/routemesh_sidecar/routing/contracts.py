@@ -1,0 +1,97 @@
+"""The plugin contracts of routing: Filter, Scorer and Picker, and what they see.
+
+The pipeline runner calls plugins in order: filters remove candidates, scorers give each a score
+in [0, 1], and the picker orders the survivors into the plan of attempts. A plugin has a type and
+a name and is configured by its own pydantic model; it never records timings or span events (the
+runner does that for all of them) and never does I/O.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Protocol
+
+from routemesh_sidecar.routetable import Api, Backend, ModelInfo, Route, Target
+from routemesh_sidecar.routing.signals import RequestSignals, read_signals
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One target of a route, with what the route table knows about it."""
+
+    index: int
+    target: Target
+    backend: Backend
+    model_info: ModelInfo
+
+    @property
+    def label(self) -> str:
+        """How traces and headers name it: backend/model."""
+        return f"{self.target.backend}/{self.target.model}"
+
+
+@dataclass
+class RoutingRequest:
+    """A downstream request as routing sees it. Signals are computed only if a route needs them."""
+
+    api: Api
+    operation: str
+    model: str
+    headers: Mapping[str, str]
+    body: dict[str, Any]
+    rng: random.Random = field(default_factory=random.Random)
+
+    @cached_property
+    def signals(self) -> RequestSignals:
+        """Token estimate, code, keywords text, modalities and tools of the request."""
+        return read_signals(self.api, self.body)
+
+
+class Filter(Protocol):
+    """Removes candidates that cannot or should not serve the request."""
+
+    @property
+    def type(self) -> str:
+        """The plugin kind: filter, scorer or picker."""
+
+    @property
+    def name(self) -> str:
+        """The plugin's name, shown in traces."""
+
+    def keep(self, request: RoutingRequest, route: Route, candidate: Candidate) -> bool:
+        """Whether the candidate stays."""
+
+
+class Scorer(Protocol):
+    """Scores candidates in [0, 1]; higher is better."""
+
+    @property
+    def type(self) -> str:
+        """The plugin kind: filter, scorer or picker."""
+
+    @property
+    def name(self) -> str:
+        """The plugin's name, shown in traces."""
+
+    def score(self, request: RoutingRequest, candidates: Sequence[Candidate]) -> list[float]:
+        """One score per candidate, in order."""
+
+
+class Picker(Protocol):
+    """Orders candidates into the plan: the first is tried first, the rest are fallbacks."""
+
+    @property
+    def type(self) -> str:
+        """The plugin kind: filter, scorer or picker."""
+
+    @property
+    def name(self) -> str:
+        """The plugin's name, shown in traces."""
+
+    def pick(
+        self, request: RoutingRequest, candidates: Sequence[Candidate], scores: Sequence[float]
+    ) -> list[Candidate]:
+        """The plan."""

@@ -1,0 +1,68 @@
+"""Route match: the first route of the table whose match holds takes the request.
+
+Called by the pipeline. A match holds when every part that is set holds: the requested model is
+one of the route's models, every header matches, and every signal is within its bounds. Regular
+expressions are compiled once per route table, not per request. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from functools import lru_cache
+
+from routemesh_sidecar.routetable import HeaderMatch, Route, RouteMatch, Signals
+from routemesh_sidecar.routing.contracts import RoutingRequest
+
+
+@lru_cache(maxsize=1024)
+def _pattern(expression: str) -> re.Pattern[str]:
+    return re.compile(expression)
+
+
+def header_matches(rule: HeaderMatch, headers: Mapping[str, str]) -> bool:
+    """Whether the request's header satisfies the rule (names are lower-cased by the caller)."""
+    value = headers.get(rule.name.lower())
+    if value is None:
+        return False
+    if rule.type == "Exact":
+        return value == rule.value
+    return _pattern(rule.value).fullmatch(value) is not None
+
+
+def signals_match(rule: Signals, request: RoutingRequest) -> bool:
+    """Whether the request's signals are within the rule's bounds."""
+    if rule == Signals():
+        return True
+    signals = request.signals
+    checks = (
+        rule.min_tokens is None or signals.prompt_tokens >= rule.min_tokens,
+        rule.max_tokens is None or signals.prompt_tokens <= rule.max_tokens,
+        rule.code_present is None or signals.code_present == rule.code_present,
+        rule.tools_present is None or signals.tools_present == rule.tools_present,
+        not rule.modalities or bool(rule.modalities & signals.modalities),
+        not rule.keywords or _any_keyword(rule.keywords, signals.text),
+    )
+    return all(checks)
+
+
+def _any_keyword(keywords: frozenset[str], text: str) -> bool:
+    lowered = text.lower()
+    return any(keyword.lower() in lowered for keyword in keywords)
+
+
+def route_matches(match: RouteMatch, request: RoutingRequest) -> bool:
+    """Whether the request satisfies every part of the match."""
+    if match.models and request.model not in match.models:
+        return False
+    if not all(header_matches(rule, request.headers) for rule in match.headers):
+        return False
+    return signals_match(match.signals, request)
+
+
+def first_matching_route(routes: tuple[Route, ...], request: RoutingRequest) -> Route | None:
+    """The first route whose match holds, or None."""
+    for route in routes:
+        if route_matches(route.match, request):
+            return route
+    return None

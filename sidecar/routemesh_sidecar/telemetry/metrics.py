@@ -1,0 +1,70 @@
+"""Prometheus metrics of the sidecar, in a registry the sidecar owns (never the global one).
+
+The listener and the attempt observer record into `Metrics`; the admin listener serves
+`render()` on `/metrics`. Label values are bounded by the route table (routes, backends, models)
+and by the fixed set of error classes, never by request content.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """Request, attempt, error, token, cost and latency metrics."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "routemesh_requests",
+            "Downstream requests, by route, chosen backend and model, and HTTP status.",
+            ["route", "backend", "model", "code"],
+            registry=self.registry,
+        )
+        self.attempts = Counter(
+            "routemesh_attempts",
+            "Upstream attempts, by backend, model and outcome (ok or the error class).",
+            ["backend", "model", "outcome"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "routemesh_errors",
+            "Failures by error class, at the attempt or (stream_broken) the stream.",
+            ["error_class"],
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "routemesh_tokens",
+            "Tokens by backend, model and kind (input, output, cached_input).",
+            ["backend", "model", "kind"],
+            registry=self.registry,
+        )
+        self.cost = Counter(
+            "routemesh_cost_usd",
+            "Cost in US dollars from the route table's prices.",
+            ["backend", "model"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "routemesh_request_duration_seconds",
+            "Time from the downstream request to the end of the response.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.time_to_first_token = Histogram(
+            "routemesh_time_to_first_token_seconds",
+            "Time from the downstream request to the first byte of the upstream answer.",
+            ["backend", "model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        """The exposition text for /metrics."""
+        return generate_latest(self.registry)

@@ -1,0 +1,27 @@
+"""Records of what happened to a request: one per attempt.
+
+The attempt loop fills them in; telemetry turns them into spans, metrics and response headers.
+They are plain data, defined here (below the attempt loop in the layers) so that telemetry can
+read them without importing the loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from routemesh_sidecar.routetable import Api, ErrorClass
+
+
+@dataclass
+class AttemptRecord:
+    """What one attempt did."""
+
+    index: int
+    backend: str
+    api: Api
+    model: str
+    endpoint: str
+    retry: int
+    error_class: ErrorClass | None = None
+    status: int | None = None
+    message: str | None = None

@@ -1,0 +1,217 @@
+"""The attempt loop: retries on one target, then fallback along the plan, within one deadline.
+
+The listener calls `Executor.execute` with the plan routing chose (targets in the order to try)
+and the route's retry and timeout settings. For each target it retries the error classes the
+route allows, with jittered backoff or the upstream's Retry-After, as long as the retry budget
+and the request's deadline allow; then it falls back to the next target if the error class
+permits. Which classes fall back is decided in `classify`; this loop reads only the class.
+
+It never picks targets (routing does) and never writes to the downstream (the listener does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from routemesh_sidecar.routetable import Backend, Endpoint, ModelInfo, Route
+from routemesh_sidecar.telemetry.records import AttemptRecord
+from routemesh_sidecar.upstream.classify import FALLBACK_CLASSES, UpstreamFailure
+from routemesh_sidecar.upstream.client import (
+    AttemptTarget,
+    AttemptTimeouts,
+    DownstreamCall,
+    UpstreamClient,
+    UpstreamReply,
+    UpstreamStream,
+)
+from routemesh_sidecar.upstream.retry import Clock, RetryBudget, backoff_delay
+
+
+@dataclass(frozen=True)
+class PlannedTarget:
+    """A target in the order routing chose."""
+
+    backend_name: str
+    backend: Backend
+    model: str
+    model_info: ModelInfo
+
+
+class AttemptObserver(Protocol):
+    """Telemetry's view of attempts: called when one starts and when it ends."""
+
+    def attempt_started(self, record: AttemptRecord) -> Mapping[str, str]:
+        """Begin the attempt's span; return the trace headers to send upstream."""
+
+    def attempt_ended(self, record: AttemptRecord) -> None:
+        """End the attempt's span with its outcome."""
+
+
+@dataclass
+class Outcome:
+    """The successful attempt, and every attempt that led to it."""
+
+    result: UpstreamReply | UpstreamStream
+    target: PlannedTarget
+    attempts: list[AttemptRecord]
+
+
+class RequestFailed(Exception):
+    """No attempt succeeded. `failure` is the one the downstream should see."""
+
+    def __init__(self, failure: UpstreamFailure, attempts: list[AttemptRecord]) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+        self.attempts = attempts
+
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass
+class Executor:
+    """Runs the attempts of one request; shared by all requests of a sidecar."""
+
+    client: UpstreamClient
+    clock: Clock
+    rng: random.Random
+    sleep: Sleep = asyncio.sleep
+    _budgets: dict[str, RetryBudget] = field(default_factory=dict)
+    _next_endpoint: dict[str, int] = field(default_factory=dict)
+
+    def budget_for(self, route: Route) -> RetryBudget:
+        """The retry budget of a route, kept across requests and route-table swaps."""
+        key = f"{route.policy}/{route.name}"
+        budget = self._budgets.get(key)
+        if budget is None or budget.settings != route.retry.budget:
+            budget = RetryBudget(route.retry.budget, self.clock)
+            self._budgets[key] = budget
+        return budget
+
+    async def execute(
+        self,
+        call: DownstreamCall,
+        plan: list[PlannedTarget],
+        route: Route,
+        observer: AttemptObserver,
+    ) -> Outcome:
+        """Try the plan; return the first success or raise `RequestFailed`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + route.timeouts.total
+        budget = self.budget_for(route)
+        budget.record_request()
+        attempts: list[AttemptRecord] = []
+        last: UpstreamFailure | None = None
+        context_too_small: int | None = None
+        for target in plan:
+            if (
+                context_too_small is not None
+                and target.model_info.context_window <= context_too_small
+            ):
+                continue
+            try:
+                result = await self._try_target(
+                    call,
+                    target=target,
+                    route=route,
+                    deadline=deadline,
+                    budget=budget,
+                    observer=observer,
+                    attempts=attempts,
+                )
+            except UpstreamFailure as failure:
+                last = failure
+                if failure.error_class not in FALLBACK_CLASSES or loop.time() >= deadline:
+                    break
+                if failure.error_class == "context_length":
+                    context_too_small = target.model_info.context_window
+                continue
+            return Outcome(result, target, attempts)
+        if last is None:
+            last = UpstreamFailure("context_length", "no target has a larger context window")
+        raise RequestFailed(last, attempts)
+
+    async def _try_target(
+        self,
+        call: DownstreamCall,
+        *,
+        target: PlannedTarget,
+        route: Route,
+        deadline: float,
+        budget: RetryBudget,
+        observer: AttemptObserver,
+        attempts: list[AttemptRecord],
+    ) -> UpstreamReply | UpstreamStream:
+        """Attempts on one target, with retries; raise the last failure when giving up on it."""
+        loop = asyncio.get_running_loop()
+        retry = route.retry
+        for retry_index in range(retry.attempts):
+            endpoint = self._pick_endpoint(target)
+            record = AttemptRecord(
+                len(attempts),
+                target.backend_name,
+                target.backend.api,
+                target.model,
+                endpoint.url,
+                retry_index,
+            )
+            attempts.append(record)
+            headers = observer.attempt_started(record)
+            try_deadline = deadline
+            if retry.per_try_timeout is not None:
+                try_deadline = min(deadline, loop.time() + retry.per_try_timeout)
+            timeouts = AttemptTimeouts(
+                route.timeouts.connect, route.timeouts.first_token, try_deadline
+            )
+            attempt_target = AttemptTarget(
+                target.backend_name, target.backend, endpoint, target.model, target.model_info
+            )
+            try:
+                result = await self.client.send(call, attempt_target, timeouts, headers)
+            except UpstreamFailure as failure:
+                record.error_class, record.status = failure.error_class, failure.status
+                record.message = failure.message
+                observer.attempt_ended(record)
+                delay = self._retry_delay(failure, retry_index, route, deadline, budget)
+                if delay is None:
+                    raise
+                await self.sleep(delay)
+                continue
+            observer.attempt_ended(record)
+            return result
+        raise AssertionError("unreachable: the last attempt either returns or raises")
+
+    def _retry_delay(
+        self,
+        failure: UpstreamFailure,
+        retry_index: int,
+        route: Route,
+        deadline: float,
+        budget: RetryBudget,
+    ) -> float | None:
+        """How long to wait before retrying this target, or None to give up on it."""
+        retry = route.retry
+        if retry_index + 1 >= retry.attempts or failure.error_class not in retry.retry_on:
+            return None
+        if retry.honor_retry_after and failure.retry_after is not None:
+            delay = failure.retry_after
+        else:
+            delay = backoff_delay(retry.backoff, retry_index, self.rng)
+        # A wait that would end after the deadline cannot lead to a useful retry; another
+        # target may still answer in time.
+        if asyncio.get_running_loop().time() + delay >= deadline:
+            return None
+        if not budget.allow_retry():
+            return None
+        return delay
+
+    def _pick_endpoint(self, target: PlannedTarget) -> Endpoint:
+        """Round robin over the backend's endpoints (the balancer plugins refine this)."""
+        endpoints = target.backend.endpoints
+        index = self._next_endpoint.get(target.backend_name, 0)
+        self._next_endpoint[target.backend_name] = index + 1
+        return endpoints[index % len(endpoints)]

@@ -1,0 +1,72 @@
+"""Fixtures for tests of a whole sidecar in front of fake providers.
+
+Each fake is a real HTTP server on 127.0.0.1; the sidecar runs on its own event loop thread with
+seeded randomness and a tracer provider that exports over OTLP/HTTP to a real receiver, so a
+test asserts on what the client saw and on what the trace recorded.
+"""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+from routemesh_testing.fakes import ANTHROPIC_KEY, OPENAI_KEY, FakeAnthropic, FakeOpenAI
+from routemesh_testing.otlp import OTLPReceiver
+from routemesh_testing.serving import ServerThread
+
+
+@pytest.fixture(scope="session")
+def otlp() -> Iterator[OTLPReceiver]:
+    receiver = OTLPReceiver()
+    with ServerThread(receiver.app) as server:
+        receiver.bind(server)
+        yield receiver
+
+
+@pytest.fixture(autouse=True)
+def fresh_spans(otlp: OTLPReceiver) -> None:
+    """Each test sees only its own spans."""
+    otlp.clear()
+
+
+@pytest.fixture
+def tracer_provider(otlp: OTLPReceiver) -> Iterator[TracerProvider]:
+    provider = TracerProvider()
+    # Simple (synchronous) export: a span is at the receiver when the request returns.
+    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=otlp.endpoint)))
+    yield provider
+    provider.shutdown()
+
+
+@pytest.fixture
+def openai_upstream() -> Iterator[tuple[FakeOpenAI, str]]:
+    fake = FakeOpenAI(name="fake-openai", api_key=OPENAI_KEY)
+    with ServerThread(fake.app) as server:
+        yield fake, server.url + "/v1"
+
+
+@pytest.fixture
+def openai_spare() -> Iterator[tuple[FakeOpenAI, str]]:
+    fake = FakeOpenAI(name="fake-openai-spare", api_key=OPENAI_KEY)
+    with ServerThread(fake.app) as server:
+        yield fake, server.url + "/v1"
+
+
+@pytest.fixture
+def anthropic_upstream() -> Iterator[tuple[FakeAnthropic, str]]:
+    fake = FakeAnthropic(name="fake-anthropic", api_key=ANTHROPIC_KEY)
+    with ServerThread(fake.app) as server:
+        yield fake, server.url + "/v1"
+
+
+@pytest.fixture
+def variables() -> dict[str, str]:
+    return {"OPENAI_KEY": OPENAI_KEY, "ANTHROPIC_KEY": ANTHROPIC_KEY}
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path

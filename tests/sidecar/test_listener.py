@@ -1,0 +1,226 @@
+"""The listener: bad input answered in the caller's API shape, table swaps, admin, standalone mode.
+
+Nothing is sent upstream for a request the sidecar refuses; a request in flight finishes on the
+table it started with; the admin port shows the active table without secrets.
+"""
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import anthropic
+import openai
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from routemesh_testing.fakes import OPENAI_KEY, Delay, Reply
+from routemesh_testing.sidecar import SidecarProcess, SidecarThread, write_table
+from routemesh_testing.tables import backend, model_info, route, table
+from routemesh_testing.waiting import poll_until
+
+
+def single_table(url: str, version: int = 1):
+    return table(
+        {"openai": backend(url, models={"m": model_info()}, key_env="OPENAI_KEY")},
+        route("chat", ("openai", "m"), match={"models": ["m", "gpt-4o"]}),
+        version=version,
+    )
+
+
+@pytest.fixture
+def sidecar(
+    workdir: Path, openai_upstream, tracer_provider: TracerProvider, variables
+) -> Iterator[SidecarThread]:
+    with SidecarThread(
+        single_table(openai_upstream[1]),
+        workdir,
+        tracer_provider=tracer_provider,
+        variables=variables,
+        max_body_bytes=4096,
+    ) as s:
+        yield s
+
+
+async def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            url, data=body, headers={"content-type": "application/json", **(headers or {})}
+        ) as response,
+    ):
+        return response.status, json.loads(await response.read())
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("path", "body", "status", "words"),
+    [
+        ("/v1/chat/completions", b"{not json", 400, "JSON"),
+        ("/v1/chat/completions", b'["a list"]', 400, "object"),
+        ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}]}', 400, "model"),
+        ("/v1/chat/completions", b'{"model": "m"}', 400, "messages"),
+        ("/v1/chat/completions", b'{"model": "m", "messages": []}', 400, "messages"),
+        (
+            "/v1/chat/completions",
+            b'{"model": "nope", "messages": [{"role": "user", "content": "x"}]}',
+            404,
+            "nope",
+        ),
+        (
+            "/v1/chat/completions",
+            b'{"model": "m", "messages": [{"role": "user", "content": "' + b"x" * 5000 + b'"}]}',
+            413,
+            "limit",
+        ),
+        ("/v1/embeddings", b'{"model": "m"}', 400, "input"),
+        ("/v1/completions", b'{"model": "m"}', 400, "prompt"),
+    ],
+)
+async def test_bad_openai_requests_get_openai_errors_and_go_nowhere(
+    sidecar: SidecarThread, openai_upstream, path: str, body: bytes, status: int, words: str
+):
+    fake, _ = openai_upstream
+    got, error = await post(sidecar.base_url + path, body)
+    assert got == status
+    assert set(error["error"]) >= {"message", "type", "code", "param"}
+    assert words in error["error"]["message"]
+    assert fake.count() == 0, "nothing is sent upstream for a refused request"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        (b"{not json", 400, "JSON"),
+        (b'{"model": "m", "messages": [{"role": "user", "content": "x"}]}', 400, "max_tokens"),
+        (
+            b'{"model": "zzz", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}',
+            404,
+            "zzz",
+        ),
+    ],
+)
+async def test_bad_anthropic_requests_get_anthropic_errors(
+    sidecar: SidecarThread, openai_upstream, body: bytes, status: int, words: str
+):
+    fake, _ = openai_upstream
+    got, error = await post(
+        sidecar.base_url + "/v1/messages", body, {"anthropic-version": "2023-06-01"}
+    )
+    assert got == status
+    assert error["type"] == "error"
+    assert words in error["error"]["message"]
+    assert error["error"]["type"] in ("invalid_request_error", "not_found_error")
+    assert fake.count() == 0
+
+
+def test_sdk_errors_are_typed_by_status(sidecar: SidecarThread):
+    with (
+        openai.OpenAI(base_url=sidecar.openai_base_url, api_key="x", max_retries=0) as client,
+        pytest.raises(openai.NotFoundError),
+    ):
+        client.chat.completions.create(model="unknown", messages=[{"role": "user", "content": "x"}])
+    with (
+        anthropic.Anthropic(base_url=sidecar.base_url, api_key="x", max_retries=0) as client,
+        pytest.raises(anthropic.NotFoundError),
+    ):
+        client.messages.create(
+            model="unknown", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
+
+
+def test_in_flight_request_finishes_on_the_old_table_while_a_new_one_swaps_in(
+    sidecar: SidecarThread, openai_upstream, openai_spare
+):
+    old, _ = openai_upstream
+    new, new_url = openai_spare
+    old.script(Delay(0.5, Reply(text="answered by the old table")))
+
+    async def scenario() -> tuple[str, str]:
+        client = openai.AsyncOpenAI(base_url=sidecar.openai_base_url, api_key="x", max_retries=0)
+        async with client:
+            slow = asyncio.create_task(
+                client.chat.completions.create(
+                    model="m", messages=[{"role": "user", "content": "x"}]
+                )
+            )
+            # Swap only once the request has reached the old upstream.
+            await asyncio.to_thread(poll_until, old.count, bool, timeout=5, interval=0.01)
+            await asyncio.to_thread(sidecar.swap, single_table(new_url, version=2))
+            fresh = await client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "x"}]
+            )
+            return (await slow).choices[0].message.content or "", fresh.choices[
+                0
+            ].message.content or ""
+
+    first, second = asyncio.run(scenario())
+    assert first == "answered by the old table"
+    assert second == "Hello from fake-openai-spare"
+    assert old.count() == 1
+    assert new.count() == 1
+
+
+def test_config_dump_shows_the_table_without_secrets_and_readyz(sidecar: SidecarThread):
+    import urllib.request
+
+    with urllib.request.urlopen(sidecar.admin_url + "/config_dump", timeout=5) as response:  # noqa: S310
+        dump = json.loads(response.read())
+    with urllib.request.urlopen(sidecar.admin_url + "/readyz", timeout=5) as response:  # noqa: S310
+        assert response.status == 200
+    table_dump = dump["route_table"]
+    assert table_dump["version"].startswith("1-")
+    assert table_dump["routes"][0]["name"] == "chat"
+    assert table_dump["backends"]["openai"]["credentials"] == "configured"
+    assert OPENAI_KEY not in json.dumps(dump)
+    assert "OPENAI_KEY" not in json.dumps(dump), "not even where the key comes from"
+
+
+def test_an_invalid_table_is_refused_and_the_last_good_one_keeps_serving(
+    sidecar: SidecarThread, openai_upstream
+):
+    sidecar.table_path.write_text('{"version": 2, "routes": []}')
+    source = sidecar.running.source
+    sidecar.run(source.poll_once())  # type: ignore[union-attr]
+    assert sidecar.running.active.last_error is not None
+    assert "routes" in sidecar.running.active.last_error
+    with openai.OpenAI(base_url=sidecar.openai_base_url, api_key="x", max_retries=0) as client:
+        reply = client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "x"}]
+        )
+    assert reply.choices[0].message.content == "Hello from fake-openai"
+
+
+def test_a_table_with_a_strategy_the_sidecar_cannot_run_is_refused(
+    sidecar: SidecarThread, openai_upstream
+):
+    _fake, url = openai_upstream
+    cascade = table(
+        {"openai": backend(url, models={"m": model_info(), "n": model_info()})},
+        route("chat", ("openai", "m"), ("openai", "n"), strategy="Cascade"),
+        version=9,
+    )
+    sidecar.swap(cascade)
+    assert sidecar.running.active.current is not None
+    assert sidecar.running.active.current.version == 1
+    assert "strategy Cascade is not supported" in (sidecar.running.active.last_error or "")
+
+
+def test_standalone_process_serves_from_a_route_table_file(workdir: Path, openai_upstream):
+    fake, url = openai_upstream
+    path = workdir / "standalone.json"
+    write_table(path, single_table(url))
+    env = {**os.environ, "OPENAI_KEY": OPENAI_KEY, "PYTHONPATH": os.pathsep.join(sys.path)}
+    with (
+        SidecarProcess(path, env, workdir / "sidecar.log") as process,
+        openai.OpenAI(base_url=process.base_url + "/v1", api_key="x", max_retries=0) as client,
+    ):
+        reply = client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "x"}]
+        )
+    assert reply.choices[0].message.content == "Hello from fake-openai"
+    assert fake.requests[-1].headers["authorization"] == f"Bearer {OPENAI_KEY}"
