@@ -79,7 +79,7 @@ class Sidecar:
 
     def _tracer_provider(self) -> TracerProvider:
         provider = TracerProvider(
-            resource=Resource.create({"service.name": "routemesh-sidecar"}),
+            resource=Resource.create({"service.name": self.settings.otel_service_name}),
             sampler=TableRatioSampler(self._sampling_ratio),
         )
         if self.settings.traces_url:

@@ -65,6 +65,12 @@ class SidecarSettings(BaseSettings):
         ),
         description="OTLP/HTTP base URL; traces go to its /v1/traces. Standard OTel variable.",
     )
+    otel_service_name: str = Field(
+        default="routemesh-sidecar",
+        validation_alias=AliasChoices("OTEL_SERVICE_NAME"),
+        description="service.name of the spans; other resource attributes come from "
+        "OTEL_RESOURCE_ATTRIBUTES, which the OTel SDK reads itself.",
+    )
     otel_sdk_disabled: bool = Field(
         default=False,
         validation_alias=AliasChoices("OTEL_SDK_DISABLED"),

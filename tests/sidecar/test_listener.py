@@ -210,17 +210,39 @@ def test_a_table_with_a_strategy_the_sidecar_cannot_run_is_refused(
     assert "strategy Cascade is not supported" in (sidecar.running.active.last_error or "")
 
 
-def test_standalone_process_serves_from_a_route_table_file(workdir: Path, openai_upstream):
+def test_standalone_process_serves_exports_otlp_and_propagates_trace_context(
+    workdir: Path, openai_upstream, otlp
+):
     fake, url = openai_upstream
     path = workdir / "standalone.json"
     write_table(path, single_table(url))
-    env = {**os.environ, "OPENAI_KEY": OPENAI_KEY, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = {
+        **os.environ,
+        "OPENAI_KEY": OPENAI_KEY,
+        "PYTHONPATH": os.pathsep.join(sys.path),
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint.removesuffix("/v1/traces"),
+        "OTEL_SERVICE_NAME": "checkout-sidecar",
+        "OTEL_RESOURCE_ATTRIBUTES": "k8s.pod.name=checkout-7d9f,k8s.namespace.name=shop",
+        "OTEL_BSP_SCHEDULE_DELAY": "50",
+    }
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    app_span = "00f067aa0ba902b7"
     with (
         SidecarProcess(path, env, workdir / "sidecar.log") as process,
         openai.OpenAI(base_url=process.base_url + "/v1", api_key="x", max_retries=0) as client,
     ):
         reply = client.chat.completions.create(
-            model="gpt-4o", messages=[{"role": "user", "content": "x"}]
+            model="gpt-4o",
+            messages=[{"role": "user", "content": "x"}],
+            extra_headers={"traceparent": f"00-{trace_id}-{app_span}-01"},
         )
+        [route_span] = otlp.wait_for(lambda s: s.name == "routemesh.route", timeout=10)
+        [attempt] = otlp.wait_for(lambda s: s.parent_span_id == route_span.span_id, timeout=10)
     assert reply.choices[0].message.content == "Hello from fake-openai"
     assert fake.requests[-1].headers["authorization"] == f"Bearer {OPENAI_KEY}"
+    assert route_span.trace_id == trace_id, "the app's trace continues through the sidecar"
+    assert route_span.parent_span_id == app_span
+    assert route_span.resource["service.name"] == "checkout-sidecar"
+    assert route_span.resource["k8s.pod.name"] == "checkout-7d9f"
+    upstream_parent = fake.requests[-1].headers["traceparent"]
+    assert upstream_parent == f"00-{trace_id}-{attempt.span_id}-01", "the upstream joins the trace"
