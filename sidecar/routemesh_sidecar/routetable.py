@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -230,9 +231,14 @@ class RouteTable(WireModel):
                     )
         return self
 
-    @property
+    @cached_property
     def content_hash(self) -> str:
-        """A hash of everything but the version: equal content, equal hash."""
+        """A hash of everything but the version: equal content, equal hash.
+
+        Computed once per table, since every request names its table's version. A table is
+        immutable, so build a changed one with `model_validate`: `model_copy(update=...)` would
+        carry the cached hash along.
+        """
         content = self.model_dump(mode="json", exclude={"version"})
         digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
         return digest[:16]

@@ -207,7 +207,9 @@ class Listener:
         headers = _routing_headers(decision, outcome) | {"x-routemesh-cost-usd": f"{cost:.8f}"}
         self._finish(decision, outcome, reply.status, started)
         trace.finish(usage=reply.usage, response_model=reply.response_model, error_class=None)
-        return web.json_response(reply.body, status=reply.status, headers=headers)
+        return web.Response(
+            body=reply.body, status=reply.status, content_type="application/json", headers=headers
+        )
 
     async def _stream(
         self,

@@ -95,7 +95,7 @@ class UpstreamReply:
     """A complete, successful non-streaming answer, already in the downstream's API."""
 
     status: int
-    body: dict[str, Any]
+    body: bytes  # the JSON to send downstream: the upstream's own bytes unless translated
     usage: Usage | None
     response_model: str | None
 
@@ -202,7 +202,7 @@ class AttemptTimeouts:
 
     connect: float
     first_byte: float
-    deadline: float  # loop.time() by which the whole request must be done
+    remaining: float  # seconds left of the request's deadline (or of the per-try timeout)
 
 
 class UpstreamClient:
@@ -228,8 +228,9 @@ class UpstreamClient:
         key = self._credentials.key_for(target.backend.credentials)
         body = _encode(upstream_body(call, target))
         headers = upstream_headers(call, api, key, trace_headers)
-        loop = asyncio.get_running_loop()
-        first_byte_by = min(loop.time() + timeouts.first_byte, timeouts.deadline)
+        now = asyncio.get_running_loop().time()
+        deadline = now + timeouts.remaining
+        first_byte_by = min(now + timeouts.first_byte, deadline)
         client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect)
         session = self._pool.session(target.endpoint)
         response: aiohttp.ClientResponse | None = None
@@ -244,10 +245,10 @@ class UpstreamClient:
                         response.status, response.headers, raw, self._wall()
                     )
                 if call.stream:
-                    stream = UpstreamStream(call, target, response)
+                    stream = UpstreamStream(call, target, response, deadline)
                     await stream.read_first_event()
                     return stream
-            async with asyncio.timeout_at(timeouts.deadline):
+            async with asyncio.timeout_at(deadline):
                 raw = await response.read()
             return _reply(call, target, response.status, raw)
         except UpstreamFailure:
@@ -270,7 +271,11 @@ def _describe(exc: BaseException) -> str:
 
 
 def _reply(call: DownstreamCall, target: AttemptTarget, status: int, raw: bytes) -> UpstreamReply:
-    """Parse a successful body and translate it to the downstream's API."""
+    """Check a successful body, read its usage, and translate it if the APIs differ.
+
+    An upstream of the downstream's own API has its bytes passed on unchanged; they are parsed
+    only to be sure they are a whole JSON object (never a silent truncation) and for the usage.
+    """
     try:
         data = json.loads(raw)
     except ValueError as exc:
@@ -280,16 +285,17 @@ def _reply(call: DownstreamCall, target: AttemptTarget, status: int, raw: bytes)
     api = target.backend.api
     usage = usage_from_anthropic(data) if api == "anthropic" else usage_from_openai(data)
     response_model = data.get("model") if isinstance(data.get("model"), str) else None
-    if call.api != api:
-        requested = str(call.body.get("model", target.model))
-        try:
-            if api == "anthropic":
-                data = anthropic_response_to_openai(data, model=requested, created=0)
-            else:
-                data = openai_response_to_anthropic(data, model=requested)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UpstreamFailure("bad_response", f"cannot translate upstream body: {exc}") from exc
-    return UpstreamReply(status, data, usage, response_model)
+    if call.api == api:
+        return UpstreamReply(status, raw, usage, response_model)
+    requested = str(call.body.get("model", target.model))
+    try:
+        if api == "anthropic":
+            data = anthropic_response_to_openai(data, model=requested, created=0)
+        else:
+            data = openai_response_to_anthropic(data, model=requested)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UpstreamFailure("bad_response", f"cannot translate upstream body: {exc}") from exc
+    return UpstreamReply(status, _encode(data), usage, response_model)
 
 
 class StreamBroken(Exception):
@@ -313,6 +319,7 @@ class UpstreamStream:
     call: DownstreamCall
     target: AttemptTarget
     response: aiohttp.ClientResponse
+    deadline: float  # loop time by which the whole stream must have ended
     usage: Usage | None = None
     response_model: str | None = None
     _parser: SSEParser = field(default_factory=SSEParser)
@@ -353,7 +360,13 @@ class UpstreamStream:
                 self._pending.clear()
                 if self._done:
                     return
-                chunk = await self.response.content.readany()
+                try:
+                    async with asyncio.timeout_at(self.deadline):
+                        chunk = await self.response.content.readany()
+                except TimeoutError as exc:
+                    raise StreamBroken(
+                        "timeout", "the request's total timeout ended the stream"
+                    ) from exc
                 if not chunk:
                     raise StreamBroken("stream_broken", "upstream ended the stream before its end")
                 self._pending.extend(self._parser.feed(chunk))

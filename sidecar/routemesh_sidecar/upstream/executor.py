@@ -100,8 +100,7 @@ class Executor:
         observer: AttemptObserver,
     ) -> Outcome:
         """Try the plan; return the first success or raise `RequestFailed`."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + route.timeouts.total
+        deadline = self.clock.monotonic() + route.timeouts.total
         budget = self.budget_for(route)
         budget.record_request()
         attempts: list[AttemptRecord] = []
@@ -125,7 +124,8 @@ class Executor:
                 )
             except UpstreamFailure as failure:
                 last = failure
-                if failure.error_class not in FALLBACK_CLASSES or loop.time() >= deadline:
+                out_of_time = self.clock.monotonic() >= deadline
+                if failure.error_class not in FALLBACK_CLASSES or out_of_time:
                     break
                 if failure.error_class == "context_length":
                     context_too_small = target.model_info.context_window
@@ -147,7 +147,6 @@ class Executor:
         attempts: list[AttemptRecord],
     ) -> UpstreamReply | UpstreamStream:
         """Attempts on one target, with retries; raise the last failure when giving up on it."""
-        loop = asyncio.get_running_loop()
         retry = route.retry
         for retry_index in range(retry.attempts):
             endpoint = self._pick_endpoint(target)
@@ -161,11 +160,11 @@ class Executor:
             )
             attempts.append(record)
             headers = observer.attempt_started(record)
-            try_deadline = deadline
+            remaining = deadline - self.clock.monotonic()
             if retry.per_try_timeout is not None:
-                try_deadline = min(deadline, loop.time() + retry.per_try_timeout)
+                remaining = min(remaining, retry.per_try_timeout)
             timeouts = AttemptTimeouts(
-                route.timeouts.connect, route.timeouts.first_token, try_deadline
+                route.timeouts.connect, route.timeouts.first_token, remaining
             )
             attempt_target = AttemptTarget(
                 target.backend_name, target.backend, endpoint, target.model, target.model_info
@@ -203,7 +202,7 @@ class Executor:
             delay = backoff_delay(retry.backoff, retry_index, self.rng)
         # A wait that would end after the deadline cannot lead to a useful retry; another
         # target may still answer in time.
-        if asyncio.get_running_loop().time() + delay >= deadline:
+        if self.clock.monotonic() + delay >= deadline:
             return None
         if not budget.allow_retry():
             return None

@@ -1,0 +1,217 @@
+"""Latency and throughput the sidecar adds, against a plain pass-through proxy, in one run.
+
+Three ways to reach the same fake provider: directly, through `passthrough_proxy.py` (the least a
+proxy can do), and through the sidecar in standalone mode. The proxies run pinned to one core;
+the fake provider and this load generator share the other, identically for all three. Reported
+as ratios, because absolute numbers on a shared 2-core machine are noisy:
+  - median added latency (proxy minus direct), sidecar / pass-through; goal: at most 1.5;
+  - throughput at 32 concurrent requests, sidecar / pass-through; goal: at least 0.7;
+  - time to first token of a stream, sidecar minus direct; goal: under 1 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import aiohttp
+
+BENCH = Path(__file__).parent
+REPO = BENCH.parent
+SEQUENTIAL = 400
+WARMUP = 50
+CONCURRENCY = 32
+THROUGHPUT_SECONDS = 5.0
+BODY = {"model": "m", "messages": [{"role": "user", "content": "Say hello in five words."}]}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def process(argv: list[str], port: int, cpu: int) -> Iterator[None]:
+    inherited = dict(os.environ)  # noqa: TID251  (children inherit this process's environment)
+    env = {**inherited, "PYTHONPATH": os.pathsep.join([str(REPO / "testing"), *sys.path])}
+    child = subprocess.Popen(
+        argv,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),  # noqa: PLW1509
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        time.sleep(0.3)
+        yield
+    finally:
+        child.terminate()
+        child.wait(timeout=10)
+
+
+def _has_text(line: bytes) -> bool:
+    """Whether an SSE line carries a non-empty content delta (the first token)."""
+    compact = line.replace(b'": "', b'":"')
+    return b'"content":"' in compact and b'"content":""' not in compact
+
+
+async def latencies(url: str, stream: bool) -> list[float]:
+    """Sequential requests; for streams, the time to the first content chunk."""
+    body = {**BODY, "stream": stream}
+    out: list[float] = []
+    async with aiohttp.ClientSession() as session:
+        for i in range(WARMUP + SEQUENTIAL):
+            started = time.perf_counter()
+            async with session.post(url, json=body) as response:
+                if stream:
+                    async for line in response.content:
+                        if _has_text(line):
+                            break
+                    elapsed = time.perf_counter() - started
+                    await response.read()
+                else:
+                    await response.read()
+                    elapsed = time.perf_counter() - started
+            if response.status != 200:
+                raise RuntimeError(f"{url}: HTTP {response.status}")
+            if i >= WARMUP:
+                out.append(elapsed)
+    return out
+
+
+async def throughput(url: str) -> float:
+    """Completed requests per second with CONCURRENCY requests in flight."""
+    done = 0
+    stop_at = time.perf_counter() + THROUGHPUT_SECONDS
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal done
+        while time.perf_counter() < stop_at:
+            async with session.post(url, json=BODY) as response:
+                await response.read()
+                if response.status == 200:
+                    done += 1
+
+    connector = aiohttp.TCPConnector(limit=CONCURRENCY)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(CONCURRENCY)))
+        return done / (time.perf_counter() - started)
+
+
+def route_table(upstream: str) -> str:
+    return json.dumps(
+        {
+            "version": 1,
+            "backends": {
+                "bench": {
+                    "api": "openai",
+                    "endpoints": [{"url": upstream + "/v1"}],
+                    "models": {
+                        "m": {
+                            "context_window": 100000,
+                            "pricing": {"input_per_million": 1, "output_per_million": 2},
+                        }
+                    },
+                }
+            },
+            "routes": [{"name": "all", "targets": [{"backend": "bench", "model": "m"}]}],
+        }
+    )
+
+
+def measure() -> dict[str, dict[str, float]]:
+    os.sched_setaffinity(0, {1})
+    fake_port, proxy_port, sidecar_port, admin_port = (free_port() for _ in range(4))
+    fake = f"http://127.0.0.1:{fake_port}"
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        table = Path(tmp) / "table.json"
+        table.write_text(route_table(fake))
+        sidecar = [
+            sys.executable,
+            "-m",
+            "routemesh_sidecar",
+            "--route-table",
+            str(table),
+            "--port",
+            str(sidecar_port),
+            "--admin-port",
+            str(admin_port),
+            "--log-level",
+            "warning",
+        ]
+        proxy = [sys.executable, str(BENCH / "passthrough_proxy.py"), str(proxy_port), fake]
+        with (
+            process(
+                [sys.executable, str(BENCH / "fake_provider.py"), str(fake_port)], fake_port, 1
+            ),
+            process(proxy, proxy_port, 0),
+            process(sidecar, sidecar_port, 0),
+        ):
+            targets = {
+                "direct": fake,
+                "passthrough": f"http://127.0.0.1:{proxy_port}",
+                "sidecar": f"http://127.0.0.1:{sidecar_port}",
+            }
+            for name, origin in targets.items():
+                url = origin + "/v1/chat/completions"
+                plain = asyncio.run(latencies(url, stream=False))
+                streamed = asyncio.run(latencies(url, stream=True))
+                results[name] = {
+                    "median_ms": statistics.median(plain) * 1000,
+                    "p90_ms": statistics.quantiles(plain, n=10)[-1] * 1000,
+                    "ttft_ms": statistics.median(streamed) * 1000,
+                    "rps": asyncio.run(throughput(url)),
+                }
+    return results
+
+
+def run() -> list[str]:
+    r = measure()
+    added = {
+        name: r[name]["median_ms"] - r["direct"]["median_ms"] for name in ("passthrough", "sidecar")
+    }
+    rows = [
+        "| path | median ms | p90 ms | stream TTFT ms | req/s at 32 in flight |",
+        "|---|---|---|---|---|",
+    ]
+    for name, values in r.items():
+        rows.append(
+            f"| {name} | {values['median_ms']:.3f} | {values['p90_ms']:.3f} | "
+            f"{values['ttft_ms']:.3f} | {values['rps']:.0f} |"
+        )
+    latency_ratio = (
+        added["sidecar"] / added["passthrough"] if added["passthrough"] > 0 else float("inf")
+    )
+    throughput_ratio = r["sidecar"]["rps"] / r["passthrough"]["rps"]
+    ttft_added = r["sidecar"]["ttft_ms"] - r["direct"]["ttft_ms"]
+    rows += [
+        "",
+        f"- added median latency: pass-through {added['passthrough']:.3f} ms, sidecar "
+        f"{added['sidecar']:.3f} ms; ratio {latency_ratio:.2f} (goal <= 1.5)",
+        f"- throughput ratio sidecar / pass-through: {throughput_ratio:.2f} (goal >= 0.7)",
+        f"- stream TTFT added by the sidecar: {ttft_added:.3f} ms (goal < 1 ms)",
+    ]
+    return rows
+
+
+if __name__ == "__main__":
+    print("\n".join(run()))
