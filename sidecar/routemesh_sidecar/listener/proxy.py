@@ -188,9 +188,10 @@ class Listener:
         except RequestFailed as failed:
             return self._failed(call, decision, trace, failed, started)
         self._record_attempts(outcome.attempts)
-        trace.set(_outcome_attributes(outcome))
-        self.parts.metrics.time_to_first_token.labels(
-            outcome.target.backend_name, outcome.target.model
+        self.parts.metrics.of(
+            self.parts.metrics.time_to_first_token,
+            outcome.target.backend_name,
+            outcome.target.model,
         ).observe(time.perf_counter() - started)
         if isinstance(outcome.result, UpstreamStream):
             return await self._stream(
@@ -203,10 +204,15 @@ class Listener:
                 started=started,
             )
         reply = outcome.result
-        cost = self._account(decision, outcome, reply.usage, trace)
+        cost = self._account(outcome, reply.usage)
         headers = _routing_headers(decision, outcome) | {"x-routemesh-cost-usd": f"{cost:.8f}"}
         self._finish(decision, outcome, reply.status, started)
-        trace.finish(usage=reply.usage, response_model=reply.response_model, error_class=None)
+        trace.finish(
+            usage=reply.usage,
+            response_model=reply.response_model,
+            error_class=None,
+            attributes=_outcome_attributes(outcome, cost),
+        )
         return web.Response(
             body=reply.body, status=reply.status, content_type="application/json", headers=headers
         )
@@ -244,16 +250,17 @@ class Listener:
                 outcome.target.backend_name,
                 message,
             )
-            self.parts.metrics.errors.labels("stream_broken").inc()
+            self.parts.metrics.of(self.parts.metrics.errors, "stream_broken").inc()
             trace.event("routemesh.stream.broken", {"routemesh.error.message": message})
             await _write_terminal_error(response, call.api, message)
-        self._account(decision, outcome, stream.usage, trace)
+        cost = self._account(outcome, stream.usage)
         self._finish(decision, outcome, 200, started)
         trace.finish(
             usage=stream.usage,
             response_model=stream.response_model,
             error_class="stream_broken" if error_class else None,
             message=message,
+            attributes=_outcome_attributes(outcome, cost),
         )
         await response.write_eof()
         return response
@@ -269,12 +276,14 @@ class Listener:
         self._record_attempts(failed.attempts)
         failure = failed.failure
         status = _failure_status(failure)
-        self.parts.metrics.requests.labels(decision.route.name, "", "", str(status)).inc()
-        self.parts.metrics.duration.labels(decision.route.name).observe(
+        self.parts.metrics.of(
+            self.parts.metrics.requests, decision.route.name, "", "", str(status)
+        ).inc()
+        self.parts.metrics.of(self.parts.metrics.duration, decision.route.name).observe(
             time.perf_counter() - started
         )
-        trace.set({"routemesh.attempts": len(failed.attempts)})
         trace.finish(
+            attributes={"routemesh.attempts": len(failed.attempts)},
             usage=None,
             response_model=None,
             error_class=failure.error_class,
@@ -294,13 +303,13 @@ class Listener:
     def _record_attempts(self, attempts: list[AttemptRecord]) -> None:
         for record in attempts:
             outcome = record.error_class or "ok"
-            self.parts.metrics.attempts.labels(record.backend, record.model, outcome).inc()
+            self.parts.metrics.of(
+                self.parts.metrics.attempts, record.backend, record.model, outcome
+            ).inc()
             if record.error_class:
-                self.parts.metrics.errors.labels(record.error_class).inc()
+                self.parts.metrics.of(self.parts.metrics.errors, record.error_class).inc()
 
-    def _account(
-        self, decision: Decision, outcome: Outcome, usage: Usage | None, trace: RequestTrace
-    ) -> float:
+    def _account(self, outcome: Outcome, usage: Usage | None) -> float:
         target = outcome.target
         cost = request_cost(usage, target.model_info.pricing)
         metrics = self.parts.metrics
@@ -310,18 +319,17 @@ class Listener:
                 ("output", usage.output_tokens),
                 ("cached_input", usage.cached_input_tokens),
             ):
-                metrics.tokens.labels(target.backend_name, target.model, kind).inc(count)
-        metrics.cost.labels(target.backend_name, target.model).inc(cost)
-        trace.set({"routemesh.cost.usd": cost})
+                metrics.of(metrics.tokens, target.backend_name, target.model, kind).inc(count)
+        metrics.of(metrics.cost, target.backend_name, target.model).inc(cost)
         return cost
 
     def _finish(self, decision: Decision, outcome: Outcome, status: int, started: float) -> None:
         target = outcome.target
         metrics = self.parts.metrics
-        metrics.requests.labels(
-            decision.route.name, target.backend_name, target.model, str(status)
+        metrics.of(
+            metrics.requests, decision.route.name, target.backend_name, target.model, str(status)
         ).inc()
-        metrics.duration.labels(decision.route.name).observe(time.perf_counter() - started)
+        metrics.of(metrics.duration, decision.route.name).observe(time.perf_counter() - started)
 
 
 def _failure_status(failure: UpstreamFailure) -> int:
@@ -381,11 +389,12 @@ def _decision_attributes(
     return attributes
 
 
-def _outcome_attributes(outcome: Outcome) -> dict[str, Any]:
+def _outcome_attributes(outcome: Outcome, cost: float) -> dict[str, Any]:
     failures = [a for a in outcome.attempts if a.error_class]
     return {
         "routemesh.backend": outcome.target.backend_name,
         "routemesh.model": outcome.target.model,
         "routemesh.attempts": len(outcome.attempts),
         "routemesh.fallback.cause": failures[-1].error_class if failures else None,
+        "routemesh.cost.usd": cost,
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from routemesh_sidecar.routetable import Api
@@ -31,9 +32,13 @@ class RequestSignals:
     prompt_tokens: int
     max_output_tokens: int | None
     text: str
-    code_present: bool
     modalities: frozenset[str]
     tools_present: bool
+
+    @cached_property
+    def code_present(self) -> bool:
+        """Whether the prompt contains code; searched only when a route asks."""
+        return bool(_CODE.search(self.text))
 
 
 def read_signals(api: Api, body: dict[str, Any]) -> RequestSignals:
@@ -56,7 +61,6 @@ def read_signals(api: Api, body: dict[str, Any]) -> RequestSignals:
         prompt_tokens=tokens,
         max_output_tokens=max_output if isinstance(max_output, int) else None,
         text=text,
-        code_present=bool(_CODE.search(text)),
         modalities=frozenset(modalities or {"Text"}),
         tools_present=bool(body.get("tools")),
     )

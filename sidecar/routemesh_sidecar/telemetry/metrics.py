@@ -7,6 +7,8 @@ and by the fixed set of error classes, never by request content.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -20,6 +22,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
         self.requests = Counter(
             "routemesh_requests",
             "Downstream requests, by route, chosen backend and model, and HTTP status.",
@@ -64,6 +67,18 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+
+    def of(self, metric: Counter | Histogram, *values: str) -> Any:
+        """The metric's child for these label values, looked up once and then cached.
+
+        prometheus_client's `labels()` takes a lock and validates on every call; a request
+        records eight series, so the sidecar keeps the children it has already made.
+        """
+        key = (metric._name, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def render(self) -> bytes:
         """The exposition text for /metrics."""

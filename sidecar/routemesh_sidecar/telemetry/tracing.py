@@ -136,8 +136,13 @@ class RequestTrace:
         response_model: str | None,
         error_class: str | None,
         message: str | None = None,
+        attributes: Mapping[str, Any] | None = None,
     ) -> None:
-        """End the open attempt span and the route span, with usage or the error."""
+        """End the open attempt span and the route span, with usage or the error.
+
+        The outcome's attributes come in one call, because each attribute set on a span is
+        validated one by one.
+        """
         usage_attributes = _usage_attributes(usage)
         for span in self._attempts.values():
             span.set_attributes(usage_attributes)
@@ -148,7 +153,8 @@ class RequestTrace:
                 span.set_status(StatusCode.ERROR, message or error_class)
             span.end()
         self._attempts.clear()
-        self.route_span.set_attributes(usage_attributes)
+        outcome = {k: v for k, v in (attributes or {}).items() if v is not None}
+        self.route_span.set_attributes({**usage_attributes, **outcome})
         if error_class:
             self.route_span.set_attribute("error.type", error_class)
             self.route_span.set_status(StatusCode.ERROR, message or error_class)
