@@ -91,14 +91,11 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     """The request body, refused with 413 past `limit` bytes (checked before reading it all)."""
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, f"request body is larger than the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await request.content.read(65536):
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"request body is larger than the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        # The application's client_max_size is limit + 1, so aiohttp stops reading past it.
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise ApiError(413, f"request body is larger than the limit of {limit} bytes") from exc
 
 
 class Listener:
@@ -148,8 +145,8 @@ class Listener:
                 body = parse(await read_body(request, self.parts.max_body_bytes))
             except ApiError as error:
                 return error_response(api, error)
-            headers = {k.lower(): v for k, v in request.headers.items()}
-            call = DownstreamCall(api, operation, body, headers)
+            # The headers stay a case-insensitive view: no copy per request.
+            call = DownstreamCall(api, operation, body, request.headers)
             return await self._route(request, table, call, started)
 
         return handle

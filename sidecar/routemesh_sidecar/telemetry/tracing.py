@@ -75,7 +75,7 @@ class RequestTrace:
         operation: str,
         attributes: dict[str, Any],
     ) -> None:
-        parent = _PROPAGATOR.extract(carrier=dict(downstream_headers))
+        parent = _PROPAGATOR.extract(carrier=downstream_headers)
         self._tracer = tracer
         self._operation = _OPERATION_NAMES.get(operation, operation)
         self.route_span: Span = tracer.start_span(
