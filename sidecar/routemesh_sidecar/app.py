@@ -1,7 +1,7 @@
 """Wire the sidecar's parts together and run them until cancelled.
 
 Called by `__main__` with settings already read (and by tests, which inject a clock, randomness
-and a tracer provider). It owns the lifetime of the listeners, the route-table source's task and
+and a span processor). It owns the lifetime of the listeners, the route-table source's task and
 the upstream pools; the parts themselves know nothing of each other beyond their interfaces.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from routemesh_sidecar.admin.server import AdminSources, build_admin_app
@@ -26,7 +26,7 @@ from routemesh_sidecar.routetable import ActiveRouteTable, RouteTable
 from routemesh_sidecar.routing.pipeline import Router, unsupported_strategies
 from routemesh_sidecar.settings import SidecarSettings
 from routemesh_sidecar.telemetry.metrics import CONTENT_TYPE, Metrics
-from routemesh_sidecar.telemetry.tracing import TableRatioSampler
+from routemesh_sidecar.telemetry.tracing import SpanRecorder
 from routemesh_sidecar.upstream.client import CredentialStore, UpstreamClient, UpstreamPool
 from routemesh_sidecar.upstream.executor import Executor
 from routemesh_sidecar.upstream.retry import Clock, SystemClock
@@ -56,7 +56,7 @@ class Sidecar:
         *,
         clock: Clock | None = None,
         rng: random.Random | None = None,
-        tracer_provider: TracerProvider | None = None,
+        span_processor: SpanProcessor | None = None,
         variables: Mapping[str, str] | None = None,
         source: RouteTableSource | None = None,
     ) -> None:
@@ -65,9 +65,13 @@ class Sidecar:
         self.metrics = Metrics()
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
-        # A provider passed in belongs to the caller, who shuts it down.
-        self._owns_tracer_provider = tracer_provider is None
-        self.tracer_provider = tracer_provider or self._tracer_provider()
+        # A processor passed in belongs to the caller, who shuts it down.
+        self._owns_span_processor = span_processor is None
+        self.spans = SpanRecorder(
+            span_processor if span_processor is not None else self._span_processor(),
+            Resource.create({"service.name": settings.otel_service_name}),
+            self._sampling_ratio,
+        )
         self.pool = UpstreamPool()
         client = UpstreamClient(self.pool, CredentialStore(variables or {}), self.clock.wall)
         self.executor = Executor(client, self.clock, self.rng)
@@ -77,15 +81,11 @@ class Sidecar:
         self.listen_port: int | None = None
         self.admin_port: int | None = None
 
-    def _tracer_provider(self) -> TracerProvider:
-        provider = TracerProvider(
-            resource=Resource.create({"service.name": self.settings.otel_service_name}),
-            sampler=TableRatioSampler(self._sampling_ratio),
-        )
-        if self.settings.traces_url:
-            exporter = OTLPSpanExporter(endpoint=self.settings.traces_url)
-            provider.add_span_processor(BatchSpanProcessor(exporter))
-        return provider
+    def _span_processor(self) -> SpanProcessor | None:
+        """Batch export over OTLP/HTTP when an endpoint is configured; no spans otherwise."""
+        if not self.settings.traces_url:
+            return None
+        return BatchSpanProcessor(OTLPSpanExporter(endpoint=self.settings.traces_url))
 
     def _sampling_ratio(self) -> float:
         table = self.active.current
@@ -133,7 +133,7 @@ class Sidecar:
             Router(),
             self.executor,
             self.metrics,
-            self.tracer_provider.get_tracer("routemesh.sidecar"),
+            self.spans,
             self.settings.max_body_bytes,
             self.rng,
         )
@@ -172,8 +172,8 @@ class Sidecar:
             await runner.cleanup()
         self._runners.clear()
         await self.pool.close()
-        if self._owns_tracer_provider:
-            self.tracer_provider.shutdown()
+        if self._owns_span_processor:
+            self.spans.shutdown()
 
     async def run_forever(self) -> None:
         """Start, then wait until cancelled, then stop."""

@@ -133,6 +133,11 @@ class Signals(WireModel):
     modalities: frozenset[Literal["Text", "Image", "Audio"]] = frozenset()
     tools_present: bool | None = None
 
+    @cached_property
+    def required(self) -> bool:
+        """Whether any bound is set (checked per request, so computed once)."""
+        return self != Signals()
+
 
 class RouteMatch(WireModel):
     """Which requests a route takes; an empty match takes every request."""

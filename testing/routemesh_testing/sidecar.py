@@ -21,7 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor
 
 from routemesh_sidecar.app import Sidecar
 from routemesh_sidecar.discovery.file import FileRouteTableSource
@@ -50,7 +50,7 @@ class SidecarThread:
         directory: Path,
         *,
         rng: random.Random | None = None,
-        tracer_provider: TracerProvider | None = None,
+        span_processor: SpanProcessor | None = None,
         variables: Mapping[str, str] | None = None,
         max_body_bytes: int = 1024 * 1024,
     ) -> None:
@@ -66,7 +66,7 @@ class SidecarThread:
         )
         self._options: dict[str, Any] = {
             "rng": rng or random.Random(0),
-            "tracer_provider": tracer_provider,
+            "span_processor": span_processor,
             "variables": dict(variables or {}),
         }
         self._loop_thread: LoopThread | None = None

@@ -1,7 +1,7 @@
 """Fixtures for tests of a whole sidecar in front of fake providers.
 
 Each fake is a real HTTP server on 127.0.0.1; the sidecar runs on its own event loop thread with
-seeded randomness and a tracer provider that exports over OTLP/HTTP to a real receiver, so a
+seeded randomness and a span processor that exports over OTLP/HTTP to a real receiver, so a
 test asserts on what the client saw and on what the trace recorded.
 """
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from routemesh_testing.fakes import ANTHROPIC_KEY, OPENAI_KEY, FakeAnthropic, FakeOpenAI
@@ -33,12 +33,11 @@ def fresh_spans(otlp: OTLPReceiver) -> None:
 
 
 @pytest.fixture
-def tracer_provider(otlp: OTLPReceiver) -> Iterator[TracerProvider]:
-    provider = TracerProvider()
+def span_processor(otlp: OTLPReceiver) -> Iterator[SpanProcessor]:
     # Simple (synchronous) export: a span is at the receiver when the request returns.
-    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=otlp.endpoint)))
-    yield provider
-    provider.shutdown()
+    processor = SimpleSpanProcessor(OTLPSpanExporter(endpoint=otlp.endpoint))
+    yield processor
+    processor.shutdown()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import anthropic
 import openai
 import pytest
 from openai.types.chat import ChatCompletionFunctionToolParam
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor
 
 from routemesh_testing.fakes import ANTHROPIC_KEY, OPENAI_KEY, FakeAnthropic, FakeOpenAI, Reply
 from routemesh_testing.otlp import OTLPReceiver
@@ -34,7 +34,7 @@ def sidecar(
     workdir: Path,
     openai_upstream: tuple[FakeOpenAI, str],
     anthropic_upstream: tuple[FakeAnthropic, str],
-    tracer_provider: TracerProvider,
+    span_processor: SpanProcessor,
     variables: dict[str, str],
 ) -> Iterator[SidecarThread]:
     routes = table(
@@ -60,7 +60,7 @@ def sidecar(
             match={"models": ["claude", "smart"]},
         ),
     )
-    with SidecarThread(routes, workdir, tracer_provider=tracer_provider, variables=variables) as s:
+    with SidecarThread(routes, workdir, span_processor=span_processor, variables=variables) as s:
         yield s
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor
 
 from routemesh_testing.fakes import BreakStream, Fail, FakeOpenAI, Hang, Malformed
 from routemesh_testing.faults import Blackhole, refused_url
@@ -56,11 +56,11 @@ def sidecar(
     workdir: Path,
     openai_upstream: tuple[FakeOpenAI, str],
     openai_spare: tuple[FakeOpenAI, str],
-    tracer_provider: TracerProvider,
+    span_processor: SpanProcessor,
     variables: dict[str, str],
 ) -> Iterator[SidecarThread]:
     routes = make_table(openai_upstream[1], openai_spare[1])
-    with SidecarThread(routes, workdir, tracer_provider=tracer_provider, variables=variables) as s:
+    with SidecarThread(routes, workdir, span_processor=span_processor, variables=variables) as s:
         yield s
 
 
@@ -210,10 +210,10 @@ def test_malformed_body_with_no_fallback_is_a_502_never_a_truncated_answer(
     assert "bad_response" in str(failed.value)
 
 
-def test_connection_refused_falls_back(workdir, openai_spare, tracer_provider, variables, otlp):
+def test_connection_refused_falls_back(workdir, openai_spare, span_processor, variables, otlp):
     _spare, spare_url = openai_spare
     routes = make_table(refused_url() + "/v1", spare_url)
-    with SidecarThread(routes, workdir, tracer_provider=tracer_provider, variables=variables) as s:
+    with SidecarThread(routes, workdir, span_processor=span_processor, variables=variables) as s:
         otlp.clear()
         raw = ask(s)
         _, attempts = route_span(otlp, s)
@@ -222,13 +222,13 @@ def test_connection_refused_falls_back(workdir, openai_spare, tracer_provider, v
 
 
 def test_blackholed_connect_times_out_and_falls_back(
-    workdir, openai_spare, tracer_provider, variables, otlp
+    workdir, openai_spare, span_processor, variables, otlp
 ):
     _, spare_url = openai_spare
     with Blackhole() as hole:
         routes = make_table(hole.url + "/v1", spare_url)
         with SidecarThread(
-            routes, workdir, tracer_provider=tracer_provider, variables=variables
+            routes, workdir, span_processor=span_processor, variables=variables
         ) as s:
             otlp.clear()
             started = time.monotonic()
@@ -256,7 +256,7 @@ def test_hanging_response_hits_the_first_token_timeout_and_falls_back(
 
 
 def test_total_deadline_bounds_every_retry_and_fallback(
-    workdir, openai_upstream, openai_spare, tracer_provider, variables
+    workdir, openai_upstream, openai_spare, span_processor, variables
 ):
     primary, primary_url = openai_upstream
     spare, spare_url = openai_spare
@@ -265,7 +265,7 @@ def test_total_deadline_bounds_every_retry_and_fallback(
     routes = make_table(
         primary_url, spare_url, timeouts={"connect": 0.3, "first_token": 5.0, "total": 0.8}
     )
-    with SidecarThread(routes, workdir, tracer_provider=tracer_provider, variables=variables) as s:
+    with SidecarThread(routes, workdir, span_processor=span_processor, variables=variables) as s:
         started = time.monotonic()
         with pytest.raises(openai.APIStatusError) as failed:
             ask(s)

@@ -15,7 +15,7 @@ import aiohttp
 import anthropic
 import openai
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor
 
 from routemesh_testing.fakes import OPENAI_KEY, Delay, Reply
 from routemesh_testing.sidecar import SidecarProcess, SidecarThread, write_table
@@ -33,12 +33,12 @@ def single_table(url: str, version: int = 1):
 
 @pytest.fixture
 def sidecar(
-    workdir: Path, openai_upstream, tracer_provider: TracerProvider, variables
+    workdir: Path, openai_upstream, span_processor: SpanProcessor, variables
 ) -> Iterator[SidecarThread]:
     with SidecarThread(
         single_table(openai_upstream[1]),
         workdir,
-        tracer_provider=tracer_provider,
+        span_processor=span_processor,
         variables=variables,
         max_body_bytes=4096,
     ) as s:

@@ -36,7 +36,7 @@ from routemesh_sidecar.routing.pipeline import Decision, NoCandidate, NoRoute, R
 from routemesh_sidecar.telemetry.accounting import request_cost
 from routemesh_sidecar.telemetry.metrics import Metrics
 from routemesh_sidecar.telemetry.records import AttemptRecord
-from routemesh_sidecar.telemetry.tracing import RequestTrace
+from routemesh_sidecar.telemetry.tracing import RequestTrace, SpanRecorder
 from routemesh_sidecar.upstream.classify import UpstreamFailure
 from routemesh_sidecar.upstream.client import DownstreamCall, Operation, UpstreamStream
 from routemesh_sidecar.upstream.executor import Executor, Outcome, PlannedTarget, RequestFailed
@@ -68,7 +68,7 @@ class ListenerParts:
     router: Router
     executor: Executor
     metrics: Metrics
-    tracer: Any  # opentelemetry.trace.Tracer
+    spans: SpanRecorder
     max_body_bytes: int
     rng: random.Random
 
@@ -142,11 +142,12 @@ class Listener:
                 table = self.parts.active.current
                 if table is None:
                     raise ApiError(503, "no route table loaded yet", type="api_error")
-                body = parse(await read_body(request, self.parts.max_body_bytes))
+                raw = await read_body(request, self.parts.max_body_bytes)
+                body = parse(raw)
             except ApiError as error:
                 return error_response(api, error)
             # The headers stay a case-insensitive view: no copy per request.
-            call = DownstreamCall(api, operation, body, request.headers)
+            call = DownstreamCall(api, operation, body, request.headers, raw)
             return await self._route(request, table, call, started)
 
         return handle
@@ -171,7 +172,7 @@ class Listener:
         except NoCandidate as exc:
             return error_response(call.api, ApiError(400, str(exc)))
         trace = RequestTrace(
-            self.parts.tracer,
+            self.parts.spans,
             call.headers,
             call.operation,
             _decision_attributes(table, decision, call),

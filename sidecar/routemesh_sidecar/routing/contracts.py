@@ -27,7 +27,7 @@ class Candidate:
     backend: Backend
     model_info: ModelInfo
 
-    @property
+    @cached_property
     def label(self) -> str:
         """How traces and headers name it: backend/model."""
         return f"{self.target.backend}/{self.target.model}"

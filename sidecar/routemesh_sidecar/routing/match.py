@@ -32,7 +32,7 @@ def header_matches(rule: HeaderMatch, headers: Mapping[str, str]) -> bool:
 
 def signals_match(rule: Signals, request: RoutingRequest) -> bool:
     """Whether the request's signals are within the rule's bounds."""
-    if rule == Signals():
+    if not rule.required:
         return True
     signals = request.signals
     checks = (
@@ -55,8 +55,9 @@ def route_matches(match: RouteMatch, request: RoutingRequest) -> bool:
     """Whether the request satisfies every part of the match."""
     if match.models and request.model not in match.models:
         return False
-    if not all(header_matches(rule, request.headers) for rule in match.headers):
-        return False
+    for rule in match.headers:
+        if not header_matches(rule, request.headers):
+            return False
     return signals_match(match.signals, request)
 
 

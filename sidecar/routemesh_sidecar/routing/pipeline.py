@@ -73,9 +73,34 @@ class NoCandidate(Exception):
 
 @dataclass
 class Router:
-    """Runs the pipeline. Stateless apart from the clock used to time stages."""
+    """Runs the pipeline.
+
+    Its only state is the clock that times stages and the candidates of the last table it saw:
+    a table is immutable, so each route's candidates are built once per table, not per request.
+    """
 
     timer: Callable[[], float] = time.perf_counter
+    _table: RouteTable | None = field(default=None, repr=False)
+    _candidates: dict[int, list[Candidate]] = field(default_factory=dict, repr=False)
+
+    def candidates(self, table: RouteTable, route: Route) -> list[Candidate]:
+        """The route's targets as candidates, in declared order (shared: never mutate)."""
+        if table is not self._table:
+            self._table, self._candidates = table, {}
+        # Keyed by identity: the table (held above) keeps its routes alive.
+        candidates = self._candidates.get(id(route))
+        if candidates is None:
+            candidates = [
+                Candidate(
+                    i,
+                    target,
+                    table.backends[target.backend],
+                    table.backends[target.backend].models[target.model],
+                )
+                for i, target in enumerate(route.targets)
+            ]
+            self._candidates[id(route)] = candidates
+        return candidates
 
     def decide(self, table: RouteTable, request: RoutingRequest) -> Decision:
         """Match a route and order its targets into a plan."""
@@ -83,15 +108,7 @@ class Router:
         route = first_matching_route(table.routes, request)
         if route is None:
             raise NoRoute(f"no route for model {request.model!r}")
-        candidates = [
-            Candidate(
-                i,
-                target,
-                table.backends[target.backend],
-                table.backends[target.backend].models[target.model],
-            )
-            for i, target in enumerate(route.targets)
-        ]
+        candidates = self.candidates(table, route)
         decision = Decision(route, [], candidates)
         decision.stage_seconds["match"] = self.timer() - started
         survivors = self._filter(request, route, candidates, decision)
@@ -114,9 +131,11 @@ class Router:
             started = self.timer()
             kept = [c for c in survivors if plugin.keep(request, route, c)]
             decision.stage_seconds[f"filter.{plugin.name}"] = self.timer() - started
-            removed = [c.label for c in survivors if c not in kept]
-            if removed:
-                decision.removed[plugin.name] = removed
+            if len(kept) == len(survivors):
+                continue
+            kept_ids = {id(c) for c in kept}
+            removed = [c.label for c in survivors if id(c) not in kept_ids]
+            decision.removed[plugin.name] = removed
             if not kept:
                 raise NoCandidate(
                     f"route {route.name!r}: no target left after the {plugin.name} filter "

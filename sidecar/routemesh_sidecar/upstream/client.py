@@ -16,6 +16,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,6 +65,7 @@ class DownstreamCall:
     operation: Operation
     body: dict[str, Any]
     headers: Mapping[str, str]
+    raw: bytes | None = None  # the body as received, sent on unchanged when nothing must change
 
     @property
     def stream(self) -> bool:
@@ -153,6 +155,22 @@ def upstream_body(call: DownstreamCall, target: AttemptTarget) -> dict[str, Any]
     return body
 
 
+def upstream_bytes(call: DownstreamCall, target: AttemptTarget) -> bytes:
+    """The encoded upstream body: the downstream's own bytes when nothing in them must change.
+
+    That is a non-streaming request to a backend of the same API for the model it named; a
+    stream needs the usage option added, and another model or API needs a new body.
+    """
+    if (
+        call.raw is not None
+        and call.api == target.backend.api
+        and not call.stream
+        and call.body.get("model") == target.model
+    ):
+        return call.raw
+    return _encode(upstream_body(call, target))
+
+
 def upstream_headers(
     call: DownstreamCall, api: Api, key: str | None, extra: Mapping[str, str]
 ) -> dict[str, str]:
@@ -226,18 +244,17 @@ class UpstreamClient:
         api = target.backend.api
         url = target.endpoint.url.rstrip("/") + _PATHS[(api, call.operation)]
         key = self._credentials.key_for(target.backend.credentials)
-        body = _encode(upstream_body(call, target))
+        body = upstream_bytes(call, target)
         headers = upstream_headers(call, api, key, trace_headers)
         now = asyncio.get_running_loop().time()
         deadline = now + timeouts.remaining
         first_byte_by = min(now + timeouts.first_byte, deadline)
-        client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect)
         session = self._pool.session(target.endpoint)
         response: aiohttp.ClientResponse | None = None
         try:
-            async with asyncio.timeout_at(first_byte_by):
+            async with asyncio.timeout_at(first_byte_by) as limit:
                 response = await session.post(
-                    url, data=body, headers=headers, timeout=client_timeout
+                    url, data=body, headers=headers, timeout=_client_timeout(timeouts.connect)
                 )
                 if response.status >= 400:
                     raw = await response.content.read(_MAX_ERROR_BODY)
@@ -248,7 +265,8 @@ class UpstreamClient:
                     stream = UpstreamStream(call, target, response, deadline)
                     await stream.read_first_event()
                     return stream
-            async with asyncio.timeout_at(deadline):
+                # The rest of a whole answer may take until the request's deadline.
+                limit.reschedule(deadline)
                 raw = await response.read()
             return _reply(call, target, response.status, raw)
         except UpstreamFailure:
@@ -257,6 +275,11 @@ class UpstreamClient:
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
             _release(response)
             raise UpstreamFailure(classify_exception(exc), _describe(exc)) from exc
+
+
+@lru_cache(maxsize=64)
+def _client_timeout(connect: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect)
 
 
 def _release(response: aiohttp.ClientResponse | None) -> None:

@@ -80,14 +80,16 @@ class Executor:
     clock: Clock
     rng: random.Random
     sleep: Sleep = asyncio.sleep
-    _budgets: dict[str, RetryBudget] = field(default_factory=dict)
+    _budgets: dict[tuple[str, str], RetryBudget] = field(default_factory=dict)
     _next_endpoint: dict[str, int] = field(default_factory=dict)
 
     def budget_for(self, route: Route) -> RetryBudget:
         """The retry budget of a route, kept across requests and route-table swaps."""
-        key = f"{route.policy}/{route.name}"
+        key = (route.policy, route.name)
         budget = self._budgets.get(key)
-        if budget is None or budget.settings != route.retry.budget:
+        settings = route.retry.budget
+        # Identity first: comparing the models field by field costs more than the rest of this.
+        if budget is None or (budget.settings is not settings and budget.settings != settings):
             budget = RetryBudget(route.retry.budget, self.clock)
             self._budgets[key] = budget
         return budget

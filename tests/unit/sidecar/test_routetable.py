@@ -114,3 +114,12 @@ async def test_file_source_reloads_changes_and_keeps_the_good_table_on_a_bad_edi
 def test_missing_file_is_a_clear_error(tmp_path: Path):
     with pytest.raises(RouteTableError, match="cannot read"):
         load_route_table_file(tmp_path / "absent.yaml")
+
+
+def test_the_readme_example_table_loads():
+    """examples/sidecar/route-table.json is what the README tells people to run."""
+    example = Path(__file__).parents[3] / "examples" / "sidecar" / "route-table.json"
+    loaded = load_route_table_file(example)
+    assert [r.name for r in loaded.routes] == ["mini-with-failover", "everything-else"]
+    assert loaded.routes[1].retry.attempts == 3
+    assert "gpt-4o-mini" in loaded.model_names()

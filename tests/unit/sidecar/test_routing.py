@@ -145,3 +145,24 @@ def test_strategies_not_built_yet_are_reported():
     assert unsupported_strategies(t) == [
         "route 'r': strategy Cascade is not supported by this sidecar"
     ]
+
+
+def test_one_router_follows_a_new_table_and_back():
+    """Candidates are kept per table: a swapped-in table's backends are used at once."""
+    router = Router()
+    old = table(two_backends(), route("all", ("cheap", "small")))
+    new = table(two_backends(), route("all", ("strong", "big")))
+    assert [c.label for c in router.decide(old, request()).plan] == ["cheap/small"]
+    assert [c.label for c in router.decide(new, request()).plan] == ["strong/big"]
+    # An in-flight request still on the old table gets the old table's candidates.
+    assert [c.label for c in router.decide(old, request()).plan] == ["cheap/small"]
+
+
+def test_a_filter_that_removes_nothing_records_nothing():
+    t = table(two_backends(), route("all", ("cheap", "small"), ("strong", "big")))
+    decision = decide(t, request())
+    assert decision.removed == {}
+    with_image = request(
+        messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
+    )
+    assert decide(t, with_image).removed == {"capability": ["cheap/small"]}
