@@ -1,10 +1,11 @@
 """Latency and throughput the sidecar adds, against a plain pass-through proxy, in one run.
 
 Three ways to reach the same fake provider: directly, through `passthrough_proxy.py` (the least a
-proxy can do), and through the sidecar in standalone mode. The proxies run pinned to one core;
-the fake provider and this load generator share the other, identically for all. Latency
-requests are interleaved across the paths, so that drift in the machine's load hits them all
-alike. Reported as ratios, because
+proxy can do), and through the sidecar in standalone mode (spans built, no exporter); a fourth
+path, a sidecar exporting its spans over OTLP/HTTP (to the fake provider, which drops them), is
+reported beside the goals. The proxies run pinned to one core; the fake provider and this load
+generator share the other, identically for all. Latency requests are interleaved across the
+paths, so that drift in the machine's load hits them all alike. Reported as ratios, because
 absolute numbers on a shared 2-core machine are noisy:
   - median added latency (proxy minus direct), sidecar / pass-through; goal: at most 1.5;
   - throughput at 32 concurrent requests, sidecar / pass-through; goal: at least 0.7;
@@ -44,9 +45,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def process(argv: list[str], port: int, cpu: int) -> Iterator[None]:
+def process(
+    argv: list[str], port: int, cpu: int, extra_env: dict[str, str] | None = None
+) -> Iterator[None]:
     inherited = dict(os.environ)  # noqa: TID251  (children inherit this process's environment)
-    env = {**inherited, "PYTHONPATH": os.pathsep.join([str(REPO / "testing"), *sys.path])}
+    env = {
+        **inherited,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "testing"), *sys.path]),
+        **(extra_env or {}),
+    }
     child = subprocess.Popen(
         argv,
         env=env,
@@ -147,32 +154,39 @@ def route_table(upstream: str) -> str:
 
 def measure() -> dict[str, dict[str, float]]:
     os.sched_setaffinity(0, {1})
-    fake_port, proxy_port, sidecar_port, admin_port = (free_port() for _ in range(4))
+    fake_port, proxy_port, sidecar_port, admin_port, otlp_port, otlp_admin = (
+        free_port() for _ in range(6)
+    )
     fake = f"http://127.0.0.1:{fake_port}"
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         table = Path(tmp) / "table.json"
         table.write_text(route_table(fake))
-        sidecar = [
-            sys.executable,
-            "-m",
-            "routemesh_sidecar",
-            "--route-table",
-            str(table),
-            "--port",
-            str(sidecar_port),
-            "--admin-port",
-            str(admin_port),
-            "--log-level",
-            "warning",
-        ]
+
+        def sidecar(port: int, admin: int) -> list[str]:
+            return [
+                sys.executable,
+                "-m",
+                "routemesh_sidecar",
+                "--route-table",
+                str(table),
+                "--port",
+                str(port),
+                "--admin-port",
+                str(admin),
+                "--log-level",
+                "warning",
+            ]
+
+        exporting = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{fake}/v1/traces"}
         proxy = [sys.executable, str(BENCH / "passthrough_proxy.py"), str(proxy_port), fake]
         with (
             process(
                 [sys.executable, str(BENCH / "fake_provider.py"), str(fake_port)], fake_port, 1
             ),
             process(proxy, proxy_port, 0),
-            process(sidecar, sidecar_port, 0),
+            process(sidecar(sidecar_port, admin_port), sidecar_port, 0),
+            process(sidecar(otlp_port, otlp_admin), otlp_port, 0, exporting),
         ):
             urls = {
                 name: f"http://127.0.0.1:{port}/v1/chat/completions"
@@ -180,6 +194,7 @@ def measure() -> dict[str, dict[str, float]]:
                     ("direct", fake_port),
                     ("passthrough", proxy_port),
                     ("sidecar", sidecar_port),
+                    ("sidecar+otlp", otlp_port),
                 )
             }
             plain = asyncio.run(latencies(urls, stream=False))
@@ -218,6 +233,13 @@ def run() -> list[str]:
         )
     ttft_added = r["sidecar"]["ttft_ms"] - r["direct"]["ttft_ms"]
     rows.append(f"- stream TTFT added by the sidecar: {ttft_added:.3f} ms (goal < 1 ms)")
+    exporting = r["sidecar+otlp"]
+    rows.append(
+        "- with span export on (not part of the goals): added median latency ratio "
+        f"{(exporting['median_ms'] - direct) / added['passthrough']:.2f}, throughput ratio "
+        f"{exporting['rps'] / r['passthrough']['rps']:.2f}, TTFT added "
+        f"{exporting['ttft_ms'] - r['direct']['ttft_ms']:.3f} ms"
+    )
     return rows
 
 
