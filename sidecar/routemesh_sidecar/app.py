@@ -13,6 +13,7 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -22,13 +23,16 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from routemesh_sidecar.admin.server import AdminSources, build_admin_app
 from routemesh_sidecar.discovery.file import FileRouteTableSource, RouteTableSource
 from routemesh_sidecar.listener.proxy import Listener, ListenerParts
-from routemesh_sidecar.routetable import ActiveRouteTable, RouteTable
+from routemesh_sidecar.routetable import ActiveRouteTable, Locality, RouteTable
 from routemesh_sidecar.routing.pipeline import Router, unsupported_strategies
 from routemesh_sidecar.settings import SidecarSettings
 from routemesh_sidecar.telemetry.metrics import CONTENT_TYPE, Metrics
 from routemesh_sidecar.telemetry.tracing import SpanRecorder
+from routemesh_sidecar.upstream.breaker import STATE_VALUES, Transition
 from routemesh_sidecar.upstream.client import CredentialStore, UpstreamClient, UpstreamPool
 from routemesh_sidecar.upstream.executor import Executor
+from routemesh_sidecar.upstream.health import HealthChecker
+from routemesh_sidecar.upstream.registry import BalancerSettings, HealthRegistry
 from routemesh_sidecar.upstream.retry import Clock, SystemClock
 
 log = logging.getLogger(__name__)
@@ -74,18 +78,64 @@ class Sidecar:
         )
         self.pool = UpstreamPool()
         client = UpstreamClient(self.pool, CredentialStore(variables or {}), self.clock.wall)
-        self.executor = Executor(client, self.clock, self.rng)
+        self.health = HealthRegistry(
+            self.clock,
+            BalancerSettings(
+                latency_decay_seconds=settings.latency_decay_seconds,
+                default_latency_seconds=settings.default_latency_seconds,
+                locality=Locality(zone=settings.zone, region=settings.region),
+            ),
+        )
+        self.health.on_transition(self._record_transition)
+        self.executor = Executor(client, self.clock, self.rng, self.health)
+        self.router = Router(self.health)
+        self.health_checker = HealthChecker(
+            self._probe_session, self.clock.monotonic, self.health.emit
+        )
+        self._probe_http: aiohttp.ClientSession | None = None
+        self.active.on_swap(self._follow_table)
         self.source = source or self._file_source()
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.listen_port: int | None = None
         self.admin_port: int | None = None
+        self._started = False
 
     def _span_processor(self) -> SpanProcessor | None:
         """Batch export over OTLP/HTTP when an endpoint is configured; no spans otherwise."""
         if not self.settings.traces_url:
             return None
         return BatchSpanProcessor(OTLPSpanExporter(endpoint=self.settings.traces_url))
+
+    def _probe_session(self) -> aiohttp.ClientSession:
+        """One small pool for health probes, apart from the request pools."""
+        if self._probe_http is None or self._probe_http.closed:
+            self._probe_http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=32), skip_auto_headers=("User-Agent",)
+            )
+        return self._probe_http
+
+    def _follow_table(self, table: RouteTable) -> None:
+        """A new table: drop the health state of what it removed, probe what it checks."""
+        self.health.retain(table)
+        if self._started:
+            self.health_checker.follow(self.health.probe_targets(table))
+
+    def _record_transition(self, transition: Transition) -> None:
+        backend, _, endpoint = transition.subject.partition(" ")
+        metrics = self.metrics
+        metrics.of(
+            metrics.health_transitions, transition.mechanism, backend, transition.to_state
+        ).inc()
+        if transition.mechanism == "circuit_breaker":
+            value = STATE_VALUES.get(transition.to_state, 0)
+            metrics.of(metrics.breaker_state, backend).set(value)
+        elif transition.mechanism == "outlier_detection":
+            ejected = 1 if transition.to_state == "ejected" else 0
+            metrics.of(metrics.endpoint_ejected, backend, endpoint).set(ejected)
+        else:
+            healthy = 1 if transition.to_state == "healthy" else 0
+            metrics.of(metrics.endpoint_healthy, backend, endpoint).set(healthy)
 
     def _sampling_ratio(self) -> float:
         table = self.active.current
@@ -115,13 +165,17 @@ class Sidecar:
                 credentials = backend.pop("credentials", None)
                 backend["credentials"] = "configured" if credentials else "none"
             dump["route_table"] = {**data, "version": table.version_label}
+        dump["health"] = self.health.snapshot()
         return dump
 
     async def start(self) -> None:
         """Load the route table, then bind the listeners and start the source's watch."""
+        self._started = True
         if self.source is not None:
             await self.source.load_once()
             self._spawn("route-table-source", self.source.run())
+        if self.active.current is not None:
+            self.health_checker.follow(self.health.probe_targets(self.active.current))
         admin = AdminSources(
             self.not_ready_reason, self.config_dump, self.metrics.render, CONTENT_TYPE
         )
@@ -130,7 +184,7 @@ class Sidecar:
         )
         parts = ListenerParts(
             self.active,
-            Router(),
+            self.router,
             self.executor,
             self.metrics,
             self.spans,
@@ -171,7 +225,10 @@ class Sidecar:
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
+        await self.health_checker.stop()
         await self.pool.close()
+        if self._probe_http is not None:
+            await self._probe_http.close()
         if self._owns_span_processor:
             self.spans.shutdown()
 

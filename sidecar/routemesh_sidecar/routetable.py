@@ -99,10 +99,50 @@ class Credentials(WireModel):
 
 
 class Endpoint(WireModel):
-    """One address of a backend: its base URL, including the API's version path."""
+    """One address of a backend: its base URL, including the API's version path.
+
+    `zone` and `region` override the backend's locality for this endpoint (a vLLM pod's node).
+    """
 
     url: str = Field(pattern=r"^https?://")
     zone: str | None = None
+    region: str | None = None
+
+
+class Locality(WireModel):
+    """Where a backend runs; the sidecar prefers its own zone, then its own region."""
+
+    region: str | None = None
+    zone: str | None = None
+
+
+class MetricsScrape(WireModel):
+    """Scrape a vLLM server's Prometheus metrics for queue depth and KV-cache use.
+
+    `path` is relative to the endpoint's origin (vLLM serves `/metrics` beside `/v1`). Metrics
+    older than `stale_after` count as saturated: a server too busy to answer its scrape is busy.
+    """
+
+    path: str = Field(default="/metrics", pattern=r"^/")
+    stale_after: Seconds | None = None  # None: three health-check intervals
+    max_waiting: int = Field(default=16, ge=0)  # queued requests at which an endpoint is saturated
+    max_kv_cache_usage: float = Field(default=0.95, gt=0, le=1)
+
+
+class HealthCheck(WireModel):
+    """Active health checking of every endpoint of a backend."""
+
+    interval: Seconds = 10.0
+    timeout: Seconds = 2.0
+    unhealthy_threshold: int = Field(default=3, ge=1)
+    healthy_threshold: int = Field(default=1, ge=1)
+    metrics: MetricsScrape | None = None
+
+    @property
+    def metrics_stale_after(self) -> float:
+        """When scraped metrics stop counting (three intervals unless set)."""
+        stale = self.metrics.stale_after if self.metrics else None
+        return stale if stale is not None else 3 * self.interval
 
 
 class Backend(WireModel):
@@ -113,6 +153,8 @@ class Backend(WireModel):
     credentials: Credentials | None = None
     models: dict[str, ModelInfo] = Field(min_length=1)
     max_concurrency: int | None = Field(default=None, ge=1)
+    locality: Locality = Locality()
+    health_check: HealthCheck | None = None
 
 
 class HeaderMatch(WireModel):
@@ -190,6 +232,49 @@ class Timeouts(WireModel):
     total: Seconds = 300.0
 
 
+class FailureRate(WireModel):
+    """Open when this share of the requests in the window failed, once enough were seen."""
+
+    percent: int = Field(ge=1, le=100)
+    window: Seconds
+    minimum_requests: int = Field(ge=1)
+
+
+class CircuitBreaker(WireModel):
+    """Per backend: stop sending after failures, then probe (closed, open, half_open)."""
+
+    consecutive_failures: int = Field(default=5, ge=1)
+    failure_rate: FailureRate | None = None
+    base_open_time: Seconds = 30.0
+    max_open_time: Seconds = 300.0
+    half_open_probes: int = Field(default=1, ge=1)
+
+
+class OutlierDetection(WireModel):
+    """Per endpoint: passive ejection by the endpoint's own recent results."""
+
+    consecutive_failures: int = Field(default=5, ge=1)
+    base_ejection_time: Seconds = 30.0
+    max_ejection_time: Seconds = 300.0
+    max_ejected_percent: int = Field(default=50, ge=0, le=100)
+    panic_threshold_percent: int = Field(default=50, ge=0, le=100)
+
+
+class ScoreWeights(WireModel):
+    """Relative weights of the ScoreBased strategy's scorers; only their ratios matter."""
+
+    cost: int = Field(default=0, ge=0)
+    latency: int = Field(default=0, ge=0)
+    load: int = Field(default=0, ge=0)
+    quality: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> ScoreWeights:
+        if self.cost + self.latency + self.load + self.quality <= 0:
+            raise ValueError("at least one score weight must be above zero")
+        return self
+
+
 class Route(WireModel):
     """One compiled rule of a policy, with every setting resolved."""
 
@@ -200,6 +285,15 @@ class Route(WireModel):
     targets: tuple[Target, ...] = Field(min_length=1)
     retry: Retry = Retry()
     timeouts: Timeouts = Timeouts()
+    circuit_breaker: CircuitBreaker = CircuitBreaker()
+    outlier_detection: OutlierDetection = OutlierDetection()
+    score_weights: ScoreWeights | None = None  # required by ScoreBased, ignored by the others
+
+    @model_validator(mode="after")
+    def _score_weights_for_score_based(self) -> Route:
+        if self.strategy == "ScoreBased" and self.score_weights is None:
+            raise ValueError(f"route {self.name!r}: strategy ScoreBased needs score_weights")
+        return self
 
 
 class Telemetry(WireModel):

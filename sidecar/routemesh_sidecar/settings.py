@@ -48,6 +48,25 @@ class SidecarSettings(BaseSettings):
         ge=1024,
         description="Largest downstream request body; larger ones get 413 and go nowhere.",
     )
+    zone: str | None = Field(
+        default=None,
+        description="The zone the pod runs in (topology.kubernetes.io/zone of its node); "
+        "endpoints in it are preferred while any of them is healthy.",
+    )
+    region: str | None = Field(
+        default=None, description="The pod's region; preferred after the zone."
+    )
+    latency_decay_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Time constant of the peak-EWMA latency: how fast a slow sample is forgotten "
+        "and how soon an endpoint left alone is tried again.",
+    )
+    default_latency_seconds: float = Field(
+        default=0.1,
+        gt=0,
+        description="Latency assumed for an endpoint before its first answer.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level of the sidecar's own logs."
     )

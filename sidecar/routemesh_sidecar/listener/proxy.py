@@ -32,14 +32,26 @@ from routemesh_sidecar.protocol.sse import encode_event
 from routemesh_sidecar.protocol.usage import Usage
 from routemesh_sidecar.routetable import ActiveRouteTable, Api, RouteTable
 from routemesh_sidecar.routing.contracts import RoutingRequest
-from routemesh_sidecar.routing.pipeline import Decision, NoCandidate, NoRoute, Router
+from routemesh_sidecar.routing.pipeline import (
+    Decision,
+    NoCandidate,
+    NoHealthyUpstream,
+    NoRoute,
+    Router,
+)
 from routemesh_sidecar.telemetry.accounting import request_cost
 from routemesh_sidecar.telemetry.metrics import Metrics
 from routemesh_sidecar.telemetry.records import AttemptRecord
 from routemesh_sidecar.telemetry.tracing import RequestTrace, SpanRecorder
 from routemesh_sidecar.upstream.classify import UpstreamFailure
 from routemesh_sidecar.upstream.client import DownstreamCall, Operation, UpstreamStream
-from routemesh_sidecar.upstream.executor import Executor, Outcome, PlannedTarget, RequestFailed
+from routemesh_sidecar.upstream.executor import (
+    Executor,
+    Outcome,
+    PlannedTarget,
+    RequestFailed,
+    transition_event,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +174,7 @@ class Listener:
             call.headers,
             call.body,
             self.parts.rng,
+            self.parts.executor.clock.monotonic(),
         )
         try:
             decision = self.parts.router.decide(table, routing_request)
@@ -171,14 +184,35 @@ class Listener:
             )
         except NoCandidate as exc:
             return error_response(call.api, ApiError(400, str(exc)))
+        except NoHealthyUpstream as exc:
+            RequestTrace(
+                self.parts.spans,
+                call.headers,
+                call.operation,
+                {
+                    "routemesh.table.version": table.version_label,
+                    "gen_ai.request.model": str(call.body.get("model", "")),
+                    "routemesh.attempts": 0,
+                },
+            ).finish(
+                usage=None,
+                response_model=None,
+                error_class="no_healthy_upstream",
+                message=str(exc),
+            )
+            return _no_healthy_upstream(call.api, str(exc), exc.retry_after)
         trace = RequestTrace(
             self.parts.spans,
             call.headers,
             call.operation,
             _decision_attributes(table, decision, call),
         )
+        for transition in decision.transitions:
+            trace.event(*transition_event(transition))
+        if decision.degraded:
+            trace.event("routemesh.degraded", {"routemesh.degraded.reason": decision.degraded})
         plan = [
-            PlannedTarget(c.target.backend, c.backend, c.target.model, c.model_info)
+            PlannedTarget(c.target.backend, c.backend, c.target.model, c.model_info, c.health)
             for c in decision.plan
         ]
         try:
@@ -273,6 +307,15 @@ class Listener:
     ) -> web.Response:
         self._record_attempts(failed.attempts)
         failure = failed.failure
+        if not failed.attempts:  # every breaker opened between routing and the first attempt
+            trace.finish(
+                attributes={"routemesh.attempts": 0},
+                usage=None,
+                response_model=None,
+                error_class="no_healthy_upstream",
+                message=failure.message,
+            )
+            return _no_healthy_upstream(call.api, failure.message, None)
         status = _failure_status(failure)
         self.parts.metrics.of(
             self.parts.metrics.requests, decision.route.name, "", "", str(status)
@@ -330,6 +373,15 @@ class Listener:
         metrics.of(metrics.duration, decision.route.name).observe(time.perf_counter() - started)
 
 
+def _no_healthy_upstream(api: Api, message: str, retry_after: float | None) -> web.Response:
+    """503 with a class of its own: nothing was sent, because nothing healthy was left."""
+    headers = {"x-routemesh-error-class": "no_healthy_upstream"}
+    if retry_after is not None:
+        headers["retry-after"] = str(max(1, int(retry_after + 0.999)))
+    error = ApiError(503, message, code="no_healthy_upstream")
+    return error_response(api, error, headers)
+
+
 def _failure_status(failure: UpstreamFailure) -> int:
     if failure.error_class == "client_error" and failure.status:
         return failure.status
@@ -377,7 +429,12 @@ def _decision_attributes(
         "routemesh.candidates": [c.label for c in decision.candidates],
         "routemesh.plan": [c.label for c in decision.plan],
         "gen_ai.request.model": str(call.body.get("model", "")),
+        "routemesh.breaker.states": [
+            f"{c.label}={c.health.breaker.state}" for c in decision.candidates
+        ],
     }
+    if decision.degraded:
+        attributes["routemesh.degraded"] = True
     for filter_name, removed in decision.removed.items():
         attributes[f"routemesh.filter.{filter_name}.removed"] = removed
     if decision.scores:

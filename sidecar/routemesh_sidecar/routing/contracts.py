@@ -3,7 +3,9 @@
 The pipeline runner calls plugins in order: filters remove candidates, scorers give each a score
 in [0, 1], and the picker orders the survivors into the plan of attempts. A plugin has a type and
 a name and is configured by its own pydantic model; it never records timings or span events (the
-runner does that for all of them) and never does I/O.
+runner does that for all of them) and never does I/O. Health-aware plugins read the live state a
+candidate carries (`Candidate.health`) as of the request's `now`; they never change it, apart from
+the lazy expiry of timed states (an open time that is over) that reading implies.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Protocol
 
 from routemesh_sidecar.routetable import Api, Backend, ModelInfo, Route, Target
 from routemesh_sidecar.routing.signals import RequestSignals, read_signals
+from routemesh_sidecar.upstream.registry import BackendHealth
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,7 @@ class Candidate:
     target: Target
     backend: Backend
     model_info: ModelInfo
+    health: BackendHealth  # live breaker, endpoint and load state of the backend
 
     @cached_property
     def label(self) -> str:
@@ -43,6 +47,7 @@ class RoutingRequest:
     headers: Mapping[str, str]
     body: dict[str, Any]
     rng: random.Random = field(default_factory=random.Random)
+    now: float = 0.0  # monotonic seconds on the sidecar's clock: health is read as of then
 
     @cached_property
     def signals(self) -> RequestSignals:
@@ -61,8 +66,14 @@ class Filter(Protocol):
     def name(self) -> str:
         """The plugin's name, shown in traces."""
 
-    def keep(self, request: RoutingRequest, route: Route, candidate: Candidate) -> bool:
-        """Whether the candidate stays."""
+    def filter(
+        self, request: RoutingRequest, route: Route, candidates: list[Candidate]
+    ) -> list[Candidate]:
+        """The candidates that stay; the same list object when none is removed.
+
+        Whole lists rather than one candidate per call, so that a filter with nothing to check
+        for this request (no tools, a prompt every model can hold) returns at once.
+        """
 
 
 class Scorer(Protocol):

@@ -1,9 +1,15 @@
 """The routing pipeline: route match, candidates, filters, scorers, picker.
 
 The listener calls `Router.decide` once per request with the route table the request started
-with. The runner, not the plugins, records what each filter removed and how long each stage took,
-for the route span. Strategies not built yet are refused when a table is loaded (see
-`unsupported_strategies`), so a table never routes by a strategy the sidecar cannot honour.
+with. The runner, not the plugins, records what each filter removed, how long each stage took and
+the health transitions that reading the state caused, for the route span. Strategies not built yet
+are refused when a table is loaded (see `unsupported_strategies`), so a table never routes by a
+strategy the sidecar cannot honour.
+
+Graceful degradation: when the health filters (breaker, saturation) remove every target of the
+route, the request goes to any other healthy backend in the table whose model can serve it, the
+nearest in quality first, and the decision says so; only when nothing is left does routing fail,
+with `NoHealthyUpstream`.
 """
 
 from __future__ import annotations
@@ -12,34 +18,103 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from routemesh_sidecar.routetable import Route, RouteTable, StrategyType
+from routemesh_sidecar.routetable import QualityTier, Route, RouteTable, StrategyType, Target
 from routemesh_sidecar.routing.contracts import Candidate, Filter, Picker, RoutingRequest, Scorer
 from routemesh_sidecar.routing.match import first_matching_route
 from routemesh_sidecar.routing.plugins import (
     BestScorePicker,
     CapabilityFilter,
+    CircuitBreakerFilter,
+    ConnectErrorScorer,
     ContextWindowFilter,
     CostScorer,
+    InFlightScorer,
+    LatencyScorer,
+    LocalityScorer,
     OperationFilter,
     OrderedPicker,
+    PowerOfTwoPicker,
+    QualityScorer,
+    QueueScorer,
+    RateLimitHeadroomScorer,
+    SaturationFilter,
     WeightedPicker,
 )
+from routemesh_sidecar.upstream.breaker import Transition
+from routemesh_sidecar.upstream.registry import HealthRegistry
+from routemesh_sidecar.upstream.retry import SystemClock
+
+
+@dataclass(frozen=True)
+class WeightedScorer:
+    """A scorer and how much it counts for a route (ScoreBased reads the route's weights)."""
+
+    scorer: Scorer
+    weight: Callable[[Route], float]
+
+
+@dataclass(frozen=True)
+class Factor:
+    """A scorer whose score scales the total: `strength` 1 can take it to 0, 0.1 only nudges."""
+
+    scorer: Scorer
+    strength: float
+
+
+def _weight(name: str, share: float = 1.0) -> Callable[[Route], float]:
+    def weight(route: Route) -> float:
+        weights = route.score_weights
+        return float(getattr(weights, name)) * share if weights is not None else 0.0
+
+    return weight
+
+
+def _fixed(value: float) -> Callable[[Route], float]:
+    return lambda route: value
 
 
 @dataclass(frozen=True)
 class StrategyPlugins:
-    """The scorers and picker a strategy runs after the common filters."""
+    """The scorers, factors and picker a strategy runs after the common filters."""
 
-    scorers: tuple[Scorer, ...]
+    scorers: tuple[WeightedScorer, ...]
     picker: Picker
+    factors: tuple[Factor, ...] = ()
 
 
+# Connect errors can sink a backend's score; locality only breaks near ties.
+HEALTH_FACTORS = (Factor(ConnectErrorScorer(), 1.0), Factor(LocalityScorer(), 0.1))
 STRATEGIES: dict[StrategyType, StrategyPlugins] = {
     "Fallback": StrategyPlugins((), OrderedPicker()),
     "Weighted": StrategyPlugins((), WeightedPicker()),
-    "CheapestCapable": StrategyPlugins((CostScorer(),), BestScorePicker()),
+    "CheapestCapable": StrategyPlugins(
+        (WeightedScorer(CostScorer(), _fixed(1)),), BestScorePicker()
+    ),
+    "Fastest": StrategyPlugins(
+        (WeightedScorer(LatencyScorer(), _fixed(1)),), PowerOfTwoPicker(), HEALTH_FACTORS
+    ),
+    "ScoreBased": StrategyPlugins(
+        (
+            WeightedScorer(CostScorer(), _weight("cost")),
+            WeightedScorer(LatencyScorer(), _weight("latency")),
+            WeightedScorer(InFlightScorer(), _weight("load", 1 / 3)),
+            WeightedScorer(QueueScorer(), _weight("load", 1 / 3)),
+            WeightedScorer(RateLimitHeadroomScorer(), _weight("load", 1 / 3)),
+            WeightedScorer(QualityScorer(), _weight("quality")),
+        ),
+        BestScorePicker(),
+        HEALTH_FACTORS,
+    ),
 }
-FILTERS: tuple[Filter, ...] = (OperationFilter(), CapabilityFilter(), ContextWindowFilter())
+FILTERS: tuple[Filter, ...] = (
+    OperationFilter(),
+    CapabilityFilter(),
+    ContextWindowFilter(),
+    CircuitBreakerFilter(),
+    SaturationFilter(),
+)
+HEALTH_FILTERS = frozenset({"circuit-breaker", "saturated"})
+_TIERS: dict[QualityTier, int] = {"Economy": 0, "Standard": 1, "Premium": 2, "Frontier": 3}
 
 
 def unsupported_strategies(table: RouteTable) -> list[str]:
@@ -61,6 +136,8 @@ class Decision:
     removed: dict[str, list[str]] = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    transitions: list[Transition] = field(default_factory=list)
+    degraded: str | None = None  # why the plan left the route's own targets, when it did
 
 
 class NoRoute(Exception):
@@ -71,39 +148,69 @@ class NoCandidate(Exception):
     """A route matched, but every target was filtered out; the message says by what."""
 
 
+class NoHealthyUpstream(Exception):
+    """Every capable backend is open or saturated: fail fast, and say when to come back."""
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 @dataclass
 class Router:
     """Runs the pipeline.
 
-    Its only state is the clock that times stages and the candidates of the last table it saw:
-    a table is immutable, so each route's candidates are built once per table, not per request.
+    Its state is the clock that times stages, the health registry candidates read, and the
+    candidates of the last table it saw: a table is immutable, so each route's candidates (with
+    their health state) are built once per table, not per request.
     """
 
+    health: HealthRegistry = field(default_factory=lambda: HealthRegistry(SystemClock()))
     timer: Callable[[], float] = time.perf_counter
     _table: RouteTable | None = field(default=None, repr=False)
     _candidates: dict[int, list[Candidate]] = field(default_factory=dict, repr=False)
+    _everything: list[Candidate] | None = field(default=None, repr=False)
 
     def candidates(self, table: RouteTable, route: Route) -> list[Candidate]:
         """The route's targets as candidates, in declared order (shared: never mutate)."""
-        if table is not self._table:
-            self._table, self._candidates = table, {}
-        # Keyed by identity: the table (held above) keeps its routes alive.
+        self._follow(table)
+        # Keyed by identity: the table (held by `_follow`) keeps its routes alive.
         candidates = self._candidates.get(id(route))
         if candidates is None:
             candidates = [
-                Candidate(
-                    i,
-                    target,
-                    table.backends[target.backend],
-                    table.backends[target.backend].models[target.model],
-                )
-                for i, target in enumerate(route.targets)
+                self._candidate(table, route, i, target) for i, target in enumerate(route.targets)
             ]
             self._candidates[id(route)] = candidates
         return candidates
 
+    def _follow(self, table: RouteTable) -> None:
+        if table is not self._table:
+            self._table, self._candidates, self._everything = table, {}, None
+
+    def _candidate(self, table: RouteTable, route: Route, index: int, target: Target) -> Candidate:
+        backend = table.backends[target.backend]
+        health = self.health.backend(target.backend, backend, route)
+        return Candidate(index, target, backend, backend.models[target.model], health)
+
+    def everything(self, table: RouteTable) -> list[Candidate]:
+        """Every (backend, model) any route targets, once each, for graceful degradation."""
+        self._follow(table)
+        if self._everything is None:
+            seen: dict[tuple[str, str], Candidate] = {}
+            for route in table.routes:
+                for candidate in self.candidates(table, route):
+                    seen.setdefault((candidate.target.backend, candidate.target.model), candidate)
+            self._everything = list(seen.values())
+        return self._everything
+
     def decide(self, table: RouteTable, request: RoutingRequest) -> Decision:
         """Match a route and order its targets into a plan."""
+        with self.health.capture() as transitions:
+            decision = self._decide(table, request)
+        decision.transitions = transitions
+        return decision
+
+    def _decide(self, table: RouteTable, request: RoutingRequest) -> Decision:
         started = self.timer()
         route = first_matching_route(table.routes, request)
         if route is None:
@@ -112,8 +219,10 @@ class Router:
         decision = Decision(route, [], candidates)
         decision.stage_seconds["match"] = self.timer() - started
         survivors = self._filter(request, route, candidates, decision)
+        if not survivors:
+            return self._degrade(table, request, decision)
         plugins = STRATEGIES[route.strategy]
-        scores = self._score(request, survivors, plugins.scorers, decision)
+        scores = self._score(request, route, survivors, plugins, decision)
         started = self.timer()
         decision.plan = plugins.picker.pick(request, survivors, scores)
         decision.stage_seconds["pick"] = self.timer() - started
@@ -126,37 +235,96 @@ class Router:
         candidates: list[Candidate],
         decision: Decision,
     ) -> list[Candidate]:
+        """The candidates every filter keeps; empty only when the health filters removed all."""
         survivors = candidates
         for plugin in FILTERS:
             started = self.timer()
-            kept = [c for c in survivors if plugin.keep(request, route, c)]
+            kept = plugin.filter(request, route, survivors)
             decision.stage_seconds[f"filter.{plugin.name}"] = self.timer() - started
-            if len(kept) == len(survivors):
+            if kept is survivors:
                 continue
             kept_ids = {id(c) for c in kept}
             removed = [c.label for c in survivors if id(c) not in kept_ids]
             decision.removed[plugin.name] = removed
-            if not kept:
+            if not kept and plugin.name not in HEALTH_FILTERS:
                 raise NoCandidate(
                     f"route {route.name!r}: no target left after the {plugin.name} filter "
                     f"(removed {', '.join(removed)})"
                 )
             survivors = kept
+            if not survivors:
+                break
         return survivors
+
+    def _degrade(self, table: RouteTable, request: RoutingRequest, decision: Decision) -> Decision:
+        """Every target is open or saturated: use any other healthy backend that can serve."""
+        route = decision.route
+        own = {id(c) for c in decision.candidates}
+        others = [c for c in self.everything(table) if id(c) not in own]
+        scratch = Decision(route, [], others)
+        try:
+            healthy = self._filter(request, route, others, scratch) if others else []
+        except NoCandidate:
+            healthy = []
+        if not healthy:
+            removed = "; ".join(f"{k}: {', '.join(v)}" for k, v in decision.removed.items())
+            raise NoHealthyUpstream(
+                f"route {route.name!r}: no healthy upstream: every target is open or saturated "
+                f"({removed}) and no other backend in the route table can serve the request",
+                self._earliest_reopening(decision.candidates, request.now),
+            )
+        tier = _TIERS[decision.candidates[0].model_info.quality_tier]
+        decision.plan = sorted(
+            healthy,
+            key=lambda c: (
+                abs(_TIERS[c.model_info.quality_tier] - tier),
+                c.model_info.pricing.input_per_million + c.model_info.pricing.output_per_million,
+            ),
+        )
+        decision.degraded = (
+            "every target of the route is open or saturated; using other healthy backends"
+        )
+        return decision
+
+    @staticmethod
+    def _earliest_reopening(candidates: list[Candidate], now: float) -> float | None:
+        """Seconds until the first open breaker may let a request through again."""
+        times = [
+            c.health.breaker.open_until - now
+            for c in candidates
+            if c.health.breaker.open_until is not None
+        ]
+        return max(0.0, min(times)) if times else None
 
     def _score(
         self,
         request: RoutingRequest,
+        route: Route,
         candidates: Sequence[Candidate],
-        scorers: tuple[Scorer, ...],
+        plugins: StrategyPlugins,
         decision: Decision,
     ) -> list[float]:
+        """The weighted mean of the scorers, scaled by the health factors."""
+        if not plugins.scorers:
+            return []
         totals = [0.0] * len(candidates)
-        for scorer in scorers:
+        weight_sum = 0.0
+        for weighted in plugins.scorers:
+            weight = weighted.weight(route)
+            if weight <= 0:
+                continue
+            weight_sum += weight
             started = self.timer()
-            for i, value in enumerate(scorer.score(request, candidates)):
-                totals[i] += value
-            decision.stage_seconds[f"score.{scorer.name}"] = self.timer() - started
+            for i, value in enumerate(weighted.scorer.score(request, candidates)):
+                totals[i] += weight * value
+            decision.stage_seconds[f"score.{weighted.scorer.name}"] = self.timer() - started
+        if weight_sum > 0:
+            totals = [t / weight_sum for t in totals]
+        for factor in plugins.factors:
+            started = self.timer()
+            for i, value in enumerate(factor.scorer.score(request, candidates)):
+                totals[i] *= 1.0 - factor.strength * (1.0 - value)
+            decision.stage_seconds[f"score.{factor.scorer.name}"] = self.timer() - started
         for candidate, total in zip(candidates, totals, strict=True):
             decision.scores[candidate.label] = total
         return totals

@@ -1,10 +1,16 @@
 """The built-in filter, scorer and picker plugins.
 
 Filters: the operation the backend's API supports, the capabilities the request needs (tools,
-vision) and the context window. Scorers: cost. Pickers: ordered (Fallback), weighted (Weighted,
-canaries) and best-score-first (CheapestCapable). Each is a small class with a type and a name;
-the pipeline decides which run for a route's strategy. None of them does I/O or keeps state
-between requests.
+vision), the context window, the circuit breaker, and saturation (every usable endpoint full).
+Scorers, each in [0, 1] with 1 the best: cost, quality tier, peak-EWMA latency, requests in
+flight, model-server queue and KV cache, rate-limit headroom, connect errors and locality.
+Pickers: ordered (Fallback), weighted (Weighted, canaries) and best-score-first.
+
+Each is a small class with a type and a name; the pipeline decides which run for a route's
+strategy. None of them does I/O or keeps state between requests: the health-aware ones read the
+live state each candidate carries, as of the request's `now`. The filters that depend only on the
+request return their input unchanged at once when the request needs nothing special, because they
+run on every request.
 """
 
 from __future__ import annotations
@@ -12,10 +18,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from routemesh_sidecar.routetable import Route
+from routemesh_sidecar.routetable import QualityTier, Route
 from routemesh_sidecar.routing.contracts import Candidate, RoutingRequest
 
 _OPENAI_ONLY_OPERATIONS = frozenset({"completions", "embeddings"})
+_QUALITY: dict[QualityTier, float] = {
+    "Economy": 0.0,
+    "Standard": 1 / 3,
+    "Premium": 2 / 3,
+    "Frontier": 1.0,
+}
 
 
 @dataclass(frozen=True)
@@ -25,9 +37,13 @@ class OperationFilter:
     type: str = "filter"
     name: str = "operation"
 
-    def keep(self, request: RoutingRequest, route: Route, candidate: Candidate) -> bool:
+    def filter(
+        self, request: RoutingRequest, route: Route, candidates: list[Candidate]
+    ) -> list[Candidate]:
         """Keep backends whose API has the operation."""
-        return request.operation not in _OPENAI_ONLY_OPERATIONS or candidate.backend.api == "openai"
+        if request.operation not in _OPENAI_ONLY_OPERATIONS:
+            return candidates
+        return _kept(candidates, [c for c in candidates if c.backend.api == "openai"])
 
 
 @dataclass(frozen=True)
@@ -37,15 +53,21 @@ class CapabilityFilter:
     type: str = "filter"
     name: str = "capability"
 
-    def keep(self, request: RoutingRequest, route: Route, candidate: Candidate) -> bool:
+    def filter(
+        self, request: RoutingRequest, route: Route, candidates: list[Candidate]
+    ) -> list[Candidate]:
         """Keep models that declare what the request uses."""
         if request.operation != "chat":
-            return True
-        capabilities = candidate.model_info.capabilities
+            return candidates
         signals = request.signals
-        if signals.tools_present and "Tools" not in capabilities:
-            return False
-        return "Image" not in signals.modalities or "Vision" in capabilities
+        needed = set()
+        if signals.tools_present:
+            needed.add("Tools")
+        if "Image" in signals.modalities:
+            needed.add("Vision")
+        if not needed:
+            return candidates
+        return _kept(candidates, [c for c in candidates if needed <= c.model_info.capabilities])
 
 
 @dataclass(frozen=True)
@@ -55,13 +77,61 @@ class ContextWindowFilter:
     type: str = "filter"
     name: str = "context-window"
 
-    def keep(self, request: RoutingRequest, route: Route, candidate: Candidate) -> bool:
+    def filter(
+        self, request: RoutingRequest, route: Route, candidates: list[Candidate]
+    ) -> list[Candidate]:
         """Keep models with room for the estimated prompt and the requested completion."""
         if request.operation != "chat":
-            return True
+            return candidates
         signals = request.signals
         needed = signals.prompt_tokens + (signals.max_output_tokens or 0)
-        return needed <= candidate.model_info.context_window
+        return _kept(candidates, [c for c in candidates if needed <= c.model_info.context_window])
+
+
+@dataclass(frozen=True)
+class CircuitBreakerFilter:
+    """Drop backends whose breaker is open (or half open with every probe slot taken)."""
+
+    type: str = "filter"
+    name: str = "circuit-breaker"
+
+    def filter(
+        self, request: RoutingRequest, route: Route, candidates: list[Candidate]
+    ) -> list[Candidate]:
+        """Keep backends the breaker lets a request through to."""
+        now = request.now
+        return _kept(candidates, [c for c in candidates if c.health.allows(now)])
+
+
+@dataclass(frozen=True)
+class SaturationFilter:
+    """Drop backends whose usable endpoints are all saturated (or whose metrics are stale)."""
+
+    type: str = "filter"
+    name: str = "saturated"
+
+    def filter(
+        self, request: RoutingRequest, route: Route, candidates: list[Candidate]
+    ) -> list[Candidate]:
+        """Keep backends with room on some endpoint; only metrics-scraped ones can be full."""
+        now = request.now
+        return _kept(
+            candidates,
+            [c for c in candidates if c.health.scraped is False or c.health.available(now)],
+        )
+
+
+def _kept(candidates: list[Candidate], kept: list[Candidate]) -> list[Candidate]:
+    """The input list itself when nothing was removed, so the runner can tell cheaply."""
+    return candidates if len(kept) == len(candidates) else kept
+
+
+def _relative_to_best(values: list[float]) -> list[float]:
+    """Lower is better: 1 for the lowest value, best/value for the others."""
+    best = min(values)
+    if best <= 0:
+        return [1.0 if v <= 0 else 0.0 for v in values]
+    return [best / v for v in values]
 
 
 @dataclass(frozen=True)
@@ -84,6 +154,97 @@ class CostScorer:
         if high == low:
             return [1.0] * len(costs)
         return [1.0 - (cost - low) / (high - low) for cost in costs]
+
+
+@dataclass(frozen=True)
+class QualityScorer:
+    """A higher quality tier is better: Economy 0, Standard 1/3, Premium 2/3, Frontier 1."""
+
+    type: str = "scorer"
+    name: str = "quality"
+
+    def score(self, request: RoutingRequest, candidates: Sequence[Candidate]) -> list[float]:
+        """The tier's place on the scale."""
+        return [_QUALITY[c.model_info.quality_tier] for c in candidates]
+
+
+@dataclass(frozen=True)
+class LatencyScorer:
+    """Faster is better: the peak-EWMA time to first byte of the backend's best endpoint."""
+
+    type: str = "scorer"
+    name: str = "latency"
+
+    def score(self, request: RoutingRequest, candidates: Sequence[Candidate]) -> list[float]:
+        """1 for the fastest, fastest/latency for the others."""
+        now = request.now
+        return _relative_to_best([c.health.balancer.latency(now) for c in candidates])
+
+
+@dataclass(frozen=True)
+class InFlightScorer:
+    """Fewer requests in flight from this sidecar is better (least request)."""
+
+    type: str = "scorer"
+    name: str = "in-flight"
+
+    def score(self, request: RoutingRequest, candidates: Sequence[Candidate]) -> list[float]:
+        """(least + 1) / (in flight + 1)."""
+        return _relative_to_best([c.health.balancer.in_flight() + 1.0 for c in candidates])
+
+
+@dataclass(frozen=True)
+class QueueScorer:
+    """A model server with a shorter queue and a less full KV cache is better."""
+
+    type: str = "scorer"
+    name: str = "queue"
+
+    def score(self, request: RoutingRequest, candidates: Sequence[Candidate]) -> list[float]:
+        """1 minus the pressure of the least loaded endpoint (1 without metrics)."""
+        now = request.now
+        return [
+            1.0 - c.health.balancer.queue_pressure(now) if c.health.scraped else 1.0
+            for c in candidates
+        ]
+
+
+@dataclass(frozen=True)
+class RateLimitHeadroomScorer:
+    """More rate limit left (from the provider's `x-ratelimit-remaining-*` headers) is better."""
+
+    type: str = "scorer"
+    name: str = "rate-limit-headroom"
+
+    def score(self, request: RoutingRequest, candidates: Sequence[Candidate]) -> list[float]:
+        """The smallest remaining share of any limit (1 when the provider said nothing)."""
+        now = request.now
+        return [c.health.headroom.value(now) for c in candidates]
+
+
+@dataclass(frozen=True)
+class ConnectErrorScorer:
+    """Fewer recent connect errors is better."""
+
+    type: str = "scorer"
+    name: str = "connect-errors"
+
+    def score(self, request: RoutingRequest, candidates: Sequence[Candidate]) -> list[float]:
+        """1 minus the recent connect-error rate."""
+        now = request.now
+        return [1.0 - c.health.balancer.connect_error_rate(now) for c in candidates]
+
+
+@dataclass(frozen=True)
+class LocalityScorer:
+    """Nearer is better: 1 in the sidecar's zone, 0.5 in its region, 0 elsewhere or unknown."""
+
+    type: str = "scorer"
+    name: str = "locality"
+
+    def score(self, request: RoutingRequest, candidates: Sequence[Candidate]) -> list[float]:
+        """By the nearest endpoint of each backend."""
+        return [1.0 - c.health.balancer.locality_rank() / 2 for c in candidates]
 
 
 @dataclass(frozen=True)
@@ -142,3 +303,26 @@ class BestScorePicker:
         """Candidates by descending score."""
         order = sorted(range(len(candidates)), key=lambda i: (-scores[i], i))
         return [candidates[i] for i in order]
+
+
+@dataclass(frozen=True)
+class PowerOfTwoPicker:
+    """The better of two random candidates first, then the rest by score (Fastest).
+
+    Best-first alone would send every request of a burst to the same backend until its latency
+    sample arrives; two random choices spread a burst while still favouring the better one.
+    """
+
+    type: str = "picker"
+    name: str = "power-of-two"
+
+    def pick(
+        self, request: RoutingRequest, candidates: Sequence[Candidate], scores: Sequence[float]
+    ) -> list[Candidate]:
+        """The better of two random ones, then by descending score."""
+        ranked = sorted(range(len(candidates)), key=lambda i: (-scores[i], i))
+        if len(candidates) < 2:
+            return [candidates[i] for i in ranked]
+        first, second = request.rng.sample(range(len(candidates)), 2)
+        chosen = first if (scores[first], -first) >= (scores[second], -second) else second
+        return [candidates[chosen], *(candidates[i] for i in ranked if i != chosen)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -67,8 +67,33 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.health_transitions = Counter(
+            "routemesh_health_transitions",
+            "Breaker transitions, outlier ejections and health-check changes, by mechanism, "
+            "backend and the state entered.",
+            ["mechanism", "backend", "to_state"],
+            registry=self.registry,
+        )
+        self.breaker_state = Gauge(
+            "routemesh_circuit_breaker_state",
+            "The breaker's state by backend: 0 closed, 1 half_open, 2 open.",
+            ["backend"],
+            registry=self.registry,
+        )
+        self.endpoint_ejected = Gauge(
+            "routemesh_endpoint_ejected",
+            "1 while outlier detection has ejected the endpoint.",
+            ["backend", "endpoint"],
+            registry=self.registry,
+        )
+        self.endpoint_healthy = Gauge(
+            "routemesh_endpoint_healthy",
+            "1 while the active health check says the endpoint is healthy, 0 when unhealthy.",
+            ["backend", "endpoint"],
+            registry=self.registry,
+        )
 
-    def of(self, metric: Counter | Histogram, *values: str) -> Any:
+    def of(self, metric: Counter | Gauge | Histogram, *values: str) -> Any:
         """The metric's child for these label values, looked up once and then cached.
 
         prometheus_client's `labels()` takes a lock and validates on every call; a request

@@ -44,6 +44,35 @@ FALLBACK_CLASSES: frozenset[ErrorClass] = frozenset(
     }
 )
 
+# Classes that say the upstream itself is unwell, which breakers and outlier detection count.
+# The others (client_error, context_length, content_policy) are the request's doing: the upstream
+# answered properly, so they count as successes for its health.
+_UNHEALTHY_CLASSES: frozenset[ErrorClass] = frozenset(
+    {
+        "connect_error",
+        "timeout",
+        "rate_limited",
+        "overloaded",
+        "server_error",
+        "bad_response",
+        "stream_broken",
+    }
+)
+
+
+def counts_against_backend(error_class: ErrorClass) -> bool:
+    """Whether a failure of this class is evidence that the upstream is unwell."""
+    return error_class in _UNHEALTHY_CLASSES
+
+
+def counts_against_endpoint(error_class: ErrorClass) -> bool:
+    """Whether a failure says this one endpoint is unwell.
+
+    A 429 is about the account, shared by every endpoint of a provider, so it cools the backend
+    down (see the breaker) rather than ejecting an endpoint.
+    """
+    return error_class != "rate_limited" and error_class in _UNHEALTHY_CLASSES
+
 
 # Not frozen: exception chaining (contextlib, asyncio) assigns __context__ on the instance.
 @dataclass(eq=False)

@@ -32,7 +32,7 @@ from routemesh_sidecar.protocol.translate import (
     openai_response_to_anthropic,
 )
 from routemesh_sidecar.protocol.usage import Usage, usage_from_anthropic, usage_from_openai
-from routemesh_sidecar.routetable import Api, Backend, Credentials, Endpoint, ModelInfo
+from routemesh_sidecar.routetable import Api, Backend, Credentials, Endpoint, ErrorClass, ModelInfo
 from routemesh_sidecar.upstream.classify import (
     UpstreamFailure,
     classify_exception,
@@ -100,6 +100,7 @@ class UpstreamReply:
     body: bytes  # the JSON to send downstream: the upstream's own bytes unless translated
     usage: Usage | None
     response_model: str | None
+    headers: Mapping[str, str] = field(default_factory=dict)  # for rate-limit headroom
 
 
 class CredentialStore:
@@ -268,7 +269,9 @@ class UpstreamClient:
                 # The rest of a whole answer may take until the request's deadline.
                 limit.reschedule(deadline)
                 raw = await response.read()
-            return _reply(call, target, response.status, raw)
+            reply = _reply(call, target, response.status, raw)
+            reply.headers = response.headers
+            return reply
         except UpstreamFailure:
             _release(response)
             raise
@@ -324,7 +327,7 @@ def _reply(call: DownstreamCall, target: AttemptTarget, status: int, raw: bytes)
 class StreamBroken(Exception):
     """The upstream stream failed after its first event was relayed."""
 
-    def __init__(self, error_class: str, message: str) -> None:
+    def __init__(self, error_class: ErrorClass, message: str) -> None:
         super().__init__(message)
         self.error_class = error_class
         self.message = message
@@ -349,6 +352,8 @@ class UpstreamStream:
     _pending: list[SSEEvent] = field(default_factory=list)
     _done: bool = False
     _translator: AnthropicToOpenAIStream | OpenAIToAnthropicStream | None = None
+    # Told how the stream ended (None: properly), so health counts a stream by its end.
+    on_end: Callable[[ErrorClass | None], None] | None = None
 
     def __post_init__(self) -> None:
         api, downstream = self.target.backend.api, self.call.api
@@ -374,6 +379,19 @@ class UpstreamStream:
 
     async def relay(self) -> AsyncIterator[bytes]:
         """Yield downstream bytes for each upstream event until the stream's proper end."""
+        ended: ErrorClass | None = "stream_broken"  # unless it reaches its end or breaks known
+        try:
+            async for data in self._relay():
+                yield data
+            ended = None
+        except StreamBroken as broken:
+            ended = broken.error_class
+            raise
+        finally:
+            if self.on_end is not None:
+                self.on_end(ended)
+
+    async def _relay(self) -> AsyncIterator[bytes]:
         try:
             while True:
                 for event in self._pending:
@@ -403,7 +421,7 @@ class UpstreamStream:
     def _handle(self, event: SSEEvent) -> bytes:
         if event.event == "error" or event.data.startswith('{"error"'):
             error_class, message = _stream_error(event.data)[:2]
-            raise StreamBroken(str(error_class), message)
+            raise StreamBroken(error_class, message)
         if self.target.backend.api == "openai":
             return self._from_openai(event)
         return self._from_anthropic(event)
@@ -462,7 +480,7 @@ def _dumps(data: Any) -> str:
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
-def _stream_error(data: str) -> tuple[Any, str, int | None]:
+def _stream_error(data: str) -> tuple[ErrorClass, str, int | None]:
     """Classify an error event sent inside a stream (both APIs put it in `error`)."""
     try:
         error = json.loads(data).get("error") or {}

@@ -6,6 +6,11 @@ route allows, with jittered backoff or the upstream's Retry-After, as long as th
 and the request's deadline allow; then it falls back to the next target if the error class
 permits. Which classes fall back is decided in `classify`; this loop reads only the class.
 
+Around every attempt it asks the backend's circuit breaker for a permit (skipping a backend whose
+breaker opened since routing looked, or whose probe slots are taken), lets the balancer choose
+the endpoint, and reports the result to the breaker, outlier detection and the load signals; a
+stream is reported when it ends. The health transitions this causes become span events.
+
 It never picks targets (routing does) and never writes to the downstream (the listener does).
 """
 
@@ -15,10 +20,12 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from routemesh_sidecar.routetable import Backend, Endpoint, ModelInfo, Route
 from routemesh_sidecar.telemetry.records import AttemptRecord
+from routemesh_sidecar.upstream.balancer import EndpointState
+from routemesh_sidecar.upstream.breaker import Permit, Transition
 from routemesh_sidecar.upstream.classify import FALLBACK_CLASSES, UpstreamFailure
 from routemesh_sidecar.upstream.client import (
     AttemptTarget,
@@ -28,6 +35,7 @@ from routemesh_sidecar.upstream.client import (
     UpstreamReply,
     UpstreamStream,
 )
+from routemesh_sidecar.upstream.registry import BackendHealth, HealthRegistry
 from routemesh_sidecar.upstream.retry import Clock, RetryBudget, backoff_delay
 
 
@@ -39,10 +47,14 @@ class PlannedTarget:
     backend: Backend
     model: str
     model_info: ModelInfo
+    health: BackendHealth
 
 
 class AttemptObserver(Protocol):
     """Telemetry's view of attempts: called when one starts and when it ends."""
+
+    def event(self, name: str, attributes: Mapping[str, Any]) -> None:
+        """Record an event of the request (a health transition, a skipped backend)."""
 
     def attempt_started(self, record: AttemptRecord) -> Mapping[str, str]:
         """Begin the attempt's span; return the trace headers to send upstream."""
@@ -79,9 +91,9 @@ class Executor:
     client: UpstreamClient
     clock: Clock
     rng: random.Random
+    health: HealthRegistry
     sleep: Sleep = asyncio.sleep
     _budgets: dict[tuple[str, str], RetryBudget] = field(default_factory=dict)
-    _next_endpoint: dict[str, int] = field(default_factory=dict)
 
     def budget_for(self, route: Route) -> RetryBudget:
         """The retry budget of a route, kept across requests and route-table swaps."""
@@ -124,6 +136,8 @@ class Executor:
                     observer=observer,
                     attempts=attempts,
                 )
+            except _BreakerOpen:
+                continue
             except UpstreamFailure as failure:
                 last = failure
                 out_of_time = self.clock.monotonic() >= deadline
@@ -133,6 +147,10 @@ class Executor:
                     context_too_small = target.model_info.context_window
                 continue
             return Outcome(result, target, attempts)
+        if last is None and not attempts:
+            last = UpstreamFailure(
+                "overloaded", "no healthy upstream: the circuit breaker of every target is open"
+            )
         if last is None:
             last = UpstreamFailure("context_length", "no target has a larger context window")
         raise RequestFailed(last, attempts)
@@ -150,8 +168,23 @@ class Executor:
     ) -> UpstreamReply | UpstreamStream:
         """Attempts on one target, with retries; raise the last failure when giving up on it."""
         retry = route.retry
+        health = target.health
         for retry_index in range(retry.attempts):
-            endpoint = self._pick_endpoint(target)
+            with self.health.capture() as transitions:
+                permit = health.acquire(self.clock.monotonic())
+                endpoint = (
+                    health.pick_endpoint(self.clock.monotonic(), self.rng) if permit else None
+                )
+            _report(observer, transitions)
+            if permit is None or endpoint is None:
+                observer.event(
+                    "routemesh.circuit_breaker.skipped",
+                    {
+                        "routemesh.backend": target.backend_name,
+                        "routemesh.breaker.state": health.breaker.state,
+                    },
+                )
+                raise _BreakerOpen(target.backend_name)
             record = AttemptRecord(
                 len(attempts),
                 target.backend_name,
@@ -169,22 +202,93 @@ class Executor:
                 route.timeouts.connect, route.timeouts.first_token, remaining
             )
             attempt_target = AttemptTarget(
-                target.backend_name, target.backend, endpoint, target.model, target.model_info
+                target.backend_name,
+                target.backend,
+                _endpoint_of(target, endpoint),
+                target.model,
+                target.model_info,
             )
+            sent_at = self.clock.monotonic()
+            endpoint.in_flight += 1
             try:
                 result = await self.client.send(call, attempt_target, timeouts, headers)
             except UpstreamFailure as failure:
                 record.error_class, record.status = failure.error_class, failure.status
                 record.message = failure.message
+                self._report_failure(
+                    target, permit, endpoint, failure=failure, sent_at=sent_at, observer=observer
+                )
                 observer.attempt_ended(record)
                 delay = self._retry_delay(failure, retry_index, route, deadline, budget)
                 if delay is None:
                     raise
                 await self.sleep(delay)
                 continue
+            self._report_success(
+                target, permit, endpoint, result=result, sent_at=sent_at, observer=observer
+            )
             observer.attempt_ended(record)
             return result
         raise AssertionError("unreachable: the last attempt either returns or raises")
+
+    def _report_failure(
+        self,
+        target: PlannedTarget,
+        permit: Permit,
+        endpoint: EndpointState,
+        *,
+        failure: UpstreamFailure,
+        sent_at: float,
+        observer: AttemptObserver,
+    ) -> None:
+        """Tell health about a failed attempt; a timeout is also a (long) latency sample."""
+        now = self.clock.monotonic()
+        endpoint.in_flight -= 1
+        with self.health.capture() as transitions:
+            if failure.error_class == "timeout":
+                target.health.observe_latency(endpoint, now - sent_at, now)
+            target.health.record(permit, endpoint, failure.error_class, now, failure.retry_after)
+        _report(observer, transitions)
+
+    def _report_success(
+        self,
+        target: PlannedTarget,
+        permit: Permit,
+        endpoint: EndpointState,
+        *,
+        result: UpstreamReply | UpstreamStream,
+        sent_at: float,
+        observer: AttemptObserver,
+    ) -> None:
+        """Tell health about an answer: its latency now, its result now or when a stream ends."""
+        now = self.clock.monotonic()
+        health = target.health
+        health.observe_latency(endpoint, now - sent_at, now)
+        health.observe_headers(
+            result.headers if isinstance(result, UpstreamReply) else result.response.headers, now
+        )
+        if isinstance(result, UpstreamStream):
+            result.on_end = lambda error_class: self._stream_ended(
+                health, permit, endpoint, error_class, observer
+            )
+            return
+        endpoint.in_flight -= 1
+        with self.health.capture() as transitions:
+            health.record(permit, endpoint, None, now)
+        _report(observer, transitions)
+
+    def _stream_ended(
+        self,
+        health: BackendHealth,
+        permit: Permit,
+        endpoint: EndpointState,
+        error_class: Any,
+        observer: AttemptObserver,
+    ) -> None:
+        endpoint.in_flight -= 1
+        with self.health.capture() as transitions:
+            health.record(permit, endpoint, error_class, self.clock.monotonic())
+        _report(observer, transitions)
 
     def _retry_delay(
         self,
@@ -210,9 +314,33 @@ class Executor:
             return None
         return delay
 
-    def _pick_endpoint(self, target: PlannedTarget) -> Endpoint:
-        """Round robin over the backend's endpoints (the balancer plugins refine this)."""
-        endpoints = target.backend.endpoints
-        index = self._next_endpoint.get(target.backend_name, 0)
-        self._next_endpoint[target.backend_name] = index + 1
-        return endpoints[index % len(endpoints)]
+
+class _BreakerOpen(Exception):
+    """The backend's breaker refused the attempt: go on to the next target."""
+
+    def __init__(self, backend_name: str) -> None:
+        super().__init__(f"circuit breaker of {backend_name} is open")
+        self.backend_name = backend_name
+
+
+def _endpoint_of(target: PlannedTarget, state: EndpointState) -> Endpoint:
+    for endpoint in target.backend.endpoints:
+        if endpoint.url == state.url:
+            return endpoint
+    raise LookupError(f"{state.url} is not an endpoint of {target.backend_name}")
+
+
+def transition_event(transition: Transition) -> tuple[str, dict[str, Any]]:
+    """A health transition as a span event: its name and attributes."""
+    attributes: dict[str, Any] = {
+        "routemesh.health.subject": transition.subject,
+        "routemesh.health.from": transition.from_state,
+        "routemesh.health.to": transition.to_state,
+        "routemesh.health.reason": transition.reason,
+    }
+    return f"routemesh.{transition.mechanism}.{transition.to_state}", attributes
+
+
+def _report(observer: AttemptObserver, transitions: list[Transition]) -> None:
+    for transition in transitions:
+        observer.event(*transition_event(transition))

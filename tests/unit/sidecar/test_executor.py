@@ -21,6 +21,7 @@ from routemesh_sidecar.upstream.client import (
     UpstreamReply,
 )
 from routemesh_sidecar.upstream.executor import Executor, PlannedTarget, RequestFailed
+from routemesh_sidecar.upstream.registry import HealthRegistry
 from routemesh_testing.tables import backend, model_info, route
 
 CALL = DownstreamCall("openai", "chat", {"model": "m", "messages": []}, {})
@@ -67,6 +68,7 @@ class ScriptedClient:
 class Observer:
     def __init__(self) -> None:
         self.ended: list[AttemptRecord] = []
+        self.events: list[tuple[str, dict[str, Any]]] = []
 
     def attempt_started(self, record: AttemptRecord) -> Mapping[str, str]:
         return {}
@@ -74,13 +76,25 @@ class Observer:
     def attempt_ended(self, record: AttemptRecord) -> None:
         self.ended.append(record)
 
+    def event(self, name: str, attributes: Mapping[str, Any]) -> None:
+        self.events.append((name, dict(attributes)))
 
-def plan(*names: str, windows: dict[str, int] | None = None) -> list[PlannedTarget]:
+
+def plan(
+    *names: str,
+    windows: dict[str, int] | None = None,
+    health: HealthRegistry | None = None,
+    r: Route | None = None,
+) -> list[PlannedTarget]:
+    """Targets with their health state in `health` (a fresh registry unless given)."""
     windows = windows or {}
-    return [
-        PlannedTarget(name, backend(f"http://{name}/v1"), "m", model_info(windows.get(name, 8000)))
-        for name in names
-    ]
+    health = health or HealthRegistry(VirtualClock())
+    targets = []
+    for name in names:
+        b = backend(f"http://{name}/v1")
+        state = health.backend(name, b, r or a_route())
+        targets.append(PlannedTarget(name, b, "m", model_info(windows.get(name, 8000)), state))
+    return targets
 
 
 def a_route(**fields: Any) -> Route:
@@ -105,7 +119,7 @@ def fail(
 async def run(script: dict[str, list[Any]], targets: list[PlannedTarget], r: Route, seed: int = 1):
     clock = VirtualClock()
     client = ScriptedClient(clock, script)
-    executor = Executor(client, clock, random.Random(seed), sleep=clock.sleep)  # type: ignore[arg-type]
+    executor = Executor(client, clock, random.Random(seed), HealthRegistry(clock), sleep=clock.sleep)  # type: ignore[arg-type]
     try:
         outcome = await executor.execute(CALL, targets, r, Observer())
     except RequestFailed as failed:
@@ -190,7 +204,7 @@ async def test_the_retry_budget_stops_retries_in_an_outage():
     )
     clock = VirtualClock()
     client = ScriptedClient(clock, {"a": [fail("server_error")] * 1000}, cost=0.001)
-    executor = Executor(client, clock, random.Random(0), sleep=clock.sleep)  # type: ignore[arg-type]
+    executor = Executor(client, clock, random.Random(0), HealthRegistry(clock), sleep=clock.sleep)  # type: ignore[arg-type]
     for _ in range(50):
         with pytest.raises(RequestFailed):
             await executor.execute(CALL, plan("a"), r, Observer())

@@ -1,0 +1,329 @@
+"""The live health state of every backend and endpoint, kept across route-table swaps.
+
+The router asks `HealthRegistry.backend` for a candidate's `BackendHealth` once per table (and
+keeps it on the candidate); the attempt loop calls `BackendHealth.acquire`, `pick_endpoint` and
+`record` around every attempt. The registry owns the state machines (one breaker and one outlier
+detector per backend and route settings, one `EndpointState` per endpoint), so a new table version
+never resets a breaker that is open, and it forwards every transition to its listeners (metrics and
+logs) and to whoever is capturing them for a span.
+
+Keyed by settings as well as by name: two routes that use one backend with the same settings (the
+usual case: a policy's defaults) share one breaker, while different settings get their own.
+It does no I/O; the health checker does, on the `ActiveHealth` objects it is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from routemesh_sidecar.routetable import (
+    Backend,
+    ErrorClass,
+    Locality,
+    OutlierDetection,
+    Route,
+    RouteTable,
+)
+from routemesh_sidecar.routetable import CircuitBreaker as CircuitBreakerSettings
+from routemesh_sidecar.upstream.balancer import (
+    BackendBalancer,
+    DecayingRate,
+    EndpointState,
+    PeakEwma,
+    RateLimitHeadroom,
+    endpoint_zone,
+)
+from routemesh_sidecar.upstream.breaker import CircuitBreaker, Permit, Transition
+from routemesh_sidecar.upstream.health import ActiveHealth, ProbeTarget
+from routemesh_sidecar.upstream.outlier import OutlierDetector
+from routemesh_sidecar.upstream.retry import Clock
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BalancerSettings:
+    """How latency and error signals are smoothed (sidecar settings, not route-table ones)."""
+
+    latency_decay_seconds: float = 10.0
+    default_latency_seconds: float = 0.1
+    connect_error_decay_seconds: float = 30.0
+    locality: Locality = field(default_factory=Locality)
+
+
+@dataclass
+class BackendHealth:
+    """One backend's breaker, endpoints and rate-limit headroom, as one route sees them."""
+
+    name: str
+    backend: Backend
+    breaker: CircuitBreaker
+    balancer: BackendBalancer
+    headroom: RateLimitHeadroom
+    emit: Callable[[Transition], None]
+
+    @property
+    def scraped(self) -> bool:
+        """Whether the backend's model servers report their load (vLLM metrics)."""
+        check = self.backend.health_check
+        return check is not None and check.metrics is not None
+
+    def allows(self, now: float) -> bool:
+        """Whether the breaker lets a request through now."""
+        allowed, transition = self.breaker.allows(now)
+        self._emit(transition)
+        return allowed
+
+    def available(self, now: float) -> bool:
+        """Whether some usable endpoint has room."""
+        available = self.balancer.available(now)
+        self._flush()
+        return available
+
+    def acquire(self, now: float) -> Permit | None:
+        """Permission for one attempt from the breaker (a probe while half open)."""
+        permit, transition = self.breaker.acquire(now)
+        self._emit(transition)
+        return permit
+
+    def release(self, permit: Permit) -> None:
+        """Give back a permit that was not used (the deadline ran out before sending)."""
+        self.breaker.release(permit)
+
+    def pick_endpoint(self, now: float, rng: random.Random) -> EndpointState:
+        """The endpoint for the next attempt."""
+        endpoint = self.balancer.pick(now, rng)
+        self._flush()
+        return endpoint
+
+    def record(
+        self,
+        permit: Permit,
+        endpoint: EndpointState,
+        error_class: ErrorClass | None,
+        now: float,
+        retry_after: float | None = None,
+    ) -> None:
+        """Count an attempt's result in the breaker and in outlier detection."""
+        endpoint.connect_errors.observe(error_class == "connect_error", now)
+        self._emit(self.breaker.record(permit, error_class, now))
+        self._emit(self.balancer.outlier.record(endpoint.url, error_class, now))
+        if error_class == "rate_limited" and retry_after is not None:
+            self._emit(self.breaker.cool_down(retry_after, now))
+
+    def observe_latency(self, endpoint: EndpointState, seconds: float, now: float) -> None:
+        """A time to first byte (or a timeout's elapsed time) of the endpoint."""
+        endpoint.latency.observe(seconds, now)
+
+    def observe_headers(self, headers: Mapping[str, str], now: float) -> None:
+        """Rate-limit headroom from a response's headers."""
+        self.headroom.update(headers, now)
+
+    def _emit(self, transition: Transition | None) -> None:
+        self._flush()
+        if transition is not None:
+            self.emit(transition)
+
+    def _flush(self) -> None:
+        pending = self.balancer.emit
+        while pending:
+            self.emit(pending.pop(0))
+
+
+TransitionListener = Callable[[Transition], None]
+
+
+class HealthRegistry:
+    """Every backend's and endpoint's health state in this sidecar."""
+
+    def __init__(self, clock: Clock, settings: BalancerSettings | None = None) -> None:
+        self.clock = clock
+        self.settings = settings or BalancerSettings()
+        self._breakers: dict[tuple[str, CircuitBreakerSettings], CircuitBreaker] = {}
+        self._outliers: dict[tuple[str, OutlierDetection], OutlierDetector] = {}
+        self._endpoints: dict[tuple[str, str], EndpointState] = {}
+        self._headroom: dict[str, RateLimitHeadroom] = {}
+        self._listeners: list[TransitionListener] = []
+        self._captures: list[list[Transition]] = []
+        self.recent: deque[dict[str, Any]] = deque(maxlen=50)
+
+    def now(self) -> float:
+        """Monotonic seconds on the sidecar's clock."""
+        return self.clock.monotonic()
+
+    def on_transition(self, listener: TransitionListener) -> None:
+        """Call `listener` with every transition (metrics, logs)."""
+        self._listeners.append(listener)
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[list[Transition]]:
+        """Collect the transitions made inside the block, for span events.
+
+        The block must not await: the sidecar is one event loop, so without an await no other
+        request's transitions can land in the list.
+        """
+        captured: list[Transition] = []
+        self._captures.append(captured)
+        try:
+            yield captured
+        finally:
+            self._captures.remove(captured)
+
+    def emit(self, transition: Transition) -> None:
+        """Record a transition and tell the listeners and any capture."""
+        log.info(
+            "%s %s: %s -> %s (%s)",
+            transition.mechanism,
+            transition.subject,
+            transition.from_state,
+            transition.to_state,
+            transition.reason,
+        )
+        self.recent.append(
+            {
+                "mechanism": transition.mechanism,
+                "subject": transition.subject,
+                "from": transition.from_state,
+                "to": transition.to_state,
+                "reason": transition.reason,
+                "at": self.now(),
+            }
+        )
+        for captured in self._captures:
+            captured.append(transition)
+        for listener in self._listeners:
+            listener(transition)
+
+    def backend(self, name: str, backend: Backend, route: Route) -> BackendHealth:
+        """The health state of a backend under a route's breaker and outlier settings."""
+        breaker_key = (name, route.circuit_breaker)
+        breaker = self._breakers.get(breaker_key)
+        if breaker is None:
+            breaker = self._breakers[breaker_key] = CircuitBreaker(name, route.circuit_breaker)
+        endpoints = [self._endpoint(name, backend, e) for e in backend.endpoints]
+        urls = [e.url for e in endpoints]
+        outlier_key = (name, route.outlier_detection)
+        outlier = self._outliers.get(outlier_key)
+        if outlier is None:
+            outlier = OutlierDetector(name, urls, route.outlier_detection)
+            self._outliers[outlier_key] = outlier
+        elif list(outlier.records) != urls:
+            outlier.set_endpoints(urls)
+        balancer = BackendBalancer(name, backend, endpoints, outlier, self.settings.locality)
+        headroom = self._headroom.setdefault(name, RateLimitHeadroom())
+        return BackendHealth(name, backend, breaker, balancer, headroom, self.emit)
+
+    def _endpoint(self, name: str, backend: Backend, endpoint: Any) -> EndpointState:
+        key = (name, endpoint.url)
+        state = self._endpoints.get(key)
+        zone, region = endpoint_zone(backend, endpoint)
+        if state is None:
+            settings = self.settings
+            state = EndpointState(
+                endpoint.url,
+                PeakEwma(
+                    settings.latency_decay_seconds, settings.default_latency_seconds, self.now()
+                ),
+                DecayingRate(settings.connect_error_decay_seconds),
+                ActiveHealth(f"{name} {endpoint.url}", backend.health_check),
+            )
+            self._endpoints[key] = state
+        state.zone, state.region = zone, region
+        state.health.settings = backend.health_check
+        return state
+
+    def probe_targets(self, table: RouteTable) -> list[ProbeTarget]:
+        """The endpoints of the table's backends that turn active health checking on."""
+        targets = []
+        for name, backend in table.backends.items():
+            if backend.health_check is None:
+                continue
+            for endpoint in backend.endpoints:
+                state = self._endpoint(name, backend, endpoint)
+                targets.append(ProbeTarget(name, backend, endpoint.url, state.health))
+        return targets
+
+    def retain(self, table: RouteTable) -> None:
+        """Forget the state of backends and endpoints the new table no longer has."""
+        present = {(n, e.url) for n, b in table.backends.items() for e in b.endpoints}
+        self._endpoints = {k: v for k, v in self._endpoints.items() if k in present}
+        names = set(table.backends)
+        self._breakers = {k: v for k, v in self._breakers.items() if k[0] in names}
+        self._outliers = {k: v for k, v in self._outliers.items() if k[0] in names}
+        self._headroom = {k: v for k, v in self._headroom.items() if k in names}
+
+    def snapshot(self) -> dict[str, Any]:
+        """The live state of every breaker, endpoint and headroom, for `/config_dump`."""
+        now = self.now()
+        backends: dict[str, Any] = {}
+        for (name, _), breaker in self._breakers.items():
+            entry = backends.setdefault(name, {"breakers": [], "endpoints": {}})
+            entry["breakers"].append(_breaker_view(breaker, now))
+        for name, headroom in self._headroom.items():
+            entry = backends.setdefault(name, {"breakers": [], "endpoints": {}})
+            entry["rate_limit_headroom"] = headroom.value(now)
+        for (name, url), state in self._endpoints.items():
+            entry = backends.setdefault(name, {"breakers": [], "endpoints": {}})
+            entry["endpoints"][url] = _endpoint_view(state, now, self._ejections(name, url, now))
+        return {"backends": backends, "recent_transitions": list(self.recent)}
+
+    def _ejections(self, name: str, url: str, now: float) -> list[dict[str, Any]]:
+        views = []
+        for (backend_name, _), detector in self._outliers.items():
+            record = detector.records.get(url)
+            if backend_name != name or record is None:
+                continue
+            ejected = record.ejected_until is not None and now < record.ejected_until
+            views.append(
+                {
+                    "ejected": ejected,
+                    "ejected_for_seconds": (record.ejected_until or now) - now if ejected else 0,
+                    "ejections": record.ejections,
+                    "consecutive_failures": record.consecutive_failures,
+                }
+            )
+        return views
+
+
+def _breaker_view(breaker: CircuitBreaker, now: float) -> dict[str, Any]:
+    return {
+        "state": breaker.state,
+        "open_for_seconds": max(0.0, breaker.open_until - now) if breaker.open_until else 0.0,
+        "cooling_down": breaker.cooling,
+        "consecutive_failures": breaker.consecutive_failures,
+        "openings": breaker.openings,
+        "settings": breaker.settings.model_dump(mode="json"),
+    }
+
+
+def _endpoint_view(
+    state: EndpointState, now: float, ejections: list[dict[str, Any]]
+) -> dict[str, Any]:
+    load = state.health.load
+    return {
+        "zone": state.zone,
+        "region": state.region,
+        "latency_ewma_seconds": round(state.latency.value(now), 6),
+        "in_flight": state.in_flight,
+        "connect_error_rate": round(state.connect_errors.value(now), 4),
+        "health_check": {
+            "status": state.health.status,
+            "last_error": state.health.last_error,
+            "saturated": state.health.saturated(now),
+            "load": None
+            if load is None
+            else {
+                "waiting": load.waiting,
+                "running": load.running,
+                "kv_cache_usage": load.kv_cache_usage,
+                "age_seconds": round(now - load.scraped_at, 3),
+            },
+        },
+        "outlier_detection": ejections,
+    }
