@@ -119,7 +119,13 @@ def fail(
 async def run(script: dict[str, list[Any]], targets: list[PlannedTarget], r: Route, seed: int = 1):
     clock = VirtualClock()
     client = ScriptedClient(clock, script)
-    executor = Executor(client, clock, random.Random(seed), HealthRegistry(clock), sleep=clock.sleep)  # type: ignore[arg-type]
+    executor = Executor(
+        client,  # type: ignore[arg-type]
+        clock,
+        random.Random(seed),
+        HealthRegistry(clock),
+        sleep=clock.sleep,
+    )
     try:
         outcome = await executor.execute(CALL, targets, r, Observer())
     except RequestFailed as failed:
@@ -204,7 +210,13 @@ async def test_the_retry_budget_stops_retries_in_an_outage():
     )
     clock = VirtualClock()
     client = ScriptedClient(clock, {"a": [fail("server_error")] * 1000}, cost=0.001)
-    executor = Executor(client, clock, random.Random(0), HealthRegistry(clock), sleep=clock.sleep)  # type: ignore[arg-type]
+    executor = Executor(
+        client,  # type: ignore[arg-type]
+        clock,
+        random.Random(0),
+        HealthRegistry(clock),
+        sleep=clock.sleep,
+    )
     for _ in range(50):
         with pytest.raises(RequestFailed):
             await executor.execute(CALL, plan("a"), r, Observer())
