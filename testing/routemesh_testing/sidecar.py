@@ -27,6 +27,7 @@ from routemesh_sidecar.app import Sidecar
 from routemesh_sidecar.discovery.file import FileRouteTableSource
 from routemesh_sidecar.routetable import RouteTable
 from routemesh_sidecar.settings import SidecarSettings
+from routemesh_sidecar.upstream.retry import Clock
 from routemesh_testing.controlplane import free_port
 from routemesh_testing.serving import LoopThread
 from routemesh_testing.waiting import poll_until
@@ -53,6 +54,8 @@ class SidecarThread:
         span_processor: SpanProcessor | None = None,
         variables: Mapping[str, str] | None = None,
         max_body_bytes: int = 1024 * 1024,
+        clock: Clock | None = None,
+        **settings: Any,
     ) -> None:
         self.table_path = directory / "route-table.json"
         if table is not None:
@@ -63,8 +66,10 @@ class SidecarThread:
             route_table_path=self.table_path,
             route_table_poll_seconds=3600,  # tests reload explicitly, never by waiting
             max_body_bytes=max_body_bytes,
+            **settings,
         )
         self._options: dict[str, Any] = {
+            "clock": clock,
             "rng": rng or random.Random(0),
             "span_processor": span_processor,
             "variables": dict(variables or {}),

@@ -27,12 +27,15 @@ def model_info(
     input_price: float = 1.0,
     output_price: float = 2.0,
     cached_price: float | None = None,
+    *,
+    tier: str = "Standard",
 ) -> ModelInfo:
     """A model with prices in dollars per million tokens."""
     return ModelInfo.model_validate(
         {
             "context_window": context_window,
             "capabilities": capabilities,
+            "quality_tier": tier,
             "pricing": Pricing(
                 input_per_million=input_price,
                 output_per_million=output_price,
@@ -47,8 +50,9 @@ def backend(
     api: str = "openai",
     models: dict[str, ModelInfo] | None = None,
     key_env: str | None = None,
+    **fields: Any,
 ) -> Backend:
-    """A backend at one URL (or several endpoints), serving `models`."""
+    """A backend at one URL (or several endpoints), serving `models`; other fields as keywords."""
     urls = [url] if isinstance(url, str) else url
     return Backend.model_validate(
         {
@@ -56,6 +60,7 @@ def backend(
             "endpoints": [Endpoint(url=u) for u in urls],
             "credentials": Credentials(env=key_env) if key_env else None,
             "models": models or {"m": model_info()},
+            **fields,
         }
     )
 
