@@ -36,6 +36,12 @@ class Candidate:
         """How traces and headers name it: backend/model."""
         return f"{self.target.backend}/{self.target.model}"
 
+    @cached_property
+    def prices(self) -> tuple[float, float]:
+        """Dollars per million input and output tokens (read on every scored request)."""
+        pricing = self.model_info.pricing
+        return pricing.input_per_million, pricing.output_per_million
+
 
 @dataclass
 class RoutingRequest:

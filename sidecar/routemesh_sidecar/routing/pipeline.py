@@ -28,15 +28,13 @@ from routemesh_sidecar.routing.plugins import (
     ConnectErrorScorer,
     ContextWindowFilter,
     CostScorer,
-    InFlightScorer,
     LatencyScorer,
+    LoadScorer,
     LocalityScorer,
     OperationFilter,
     OrderedPicker,
     PowerOfTwoPicker,
     QualityScorer,
-    QueueScorer,
-    RateLimitHeadroomScorer,
     SaturationFilter,
     WeightedPicker,
 )
@@ -61,10 +59,10 @@ class Factor:
     strength: float
 
 
-def _weight(name: str, share: float = 1.0) -> Callable[[Route], float]:
+def _weight(name: str) -> Callable[[Route], float]:
     def weight(route: Route) -> float:
         weights = route.score_weights
-        return float(getattr(weights, name)) * share if weights is not None else 0.0
+        return float(getattr(weights, name)) if weights is not None else 0.0
 
     return weight
 
@@ -97,9 +95,7 @@ STRATEGIES: dict[StrategyType, StrategyPlugins] = {
         (
             WeightedScorer(CostScorer(), _weight("cost")),
             WeightedScorer(LatencyScorer(), _weight("latency")),
-            WeightedScorer(InFlightScorer(), _weight("load", 1 / 3)),
-            WeightedScorer(QueueScorer(), _weight("load", 1 / 3)),
-            WeightedScorer(RateLimitHeadroomScorer(), _weight("load", 1 / 3)),
+            WeightedScorer(LoadScorer(), _weight("load")),
             WeightedScorer(QualityScorer(), _weight("quality")),
         ),
         BestScorePicker(),
@@ -308,23 +304,25 @@ class Router:
         if not plugins.scorers:
             return []
         totals = [0.0] * len(candidates)
-        weight_sum = 0.0
-        for weighted in plugins.scorers:
-            weight = weighted.weight(route)
+        timer, stages = self.timer, decision.stage_seconds
+        weighted = [(w.scorer, w.weight(route)) for w in plugins.scorers]
+        weight_sum = sum(weight for _, weight in weighted if weight > 0)
+        for scorer, weight in weighted:
             if weight <= 0:
                 continue
-            weight_sum += weight
-            started = self.timer()
-            for i, value in enumerate(weighted.scorer.score(request, candidates)):
-                totals[i] += weight * value
-            decision.stage_seconds[f"score.{weighted.scorer.name}"] = self.timer() - started
-        if weight_sum > 0:
-            totals = [t / weight_sum for t in totals]
+            share = weight / weight_sum
+            started = timer()
+            values = scorer.score(request, candidates)
+            totals = [t + share * v for t, v in zip(totals, values, strict=True)]
+            stages[f"score.{scorer.name}"] = timer() - started
         for factor in plugins.factors:
-            started = self.timer()
-            for i, value in enumerate(factor.scorer.score(request, candidates)):
-                totals[i] *= 1.0 - factor.strength * (1.0 - value)
-            decision.stage_seconds[f"score.{factor.scorer.name}"] = self.timer() - started
-        for candidate, total in zip(candidates, totals, strict=True):
-            decision.scores[candidate.label] = total
+            started = timer()
+            values = factor.scorer.score(request, candidates)
+            if min(values, default=1.0) < 1.0:  # all 1: nothing to scale
+                strength = factor.strength
+                totals = [
+                    t * (1.0 - strength * (1.0 - v)) for t, v in zip(totals, values, strict=True)
+                ]
+            stages[f"score.{factor.scorer.name}"] = timer() - started
+        decision.scores = {c.label: t for c, t in zip(candidates, totals, strict=True)}
         return totals

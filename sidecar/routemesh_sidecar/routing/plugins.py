@@ -2,8 +2,8 @@
 
 Filters: the operation the backend's API supports, the capabilities the request needs (tools,
 vision), the context window, the circuit breaker, and saturation (every usable endpoint full).
-Scorers, each in [0, 1] with 1 the best: cost, quality tier, peak-EWMA latency, requests in
-flight, model-server queue and KV cache, rate-limit headroom, connect errors and locality.
+Scorers, each in [0, 1] with 1 the best: cost, quality tier, peak-EWMA latency, load (requests
+in flight, model-server queue and KV cache, rate-limit headroom), connect errors and locality.
 Pickers: ordered (Fallback), weighted (Weighted, canaries) and best-score-first.
 
 Each is a small class with a type and a name; the pipeline decides which run for a route's
@@ -98,9 +98,12 @@ class CircuitBreakerFilter:
     def filter(
         self, request: RoutingRequest, route: Route, candidates: list[Candidate]
     ) -> list[Candidate]:
-        """Keep backends the breaker lets a request through to."""
+        """Keep backends the breaker lets a request through to (closed ones without a call)."""
         now = request.now
-        return _kept(candidates, [c for c in candidates if c.health.allows(now)])
+        return _kept(
+            candidates,
+            [c for c in candidates if c.health.breaker.state == "closed" or c.health.allows(now)],
+        )
 
 
 @dataclass(frozen=True)
@@ -145,11 +148,7 @@ class CostScorer:
         """Score by the price of a typical request (prompt estimate, output at a 1:4 ratio)."""
         prompt = request.signals.prompt_tokens if request.operation == "chat" else 1000
         output = max(1, prompt // 4)
-        costs = [
-            c.model_info.pricing.input_per_million * prompt
-            + c.model_info.pricing.output_per_million * output
-            for c in candidates
-        ]
+        costs = [c.prices[0] * prompt + c.prices[1] * output for c in candidates]
         low, high = min(costs), max(costs)
         if high == low:
             return [1.0] * len(costs)
@@ -182,44 +181,33 @@ class LatencyScorer:
 
 
 @dataclass(frozen=True)
-class InFlightScorer:
-    """Fewer requests in flight from this sidecar is better (least request)."""
+class LoadScorer:
+    """More spare capacity is better: less in flight, a shorter queue, more rate limit left.
+
+    One pass computes three parts from the same live state and averages them: requests in flight
+    as least-request, (least + 1) / (in flight + 1); the model-server queue and KV cache as 1 minus
+    the pressure of the least loaded endpoint (vLLM metrics; 1 without them); the rate-limit
+    headroom as the smallest remaining share of any limit in the provider's
+    `x-ratelimit-remaining-*` headers (1 when the provider said nothing).
+    """
 
     type: str = "scorer"
-    name: str = "in-flight"
+    name: str = "load"
 
     def score(self, request: RoutingRequest, candidates: Sequence[Candidate]) -> list[float]:
-        """(least + 1) / (in flight + 1)."""
-        return _relative_to_best([c.health.balancer.in_flight() + 1.0 for c in candidates])
-
-
-@dataclass(frozen=True)
-class QueueScorer:
-    """A model server with a shorter queue and a less full KV cache is better."""
-
-    type: str = "scorer"
-    name: str = "queue"
-
-    def score(self, request: RoutingRequest, candidates: Sequence[Candidate]) -> list[float]:
-        """1 minus the pressure of the least loaded endpoint (1 without metrics)."""
+        """The mean of the in-flight, queue and headroom scores."""
         now = request.now
+        in_flight = [c.health.balancer.in_flight() + 1.0 for c in candidates]
+        least = min(in_flight)
         return [
-            1.0 - c.health.balancer.queue_pressure(now) if c.health.scraped else 1.0
-            for c in candidates
+            (
+                least / flight
+                + (1.0 - c.health.balancer.queue_pressure(now) if c.health.scraped else 1.0)
+                + c.health.headroom.value(now)
+            )
+            / 3
+            for c, flight in zip(candidates, in_flight, strict=True)
         ]
-
-
-@dataclass(frozen=True)
-class RateLimitHeadroomScorer:
-    """More rate limit left (from the provider's `x-ratelimit-remaining-*` headers) is better."""
-
-    type: str = "scorer"
-    name: str = "rate-limit-headroom"
-
-    def score(self, request: RoutingRequest, candidates: Sequence[Candidate]) -> list[float]:
-        """The smallest remaining share of any limit (1 when the provider said nothing)."""
-        now = request.now
-        return [c.health.headroom.value(now) for c in candidates]
 
 
 @dataclass(frozen=True)
@@ -243,7 +231,9 @@ class LocalityScorer:
     name: str = "locality"
 
     def score(self, request: RoutingRequest, candidates: Sequence[Candidate]) -> list[float]:
-        """By the nearest endpoint of each backend."""
+        """By the nearest endpoint of each backend (all 1 when the sidecar's place is unknown)."""
+        if candidates and not candidates[0].health.balancer.locality_known:
+            return [1.0] * len(candidates)
         return [1.0 - c.health.balancer.locality_rank() / 2 for c in candidates]
 
 
@@ -300,8 +290,8 @@ class BestScorePicker:
     def pick(
         self, request: RoutingRequest, candidates: Sequence[Candidate], scores: Sequence[float]
     ) -> list[Candidate]:
-        """Candidates by descending score."""
-        order = sorted(range(len(candidates)), key=lambda i: (-scores[i], i))
+        """Candidates by descending score (the sort is stable, so ties keep their order)."""
+        order = sorted(range(len(candidates)), key=scores.__getitem__, reverse=True)
         return [candidates[i] for i in order]
 
 

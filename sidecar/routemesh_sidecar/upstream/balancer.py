@@ -37,17 +37,25 @@ class PeakEwma:
     stamp: float  # when the estimate was last updated
 
     def observe(self, sample: float, now: float) -> None:
-        """Fold in one latency sample."""
-        if sample >= self.estimate:
+        """Fold in one latency sample: at once if it is higher, else blended by elapsed time.
+
+        The blend starts from the decayed reading, so the result lies between what `value` said
+        and the sample.
+        """
+        current = self.value(now)
+        if sample >= current:
             self.estimate = sample
         else:
             weight = math.exp(-max(0.0, now - self.stamp) / self.decay)
-            self.estimate = self.estimate * weight + sample * (1.0 - weight)
+            self.estimate = current * weight + sample * (1.0 - weight)
         self.stamp = now
 
     def value(self, now: float) -> float:
         """The estimate as of `now`, decayed since the last sample."""
-        return self.estimate * math.exp(-max(0.0, now - self.stamp) / self.decay)
+        elapsed = now - self.stamp
+        if elapsed <= 0:
+            return self.estimate
+        return self.estimate * math.exp(-elapsed / self.decay)
 
 
 @dataclass
@@ -66,7 +74,12 @@ class DecayingRate:
 
     def value(self, now: float) -> float:
         """The rate as of `now`."""
-        return self.rate * math.exp(-max(0.0, now - self.stamp) / self.decay)
+        if self.rate == 0.0:
+            return 0.0
+        elapsed = now - self.stamp
+        if elapsed <= 0:
+            return self.rate
+        return self.rate * math.exp(-elapsed / self.decay)
 
 
 _HEADROOM_HEADERS = (
@@ -152,9 +165,20 @@ class BackendBalancer:
     outlier: OutlierDetector
     locality: Locality
     emit: list[Transition] = field(default_factory=list)  # transitions awaiting the registry
+    _single: Usable | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # A backend with one endpoint always uses it: ejected or failed, it is under any panic
+        # threshold, so it is used anyway, and the backend's health is the breaker's business.
+        # It is not reported as panic.
+        self._single = (
+            Usable(list(self.endpoints), panic=False) if len(self.endpoints) == 1 else None
+        )
 
     def usable(self, now: float) -> Usable:
         """Endpoints not ejected and not failed, or all of them below the panic threshold."""
+        if self._single is not None:
+            return self._single
         healthy = [e for e in self.endpoints if self._healthy(e, now)]
         threshold = self.outlier.settings.panic_threshold_percent
         if len(healthy) * 100 < threshold * len(self.endpoints) or not healthy:
@@ -189,6 +213,9 @@ class BackendBalancer:
 
     def pick(self, now: float, rng: random.Random) -> EndpointState:
         """The endpoint for the next attempt: local, with room, the cheaper of two."""
+        if self._single is not None:
+            self._healthy(self.endpoints[0], now)  # ends an ejection whose time is over
+            return self.endpoints[0]
         usable = self.usable(now).endpoints
         pool = self.local_first(self.unsaturated(usable, now) or usable)
         if len(pool) == 1:
@@ -198,10 +225,14 @@ class BackendBalancer:
 
     def latency(self, now: float) -> float:
         """The best latency estimate among the usable endpoints."""
+        if self._single is not None:
+            return self.endpoints[0].latency.value(now)
         return min(e.latency.value(now) for e in self.usable(now).endpoints)
 
     def in_flight(self) -> int:
         """Requests in flight to the backend from this sidecar."""
+        if self._single is not None:
+            return self.endpoints[0].in_flight
         return sum(e.in_flight for e in self.endpoints)
 
     def queue_pressure(self, now: float) -> float:
@@ -224,8 +255,15 @@ class BackendBalancer:
 
     def connect_error_rate(self, now: float) -> float:
         """The mean connect-error rate of the usable endpoints."""
+        if self._single is not None:
+            return self.endpoints[0].connect_errors.value(now)
         usable = self.usable(now).endpoints
         return sum(e.connect_errors.value(now) for e in usable) / len(usable)
+
+    @property
+    def locality_known(self) -> bool:
+        """Whether the sidecar knows its own zone or region."""
+        return bool(self.locality.zone or self.locality.region)
 
     def locality_rank(self) -> int:
         """0 when an endpoint is in the sidecar's zone, 1 in its region, 2 otherwise or unknown."""

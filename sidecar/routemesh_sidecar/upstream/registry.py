@@ -68,14 +68,16 @@ class BackendHealth:
     headroom: RateLimitHeadroom
     emit: Callable[[Transition], None]
 
-    @property
-    def scraped(self) -> bool:
-        """Whether the backend's model servers report their load (vLLM metrics)."""
+    scraped: bool = field(init=False)  # the model servers report their load (vLLM metrics)
+
+    def __post_init__(self) -> None:
         check = self.backend.health_check
-        return check is not None and check.metrics is not None
+        self.scraped = check is not None and check.metrics is not None
 
     def allows(self, now: float) -> bool:
         """Whether the breaker lets a request through now."""
+        if self.breaker.state == "closed":  # the common case, on every request: no call
+            return True
         allowed, transition = self.breaker.allows(now)
         self._emit(transition)
         return allowed
