@@ -37,10 +37,13 @@ class Candidate:
         return f"{self.target.backend}/{self.target.model}"
 
     @cached_property
-    def prices(self) -> tuple[float, float]:
-        """Dollars per million input and output tokens (read on every scored request)."""
+    def unit_cost(self) -> float:
+        """Dollars per million prompt tokens of a typical request, output at a 1:4 ratio.
+
+        Costs of every candidate scale alike with the prompt, so cheapness compares on this.
+        """
         pricing = self.model_info.pricing
-        return pricing.input_per_million, pricing.output_per_million
+        return pricing.input_per_million + pricing.output_per_million / 4
 
 
 @dataclass

@@ -118,6 +118,8 @@ class SaturationFilter:
     ) -> list[Candidate]:
         """Keep backends with room on some endpoint; only metrics-scraped ones can be full."""
         now = request.now
+        if not any(c.health.scraped for c in candidates):
+            return candidates
         return _kept(
             candidates,
             [c for c in candidates if c.health.scraped is False or c.health.available(now)],
@@ -145,10 +147,12 @@ class CostScorer:
     name: str = "cost"
 
     def score(self, request: RoutingRequest, candidates: Sequence[Candidate]) -> list[float]:
-        """Score by the price of a typical request (prompt estimate, output at a 1:4 ratio)."""
-        prompt = request.signals.prompt_tokens if request.operation == "chat" else 1000
-        output = max(1, prompt // 4)
-        costs = [c.prices[0] * prompt + c.prices[1] * output for c in candidates]
+        """Score by the price of a typical request (output at a 1:4 ratio to the prompt).
+
+        Every candidate's price scales alike with the prompt's size, so the scores do not
+        depend on it and are computed from each candidate's unit cost.
+        """
+        costs = [c.unit_cost for c in candidates]
         low, high = min(costs), max(costs)
         if high == low:
             return [1.0] * len(costs)
