@@ -14,6 +14,7 @@ with `NoHealthyUpstream`.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -111,6 +112,12 @@ FILTERS: tuple[Filter, ...] = (
 )
 HEALTH_FILTERS = frozenset({"circuit-breaker", "saturated"})
 _TIERS: dict[QualityTier, int] = {"Economy": 0, "Standard": 1, "Premium": 2, "Frontier": 3}
+
+
+@functools.cache
+def _stage(kind: str, name: str) -> str:
+    """A stage's name in `Decision.stage_seconds`, built once per plugin."""
+    return f"{kind}.{name}"
 
 
 def unsupported_strategies(table: RouteTable) -> list[str]:
@@ -236,7 +243,7 @@ class Router:
         for plugin in FILTERS:
             started = self.timer()
             kept = plugin.filter(request, route, survivors)
-            decision.stage_seconds[f"filter.{plugin.name}"] = self.timer() - started
+            decision.stage_seconds[_stage("filter", plugin.name)] = self.timer() - started
             if kept is survivors:
                 continue
             kept_ids = {id(c) for c in kept}
@@ -314,7 +321,7 @@ class Router:
             started = timer()
             values = scorer.score(request, candidates)
             totals = [t + share * v for t, v in zip(totals, values, strict=True)]
-            stages[f"score.{scorer.name}"] = timer() - started
+            stages[_stage("score", scorer.name)] = timer() - started
         for factor in plugins.factors:
             started = timer()
             values = factor.scorer.score(request, candidates)
@@ -323,6 +330,6 @@ class Router:
                 totals = [
                     t * (1.0 - strength * (1.0 - v)) for t, v in zip(totals, values, strict=True)
                 ]
-            stages[f"score.{factor.scorer.name}"] = timer() - started
+            stages[_stage("score", factor.scorer.name)] = timer() - started
         decision.scores = {c.label: t for c, t in zip(candidates, totals, strict=True)}
         return totals

@@ -14,11 +14,10 @@ It does no I/O; the health checker does, on the `ActiveHealth` objects it is giv
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,6 +140,23 @@ class BackendHealth:
 TransitionListener = Callable[[Transition], None]
 
 
+class Capture:
+    """A `with` block that collects transitions (a class: this runs on every request)."""
+
+    __slots__ = ("_captures", "captured")
+
+    def __init__(self, captures: list[list[Transition]]) -> None:
+        self._captures = captures
+        self.captured: list[Transition] = []
+
+    def __enter__(self) -> list[Transition]:
+        self._captures.append(self.captured)
+        return self.captured
+
+    def __exit__(self, *exc: object) -> None:
+        self._captures.remove(self.captured)
+
+
 class HealthRegistry:
     """Every backend's and endpoint's health state in this sidecar."""
 
@@ -163,19 +179,13 @@ class HealthRegistry:
         """Call `listener` with every transition (metrics, logs)."""
         self._listeners.append(listener)
 
-    @contextlib.contextmanager
-    def capture(self) -> Iterator[list[Transition]]:
-        """Collect the transitions made inside the block, for span events.
+    def capture(self) -> Capture:
+        """Collect the transitions made inside a `with` block, for span events.
 
         The block must not await: the sidecar is one event loop, so without an await no other
         request's transitions can land in the list.
         """
-        captured: list[Transition] = []
-        self._captures.append(captured)
-        try:
-            yield captured
-        finally:
-            self._captures.remove(captured)
+        return Capture(self._captures)
 
     def emit(self, transition: Transition) -> None:
         """Record a transition and tell the listeners and any capture."""
