@@ -175,6 +175,7 @@ class Listener:
             call.body,
             self.parts.rng,
             self.parts.executor.clock.monotonic(),
+            len(call.raw) if call.raw is not None else None,
         )
         try:
             decision = self.parts.router.decide(table, routing_request)
@@ -429,10 +430,15 @@ def _decision_attributes(
         "routemesh.candidates": [c.label for c in decision.candidates],
         "routemesh.plan": [c.label for c in decision.plan],
         "gen_ai.request.model": str(call.body.get("model", "")),
-        "routemesh.breaker.states": [
-            f"{c.label}={c.health.breaker.state}" for c in decision.candidates
-        ],
     }
+    # Only the breakers that are not closed: the usual all-closed case costs nothing.
+    not_closed = [
+        f"{c.label}={c.health.breaker.state}"
+        for c in decision.candidates
+        if c.health.breaker.state != "closed"
+    ]
+    if not_closed:
+        attributes["routemesh.breaker.not_closed"] = not_closed
     if decision.degraded:
         attributes["routemesh.degraded"] = True
     for filter_name, removed in decision.removed.items():

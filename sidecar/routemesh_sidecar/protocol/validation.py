@@ -6,8 +6,9 @@ APIs do. Pure: bytes in, dict out, or an `ApiError`.
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+import orjson
 
 from routemesh_sidecar.protocol.errors import ApiError
 
@@ -15,7 +16,7 @@ from routemesh_sidecar.protocol.errors import ApiError
 def json_object(body: bytes) -> dict[str, Any]:
     """The body as a JSON object, or a 400 that says why it is not one."""
     try:
-        data = json.loads(body)
+        data = orjson.loads(body)  # several times faster than json, on every request
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"We could not parse the JSON body of your request: {exc}") from exc
     if not isinstance(data, dict):

@@ -57,6 +57,31 @@ class RoutingRequest:
     body: dict[str, Any]
     rng: random.Random = field(default_factory=random.Random)
     now: float = 0.0  # monotonic seconds on the sidecar's clock: health is read as of then
+    size_bytes: int | None = None  # the body's size as received, when known
+
+    @cached_property
+    def plain_text(self) -> bool:
+        """No tools and only string contents: no capability to check, without reading signals."""
+        body = self.body
+        if body.get("tools") or not isinstance(body.get("system", ""), str):
+            return False
+        messages = body.get("messages")
+        return isinstance(messages, list) and all(
+            isinstance(m, dict) and isinstance(m.get("content"), str) for m in messages
+        )
+
+    def fits_without_counting(self, context_window: int) -> bool:
+        """Whether the request surely fits `context_window` tokens, judged by its size alone.
+
+        The token estimate is at most a quarter of the characters plus four per message, and
+        the body holds at least as many bytes as both: a body no larger than the window, plus
+        the output asked for, fits without reading signals.
+        """
+        if self.size_bytes is None:
+            return False
+        body = self.body
+        output = body.get("max_completion_tokens") or body.get("max_tokens") or 0
+        return isinstance(output, int) and self.size_bytes + output <= context_window
 
     @cached_property
     def signals(self) -> RequestSignals:

@@ -57,7 +57,7 @@ class CapabilityFilter:
         self, request: RoutingRequest, route: Route, candidates: list[Candidate]
     ) -> list[Candidate]:
         """Keep models that declare what the request uses."""
-        if request.operation != "chat":
+        if request.operation != "chat" or request.plain_text:
             return candidates
         signals = request.signals
         needed = set()
@@ -82,6 +82,9 @@ class ContextWindowFilter:
     ) -> list[Candidate]:
         """Keep models with room for the estimated prompt and the requested completion."""
         if request.operation != "chat":
+            return candidates
+        smallest = min((c.model_info.context_window for c in candidates), default=0)
+        if request.fits_without_counting(smallest):
             return candidates
         signals = request.signals
         needed = signals.prompt_tokens + (signals.max_output_tokens or 0)

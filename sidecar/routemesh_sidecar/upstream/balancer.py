@@ -42,11 +42,12 @@ class PeakEwma:
         The blend starts from the decayed reading, so the result lies between what `value` said
         and the sample.
         """
-        current = self.value(now)
+        elapsed = now - self.stamp
+        weight = math.exp(-elapsed / self.decay) if elapsed > 0 else 1.0
+        current = self.estimate * weight  # what `value(now)` reads
         if sample >= current:
             self.estimate = sample
         else:
-            weight = math.exp(-max(0.0, now - self.stamp) / self.decay)
             self.estimate = current * weight + sample * (1.0 - weight)
         self.stamp = now
 
@@ -91,9 +92,13 @@ _HEADROOM_HEADERS = (
     ("anthropic-ratelimit-output-tokens-remaining", "anthropic-ratelimit-output-tokens-limit"),
 )
 
+_HEADROOM_FAMILIES = tuple(remaining for remaining, _ in _HEADROOM_HEADERS)
+
 
 def headroom_from_headers(headers: Mapping[str, str]) -> float | None:
     """The smallest remaining share of any rate limit the provider reported, or None."""
+    if not any(name in headers for name in _HEADROOM_FAMILIES):
+        return None  # most responses of most servers: six lookups, not twelve reads and parses
     shares: list[float] = []
     for remaining_name, limit_name in _HEADROOM_HEADERS:
         remaining, limit = headers.get(remaining_name), headers.get(limit_name)
@@ -134,6 +139,7 @@ class EndpointState:
     """Live signals of one endpoint, shared by every route that uses its backend."""
 
     url: str
+    endpoint: Endpoint  # the route table's endpoint, as the upstream client takes it
     latency: PeakEwma
     connect_errors: DecayingRate
     health: ActiveHealth

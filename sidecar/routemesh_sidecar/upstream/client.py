@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
+import orjson
 
 from routemesh_sidecar.protocol.sse import SSEEvent, SSEParser, encode_event
 from routemesh_sidecar.protocol.translate import (
@@ -303,7 +304,7 @@ def _reply(call: DownstreamCall, target: AttemptTarget, status: int, raw: bytes)
     only to be sure they are a whole JSON object (never a silent truncation) and for the usage.
     """
     try:
-        data = json.loads(raw)
+        data = orjson.loads(raw)
     except ValueError as exc:
         raise UpstreamFailure("bad_response", f"upstream body is not JSON: {exc}") from exc
     if not isinstance(data, dict):
@@ -432,7 +433,7 @@ class UpstreamStream:
             if isinstance(self._translator, OpenAIToAnthropicStream):
                 return b"".join(encode_event(_dumps(d), e) for e, d in self._translator.finish())
             return encode_event("[DONE]")
-        chunk = json.loads(event.data)
+        chunk = orjson.loads(event.data)
         if isinstance(chunk.get("model"), str):
             self.response_model = chunk["model"]
         usage_only = not chunk.get("choices") and chunk.get("usage")
@@ -445,7 +446,7 @@ class UpstreamStream:
         return encode_event(event.data)
 
     def _from_anthropic(self, event: SSEEvent) -> bytes:
-        data = json.loads(event.data)
+        data = orjson.loads(event.data)
         name = event.event or str(data.get("type", ""))
         if name == "message_stop":
             self._done = True

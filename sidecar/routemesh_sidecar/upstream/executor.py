@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from routemesh_sidecar.routetable import Backend, Endpoint, ModelInfo, Route
+from routemesh_sidecar.routetable import Backend, ModelInfo, Route
 from routemesh_sidecar.telemetry.records import AttemptRecord
 from routemesh_sidecar.upstream.balancer import EndpointState
 from routemesh_sidecar.upstream.breaker import Permit, Transition
@@ -171,10 +171,9 @@ class Executor:
         health = target.health
         for retry_index in range(retry.attempts):
             with self.health.capture() as transitions:
-                permit = health.acquire(self.clock.monotonic())
-                endpoint = (
-                    health.pick_endpoint(self.clock.monotonic(), self.rng) if permit else None
-                )
+                now = self.clock.monotonic()
+                permit = health.acquire(now)
+                endpoint = health.pick_endpoint(now, self.rng) if permit else None
             _report(observer, transitions)
             if permit is None or endpoint is None:
                 observer.event(
@@ -204,7 +203,7 @@ class Executor:
             attempt_target = AttemptTarget(
                 target.backend_name,
                 target.backend,
-                _endpoint_of(target, endpoint),
+                endpoint.endpoint,
                 target.model,
                 target.model_info,
             )
@@ -321,13 +320,6 @@ class _BreakerOpen(Exception):
     def __init__(self, backend_name: str) -> None:
         super().__init__(f"circuit breaker of {backend_name} is open")
         self.backend_name = backend_name
-
-
-def _endpoint_of(target: PlannedTarget, state: EndpointState) -> Endpoint:
-    for endpoint in target.backend.endpoints:
-        if endpoint.url == state.url:
-            return endpoint
-    raise LookupError(f"{state.url} is not an endpoint of {target.backend_name}")
 
 
 def transition_event(transition: Transition) -> tuple[str, dict[str, Any]]:

@@ -23,6 +23,7 @@ from typing import Any
 
 from routemesh_sidecar.routetable import (
     Backend,
+    Endpoint,
     ErrorClass,
     Locality,
     OutlierDetection,
@@ -231,7 +232,7 @@ class HealthRegistry:
         headroom = self._headroom.setdefault(name, RateLimitHeadroom())
         return BackendHealth(name, backend, breaker, balancer, headroom, self.emit)
 
-    def _endpoint(self, name: str, backend: Backend, endpoint: Any) -> EndpointState:
+    def _endpoint(self, name: str, backend: Backend, endpoint: Endpoint) -> EndpointState:
         key = (name, endpoint.url)
         state = self._endpoints.get(key)
         zone, region = endpoint_zone(backend, endpoint)
@@ -239,6 +240,7 @@ class HealthRegistry:
             settings = self.settings
             state = EndpointState(
                 endpoint.url,
+                endpoint,
                 PeakEwma(
                     settings.latency_decay_seconds, settings.default_latency_seconds, self.now()
                 ),
@@ -246,7 +248,7 @@ class HealthRegistry:
                 ActiveHealth(f"{name} {endpoint.url}", backend.health_check),
             )
             self._endpoints[key] = state
-        state.zone, state.region = zone, region
+        state.endpoint, state.zone, state.region = endpoint, zone, region
         state.health.settings = backend.health_check
         return state
 

@@ -44,6 +44,7 @@ def state(
 ) -> EndpointState:
     return EndpointState(
         url,
+        Endpoint(url=url),
         PeakEwma(DECAY, latency, T0),
         DecayingRate(30.0),
         ActiveHealth(f"b {url}", check),

@@ -233,3 +233,46 @@ def test_breakers_survive_a_new_table_version_with_the_same_settings():
     open_breaker(r, t, "a")
     newer = table(dict(t.backends), *t.routes, version=2)
     assert labels(r.decide(newer, request())) == ["b/m", "c/m"]
+
+
+def test_size_alone_settles_the_context_window_only_when_it_surely_fits():
+    backends = {
+        "small": backend("http://s/v1", models={"m": model_info(100)}),
+        "large": backend("http://l/v1", models={"m": model_info(100_000)}),
+    }
+    t = table(backends, route("r", ("small", "m"), ("large", "m")))
+    text = "word " * 200  # ~250 tokens: too many for the small model
+    payload = {"model": "m", "messages": [{"role": "user", "content": text}]}
+    for size in (None, len(text) + 40):
+        req = RoutingRequest("openai", "chat", "m", {}, payload, random.Random(0), NOW, size)
+        decision = router().decide(t, req)
+        assert labels(decision) == ["large/m"], f"size {size}: counted, and too big"
+    tiny = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}
+    req = RoutingRequest("openai", "chat", "m", {}, tiny, random.Random(0), NOW, 45)
+    assert req.fits_without_counting(100)
+    assert not req.fits_without_counting(90), "45 bytes plus 50 output tokens"
+    assert labels(router().decide(t, req)) == ["small/m", "large/m"]
+
+
+def test_plain_text_requests_skip_the_capability_check_and_others_do_not():
+    text = request()
+    assert text.plain_text
+    assert not request(tools=[{"type": "function", "function": {"name": "f"}}]).plain_text
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}
+    with_image = RoutingRequest(
+        "openai",
+        "chat",
+        "m",
+        {},
+        {"model": "m", "messages": [{"role": "user", "content": [image]}]},
+        random.Random(0),
+        NOW,
+    )
+    assert not with_image.plain_text
+    backends = {
+        "text": backend("http://t/v1", models={"m": model_info(capabilities=())}),
+        "vision": backend("http://v/v1", models={"m": model_info(capabilities=("Vision",))}),
+    }
+    t = table(backends, route("r", ("text", "m"), ("vision", "m")))
+    assert labels(router().decide(t, with_image)) == ["vision/m"]
+    assert labels(router().decide(t, text)) == ["text/m", "vision/m"]
