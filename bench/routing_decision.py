@@ -6,7 +6,8 @@ the picker. Measured in one process on a fixed clock with live health state (eve
 latency samples and some load; one breaker in three is open, so the breaker filter removes
 candidates), for Fallback (rules only), Weighted, and ScoreBased with all of cost, latency, load
 and quality weighted. Goal: under 50 microseconds per decision. The request is a small chat with
-no tools, the common case, with its size known as the listener knows it. Reported as the median of repeated batches, in microseconds.
+no tools, the common case, with its size known as the listener knows it. Reported as the median
+of repeated batches, in microseconds.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import platform
 import sys
 from pathlib import Path
 
-BENCHMARKS = ["controlplane_startup", "sidecar_overhead"]
+BENCHMARKS = ["controlplane_startup", "sidecar_overhead", "routing_decision"]
 
 
 def machine() -> str:
