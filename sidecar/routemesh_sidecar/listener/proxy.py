@@ -11,6 +11,7 @@ It owns no routing, retry or classification logic; it wires them to HTTP.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -269,12 +270,19 @@ class Listener:
                 **_routing_headers(decision, outcome),
             },
         )
-        await response.prepare(request)
+        try:
+            await response.prepare(request)
+        except BaseException:
+            stream.abandon()  # the downstream left before the first byte: free the upstream
+            raise
         error_class: str | None = None
         message: str | None = None
         try:
-            async for data in stream.relay():
-                await response.write(data)
+            # Closed at once when the loop stops (a downstream that went away), not when
+            # the generator is collected: its end tells health how the stream ended.
+            async with contextlib.aclosing(stream.relay()) as relayed:
+                async for data in relayed:
+                    await response.write(data)
         except Exception as exc:  # any failure after the first byte ends the stream
             error_class = getattr(exc, "error_class", "stream_broken")
             message = getattr(exc, "message", None) or str(exc) or type(exc).__name__

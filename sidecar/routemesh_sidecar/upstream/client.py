@@ -13,8 +13,9 @@ decides whether to retry or fall back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -378,21 +379,35 @@ class UpstreamStream:
         if first.event == "error" or first.data.startswith('{"error"'):
             raise UpstreamFailure(*_stream_error(first.data))
 
-    async def relay(self) -> AsyncIterator[bytes]:
+    async def relay(self) -> AsyncGenerator[bytes, None]:
         """Yield downstream bytes for each upstream event until the stream's proper end."""
         ended: ErrorClass | None = "stream_broken"  # unless it reaches its end or breaks known
         try:
-            async for data in self._relay():
-                yield data
+            async with contextlib.aclosing(self._relay()) as events:
+                async for data in events:
+                    yield data
             ended = None
         except StreamBroken as broken:
             ended = broken.error_class
             raise
+        except GeneratorExit:
+            ended = None  # the downstream stopped reading: no fault of the upstream's
+            raise
         finally:
-            if self.on_end is not None:
-                self.on_end(ended)
+            self._ended(ended)
 
-    async def _relay(self) -> AsyncIterator[bytes]:
+    def abandon(self) -> None:
+        """Close the upstream response without relaying it (the downstream went away)."""
+        self.response.close()
+        self._ended(None)
+
+    def _ended(self, error_class: ErrorClass | None) -> None:
+        """Tell `on_end` once how the stream ended."""
+        on_end, self.on_end = self.on_end, None
+        if on_end is not None:
+            on_end(error_class)
+
+    async def _relay(self) -> AsyncGenerator[bytes, None]:
         try:
             while True:
                 for event in self._pending:

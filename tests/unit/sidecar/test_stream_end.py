@@ -1,0 +1,100 @@
+"""How a relayed stream's end is reported to health: the upstream's fault or not.
+
+The upstream response is replaced at its seam by a scripted one (headers, chunks, close), so the
+test drives `UpstreamStream.relay` exactly as the listener does.
+"""
+
+import asyncio
+import contextlib
+from typing import Any
+
+import pytest
+
+from routemesh_sidecar.upstream.client import (
+    AttemptTarget,
+    DownstreamCall,
+    StreamBroken,
+    UpstreamStream,
+)
+from routemesh_testing.tables import backend, model_info
+
+pytestmark = pytest.mark.timeout(10)
+
+CALL = DownstreamCall("openai", "chat", {"model": "m", "messages": [], "stream": True}, {})
+B = backend("http://b/v1")
+TARGET = AttemptTarget("b", B, B.endpoints[0], "m", model_info())
+
+
+def chunk(text: str) -> bytes:
+    return (
+        b'data: {"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,'
+        b'"delta":{"content":"' + text.encode() + b'"}}]}\n\n'
+    )
+
+
+class Content:
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    async def readany(self) -> bytes:
+        return self.chunks.pop(0) if self.chunks else b""
+
+
+class Response:
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.headers = {"content-type": "text/event-stream"}
+        self.content = Content(chunks)
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def stream_of(chunks: list[bytes], ended: list[Any]) -> tuple[UpstreamStream, Response]:
+    response = Response(chunks)
+    loop_time = asyncio.get_running_loop().time()
+    stream = UpstreamStream(CALL, TARGET, response, loop_time + 5)  # type: ignore[arg-type]
+    stream.on_end = ended.append
+    await stream.read_first_event()
+    return stream, response
+
+
+@pytest.mark.asyncio
+async def test_a_stream_that_reaches_its_end_is_reported_as_fine_once():
+    ended: list[Any] = []
+    stream, response = await stream_of([chunk("a"), chunk("b"), b"data: [DONE]\n\n"], ended)
+    relayed = [data async for data in stream.relay()]
+    assert relayed[-1] == b"data: [DONE]\n\n"
+    assert ended == [None]
+    assert response.closed
+
+
+@pytest.mark.asyncio
+async def test_an_upstream_that_ends_early_is_reported_as_stream_broken():
+    ended: list[Any] = []
+    stream, _ = await stream_of([chunk("a")], ended)
+    with pytest.raises(StreamBroken):
+        async for _ in stream.relay():
+            pass
+    assert ended == ["stream_broken"]
+
+
+@pytest.mark.asyncio
+async def test_a_downstream_that_stops_reading_is_not_the_upstreams_fault():
+    ended: list[Any] = []
+    stream, response = await stream_of([chunk("a"), chunk("b"), chunk("c")], ended)
+    async with contextlib.aclosing(stream.relay()) as relayed:
+        async for _ in relayed:
+            break  # the listener's write failed: the app went away
+    assert ended == [None]
+    assert response.closed
+
+
+@pytest.mark.asyncio
+async def test_an_abandoned_stream_is_closed_and_reported_once():
+    ended: list[Any] = []
+    stream, response = await stream_of([chunk("a")], ended)
+    stream.abandon()
+    stream.abandon()
+    assert ended == [None]
+    assert response.closed
