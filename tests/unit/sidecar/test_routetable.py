@@ -11,6 +11,7 @@ from routemesh_sidecar.routetable import (
     load_route_table_file,
     parse_route_table,
 )
+from routemesh_sidecar.routing.pipeline import unsupported_strategies
 from routemesh_testing.tables import backend, route, table
 
 GOOD = """
@@ -120,6 +121,13 @@ def test_the_readme_example_table_loads():
     """examples/sidecar/route-table.json is what the README tells people to run."""
     example = Path(__file__).parents[3] / "examples" / "sidecar" / "route-table.json"
     loaded = load_route_table_file(example)
-    assert [r.name for r in loaded.routes] == ["mini-with-failover", "everything-else"]
-    assert loaded.routes[1].retry.attempts == 3
+    assert [r.name for r in loaded.routes] == [
+        "mini-with-failover",
+        "best-value",
+        "everything-else",
+    ]
+    assert loaded.routes[0].circuit_breaker.failure_rate is not None
+    assert loaded.routes[1].strategy == "ScoreBased"
+    assert loaded.routes[2].retry.attempts == 3
     assert "gpt-4o-mini" in loaded.model_names()
+    assert unsupported_strategies(loaded) == [], "the sidecar runs every strategy it shows"
