@@ -173,6 +173,9 @@ class Router:
     _table: RouteTable | None = field(default=None, repr=False)
     _candidates: dict[int, list[Candidate]] = field(default_factory=dict, repr=False)
     _everything: list[Candidate] | None = field(default=None, repr=False)
+    _score_shares: dict[int, list[tuple[Scorer, float, str]]] = field(
+        default_factory=dict, repr=False
+    )
 
     def candidates(self, table: RouteTable, route: Route) -> list[Candidate]:
         """The route's targets as candidates, in declared order (shared: never mutate)."""
@@ -189,6 +192,7 @@ class Router:
     def _follow(self, table: RouteTable) -> None:
         if table is not self._table:
             self._table, self._candidates, self._everything = table, {}, None
+            self._score_shares = {}
 
     def _candidate(self, table: RouteTable, route: Route, index: int, target: Target) -> Candidate:
         backend = table.backends[target.backend]
@@ -299,6 +303,20 @@ class Router:
         ]
         return max(0.0, min(times)) if times else None
 
+    def _shares(self, route: Route, plugins: StrategyPlugins) -> list[tuple[Scorer, float, str]]:
+        """Each weighted scorer's share of the total, once per route and table."""
+        shares = self._score_shares.get(id(route))
+        if shares is None:
+            weights = [(w.scorer, w.weight(route)) for w in plugins.scorers]
+            total = sum(weight for _, weight in weights if weight > 0)
+            shares = [
+                (scorer, weight / total, _stage("score", scorer.name))
+                for scorer, weight in weights
+                if weight > 0
+            ]
+            self._score_shares[id(route)] = shares
+        return shares
+
     def _score(
         self,
         request: RoutingRequest,
@@ -312,16 +330,11 @@ class Router:
             return []
         totals = [0.0] * len(candidates)
         timer, stages = self.timer, decision.stage_seconds
-        weighted = [(w.scorer, w.weight(route)) for w in plugins.scorers]
-        weight_sum = sum(weight for _, weight in weighted if weight > 0)
-        for scorer, weight in weighted:
-            if weight <= 0:
-                continue
-            share = weight / weight_sum
+        for scorer, share, stage in self._shares(route, plugins):
             started = timer()
             values = scorer.score(request, candidates)
             totals = [t + share * v for t, v in zip(totals, values, strict=True)]
-            stages[_stage("score", scorer.name)] = timer() - started
+            stages[stage] = timer() - started
         for factor in plugins.factors:
             started = timer()
             values = factor.scorer.score(request, candidates)

@@ -184,7 +184,13 @@ class LatencyScorer:
     def score(self, request: RoutingRequest, candidates: Sequence[Candidate]) -> list[float]:
         """1 for the fastest, fastest/latency for the others."""
         now = request.now
-        return _relative_to_best([c.health.balancer.latency(now) for c in candidates])
+        latencies = []
+        for c in candidates:
+            single = c.health.single  # one endpoint: read it directly (this runs per request)
+            latencies.append(
+                single.latency.value(now) if single is not None else c.health.balancer.latency(now)
+            )
+        return _relative_to_best(latencies)
 
 
 @dataclass(frozen=True)
@@ -204,16 +210,19 @@ class LoadScorer:
     def score(self, request: RoutingRequest, candidates: Sequence[Candidate]) -> list[float]:
         """The mean of the in-flight, queue and headroom scores."""
         now = request.now
-        in_flight = [c.health.balancer.in_flight() + 1.0 for c in candidates]
+        in_flight = [
+            (h.single.in_flight if h.single is not None else h.balancer.in_flight()) + 1.0
+            for h in (c.health for c in candidates)
+        ]
         least = min(in_flight)
         return [
             (
                 least / flight
-                + (1.0 - c.health.balancer.queue_pressure(now) if c.health.scraped else 1.0)
-                + c.health.headroom.value(now)
+                + (1.0 - h.balancer.queue_pressure(now) if h.scraped else 1.0)
+                + h.headroom.value(now)
             )
             / 3
-            for c, flight in zip(candidates, in_flight, strict=True)
+            for h, flight in zip((c.health for c in candidates), in_flight, strict=True)
         ]
 
 
@@ -227,7 +236,15 @@ class ConnectErrorScorer:
     def score(self, request: RoutingRequest, candidates: Sequence[Candidate]) -> list[float]:
         """1 minus the recent connect-error rate."""
         now = request.now
-        return [1.0 - c.health.balancer.connect_error_rate(now) for c in candidates]
+        return [
+            1.0
+            - (
+                h.single.connect_errors.value(now)
+                if h.single is not None
+                else h.balancer.connect_error_rate(now)
+            )
+            for h in (c.health for c in candidates)
+        ]
 
 
 @dataclass(frozen=True)

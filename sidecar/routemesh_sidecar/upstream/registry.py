@@ -69,15 +69,21 @@ class BackendHealth:
     emit: Callable[[Transition], None]
 
     scraped: bool = field(init=False)  # the model servers report their load (vLLM metrics)
+    single: EndpointState | None = field(init=False)  # the endpoint, when there is only one
 
     def __post_init__(self) -> None:
         check = self.backend.health_check
         self.scraped = check is not None and check.metrics is not None
+        endpoints = self.balancer.endpoints
+        self.single = endpoints[0] if len(endpoints) == 1 else None
 
     def allows(self, now: float) -> bool:
         """Whether the breaker lets a request through now."""
-        if self.breaker.state == "closed":  # the common case, on every request: no call
+        breaker = self.breaker
+        if breaker.state == "closed":  # the common case, on every request: no call
             return True
+        if breaker.open_until is not None and now < breaker.open_until:
+            return False  # open, and staying open: nothing to change
         allowed, transition = self.breaker.allows(now)
         self._emit(transition)
         return allowed
