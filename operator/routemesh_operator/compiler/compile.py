@@ -1,0 +1,276 @@
+"""Compile a namespace: its RoutingPolicies and ModelBackends into one route table per policy.
+
+The handlers call `compile_namespace` with a `Snapshot` and the tables they published before;
+they publish the tables it returns and write the status it reports. One table per policy: a
+policy's selector is the group of sidecars that run it. A table's version is content-addressed:
+the same content keeps the previous table (and its version), new content gets the next version,
+so a restarted operator republishes nothing that did not change.
+
+What the schema cannot check is checked here and reported as a `Problem` that becomes a status
+condition: references to missing backends, models a backend does not serve, missing Secrets,
+backends without ready endpoints, a cascade that escalates to a cheaper model, strategies the
+sidecars cannot run yet, and selectors that overlap another policy's. A policy with a problem gets
+no table, so nothing invalid ever reaches a sidecar. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from routemesh_operator.api.v1alpha1.common import LabelSelector
+from routemesh_operator.api.v1alpha1.kinds import ModelBackend, RoutingPolicy
+from routemesh_operator.api.v1alpha1.routingpolicy import Route as ApiRoute
+from routemesh_operator.compiler.backends import Problem, backend_name, compile_backend
+from routemesh_operator.compiler.inputs import CompilerSettings, Snapshot
+from routemesh_operator.compiler.routes import compile_route
+from routemesh_sidecar import routetable as wire
+
+# Strategies in the API that no sidecar of this version can run; a policy using one is refused
+# (Accepted=False), rather than routed differently from what it asks.
+SIDECAR_UNSUPPORTED_STRATEGIES = frozenset({"Cascade"})
+
+
+@dataclass
+class PolicyOutcome:
+    """What became of one policy: its table, or the problems that kept it from having one."""
+
+    table: wire.RouteTable | None = None
+    not_accepted: list[Problem] = field(default_factory=list)  # the policy itself is invalid
+    unresolved: list[Problem] = field(default_factory=list)  # what it refers to is missing
+    notes: list[str] = field(default_factory=list)  # accepted, but something is ignored
+
+
+@dataclass
+class CompileResult:
+    """Per policy and per backend, by name."""
+
+    policies: dict[str, PolicyOutcome] = field(default_factory=dict)
+    backends: dict[str, Problem | None] = field(default_factory=dict)
+
+
+def policy_name(policy: RoutingPolicy) -> str:
+    """The policy's name."""
+    return str(policy.metadata["name"])
+
+
+def compile_namespace(
+    snapshot: Snapshot,
+    previous: Mapping[str, wire.RouteTable] | None = None,
+    settings: CompilerSettings | None = None,
+) -> CompileResult:
+    """Compile every policy of the namespace; `previous` holds the last tables, by policy name."""
+    settings = settings or CompilerSettings()
+    previous = previous or {}
+    result = CompileResult()
+    compiled: dict[str, wire.Backend] = {}
+    backends: dict[str, ModelBackend] = {}
+    for backend in snapshot.backends:
+        name = backend_name(backend)
+        backends[name] = backend
+        built = compile_backend(backend, snapshot, settings)
+        result.backends[name] = built if isinstance(built, Problem) else None
+        if not isinstance(built, Problem):
+            compiled[name] = built
+    overlaps = _overlaps(snapshot.policies)
+    for policy in snapshot.policies:
+        name = policy_name(policy)
+        outcome = _compile_policy(policy, backends, result.backends)
+        if name in overlaps:
+            outcome.not_accepted.append(overlaps[name])
+        if not outcome.not_accepted and not outcome.unresolved:
+            outcome.table = _versioned(
+                _table(policy, compiled, snapshot.namespace), previous.get(name)
+            )
+        result.policies[name] = outcome
+    return result
+
+
+def _compile_policy(
+    policy: RoutingPolicy,
+    backends: Mapping[str, ModelBackend],
+    backend_problems: Mapping[str, Problem | None],
+) -> PolicyOutcome:
+    outcome = PolicyOutcome()
+    spec = policy.spec
+    for route in spec.routes:
+        _check_route(route, backends, backend_problems, outcome)
+    if spec.shadow is not None:
+        outcome.notes.append("shadow routes are not evaluated by this version's sidecars")
+    if any(r.budget or r.hedging for r in spec.routes) or (
+        spec.defaults is not None and (spec.defaults.budget or spec.defaults.hedging)
+    ):
+        outcome.notes.append("budget and hedging are not enforced by this version's sidecars")
+    if any(r.match and r.match.signals and r.match.signals.categories for r in spec.routes):
+        outcome.not_accepted.append(
+            Problem(
+                "FeatureNotSupported",
+                "match.signals.categories needs semantic matching, which this version's "
+                "sidecars cannot do; remove the categories or use keywords",
+            )
+        )
+    return outcome
+
+
+def _check_route(
+    route: ApiRoute,
+    backends: Mapping[str, ModelBackend],
+    backend_problems: Mapping[str, Problem | None],
+    outcome: PolicyOutcome,
+) -> None:
+    where = f"route {route.name!r}"
+    if route.strategy.type in SIDECAR_UNSUPPORTED_STRATEGIES:
+        outcome.not_accepted.append(
+            Problem(
+                "StrategyNotSupported",
+                f"{where}: strategy {route.strategy.type} is not supported by this version's "
+                "sidecars; use Fallback, Weighted, CheapestCapable, Fastest or ScoreBased",
+            )
+        )
+    prices: list[tuple[float, str]] = []
+    for target in route.targets:
+        backend = backends.get(target.backend)
+        if backend is None:
+            outcome.unresolved.append(
+                Problem(
+                    "BackendNotFound",
+                    f"{where}: ModelBackend {target.backend!r} does not exist in this namespace",
+                )
+            )
+            continue
+        models = {m.name: m for m in backend.spec.models}
+        model = models.get(target.model)
+        if model is None:
+            outcome.unresolved.append(
+                Problem(
+                    "ModelNotServed",
+                    f"{where}: ModelBackend {target.backend!r} does not serve model "
+                    f"{target.model!r}; it serves {', '.join(sorted(models))}",
+                )
+            )
+            continue
+        problem = backend_problems.get(target.backend)
+        if problem is not None:
+            outcome.unresolved.append(
+                Problem(
+                    "BackendNotResolved",
+                    f"{where}: ModelBackend {target.backend!r} cannot be used: {problem.message}",
+                )
+            )
+        prices.append((float(model.pricing.input_per_million), target.model))
+    if route.strategy.type == "Cascade":
+        for (cheaper, first), (dearer, then) in itertools.pairwise(prices):
+            if dearer < cheaper:
+                outcome.not_accepted.append(
+                    Problem(
+                        "CascadeNotEscalating",
+                        f"{where}: a cascade must escalate to dearer models, but {then!r} "
+                        f"costs less than {first!r} before it; order the targets cheapest first",
+                    )
+                )
+
+
+def _table(
+    policy: RoutingPolicy, backends: Mapping[str, wire.Backend], namespace: str
+) -> wire.RouteTable:
+    spec = policy.spec
+    name = policy_name(policy)
+    routes = [compile_route(name, route, spec.defaults) for route in spec.routes]
+    used = {t.backend for r in routes for t in r.targets}
+    telemetry = spec.telemetry
+    return wire.RouteTable(
+        version=0,
+        sources=(
+            wire.SourceRef(
+                kind="RoutingPolicy",
+                namespace=namespace,
+                name=name,
+                generation=int(policy.metadata.get("generation", 0)),
+            ),
+        ),
+        tier_header=(spec.tier_header or "x-routemesh-tier").lower(),
+        backends={n: backends[n] for n in sorted(used)},
+        routes=tuple(routes),
+        telemetry=wire.Telemetry(
+            capture_content=bool(telemetry and telemetry.capture_content),
+            sampling_ratio=float(telemetry.sampling_ratio)
+            if telemetry and telemetry.sampling_ratio
+            else 1.0,
+        ),
+    )
+
+
+def _versioned(table: wire.RouteTable, previous: wire.RouteTable | None) -> wire.RouteTable:
+    """The previous table when nothing changed; else this content with the next version."""
+    if previous is not None and previous.content_hash == table.content_hash:
+        return previous
+    version = previous.version + 1 if previous is not None else 1
+    try:
+        return wire.RouteTable.model_validate({**table.model_dump(), "version": version})
+    except ValidationError as exc:  # a compiler bug, not the user's: say so loudly
+        raise AssertionError(f"compiled an invalid route table: {exc}") from exc
+
+
+def _overlaps(policies: tuple[RoutingPolicy, ...]) -> dict[str, Problem]:
+    """Policies whose selectors may pick the same pod as an older policy's."""
+    ordered = sorted(
+        policies, key=lambda p: (str(p.metadata.get("creationTimestamp", "")), policy_name(p))
+    )
+    problems: dict[str, Problem] = {}
+    for index, policy in enumerate(ordered):
+        for older in ordered[:index]:
+            if _may_overlap(policy.spec.selector, older.spec.selector):
+                problems[policy_name(policy)] = Problem(
+                    "SelectorOverlap",
+                    f"the selector may pick the same pods as the older RoutingPolicy "
+                    f"{policy_name(older)!r}, and a sidecar runs one policy; make the selectors "
+                    "disjoint (for example with a distinct matchLabels value)",
+                )
+                break
+    return problems
+
+
+def _may_overlap(a: LabelSelector, b: LabelSelector) -> bool:
+    """Whether some set of labels could satisfy both selectors (conservative: when unsure, yes).
+
+    Two selectors are disjoint when one requires a label value the other excludes: different
+    matchLabels values for a key, an In set and a value outside it, or Exists against
+    DoesNotExist.
+    """
+    required_a, required_b = _required(a), _required(b)
+    for key in required_a.keys() & required_b.keys():
+        values_a, values_b = required_a[key], required_b[key]
+        if None in values_a or None in values_b:
+            continue  # Exists on one side: any value of the other fits
+        if not values_a & values_b:
+            return False
+    absent_a, absent_b = _absent(a), _absent(b)
+    return not (absent_a & set(required_b)) and not (absent_b & set(required_a))
+
+
+def _required(selector: LabelSelector) -> dict[str, set[str | None]]:
+    """Per key, the values a pod may have (None in the set: any value)."""
+    allowed: dict[str, set[str | None]] = {}
+    for key, value in (selector.match_labels or {}).items():
+        allowed[key] = _narrow(allowed.get(key), {value})
+    for requirement in selector.match_expressions or ():
+        if requirement.operator == "In":
+            allowed[requirement.key] = _narrow(
+                allowed.get(requirement.key), set(requirement.values or ())
+            )
+        elif requirement.operator == "Exists":
+            allowed.setdefault(requirement.key, {None})
+    return allowed
+
+
+def _narrow(current: set[str | None] | None, values: set[str]) -> set[str | None]:
+    if current is None or current == {None}:
+        return set(values)
+    return current & set(values)
+
+
+def _absent(selector: LabelSelector) -> set[str]:
+    return {r.key for r in selector.match_expressions or () if r.operator == "DoesNotExist"}
