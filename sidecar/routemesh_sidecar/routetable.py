@@ -19,10 +19,10 @@ import json
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, ValidationError, model_validator
 
 ErrorClass = Literal[
     "connect_error",
@@ -43,6 +43,15 @@ StrategyType = Literal[
     "Fallback", "Weighted", "CheapestCapable", "Fastest", "Cascade", "ScoreBased"
 ]
 Seconds = Annotated[float, Field(gt=0)]
+
+
+def _sorted_list(values: frozenset[Any]) -> list[Any]:
+    return sorted(values)
+
+
+# Sets serialize sorted, so equal tables dump (and hash, and diff) identically whatever order
+# their sets were built in; the content hash depends on it.
+SortedSet = PlainSerializer(_sorted_list)
 
 DEFAULT_RETRY_ON: frozenset[ErrorClass] = frozenset(
     {"connect_error", "timeout", "rate_limited", "overloaded", "server_error", "bad_response"}
@@ -77,7 +86,7 @@ class ModelInfo(WireModel):
 
     context_window: int = Field(ge=1)
     max_output_tokens: int | None = Field(default=None, ge=1)
-    capabilities: frozenset[Capability] = frozenset()
+    capabilities: Annotated[frozenset[Capability], SortedSet] = frozenset()
     pricing: Pricing
     quality_tier: QualityTier = "Standard"
 
@@ -171,8 +180,8 @@ class Signals(WireModel):
     min_tokens: int | None = None
     max_tokens: int | None = None
     code_present: bool | None = None
-    keywords: frozenset[str] = frozenset()
-    modalities: frozenset[Literal["Text", "Image", "Audio"]] = frozenset()
+    keywords: Annotated[frozenset[str], SortedSet] = frozenset()
+    modalities: Annotated[frozenset[Literal["Text", "Image", "Audio"]], SortedSet] = frozenset()
     tools_present: bool | None = None
 
     @cached_property
@@ -184,7 +193,7 @@ class Signals(WireModel):
 class RouteMatch(WireModel):
     """Which requests a route takes; an empty match takes every request."""
 
-    models: frozenset[str] = frozenset()
+    models: Annotated[frozenset[str], SortedSet] = frozenset()
     headers: tuple[HeaderMatch, ...] = ()
     signals: Signals = Signals()
 
@@ -220,7 +229,7 @@ class Retry(WireModel):
     per_try_timeout: Seconds | None = None
     backoff: Backoff = Backoff()
     honor_retry_after: bool = True
-    retry_on: frozenset[ErrorClass] = DEFAULT_RETRY_ON
+    retry_on: Annotated[frozenset[ErrorClass], SortedSet] = DEFAULT_RETRY_ON
     budget: RetryBudget = RetryBudget()
 
 

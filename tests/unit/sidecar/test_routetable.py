@@ -72,6 +72,18 @@ def test_content_hash_ignores_the_version_but_not_the_content():
     assert two.version_label == f"2-{two.content_hash}"
 
 
+def test_content_hash_does_not_depend_on_the_order_sets_were_built_in():
+    # Enough strings that two sets built in opposite orders iterate differently.
+    models = [f"model-{i}" for i in range(200)]
+    forward = table({"a": backend("http://x/v1")}, route("r", ("a", "m"), match={"models": models}))
+    backward = table(
+        {"a": backend("http://x/v1")}, route("r", ("a", "m"), match={"models": models[::-1]})
+    )
+    assert forward.content_hash == backward.content_hash
+    dumped = forward.model_dump(mode="json")["routes"][0]["match"]["models"]
+    assert dumped == sorted(models)
+
+
 def test_active_table_swaps_changed_content_and_keeps_the_last_good_one():
     active = ActiveRouteTable()
     seen: list[int] = []
