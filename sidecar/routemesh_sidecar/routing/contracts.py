@@ -6,6 +6,13 @@ a name and is configured by its own pydantic model; it never records timings or 
 runner does that for all of them) and never does I/O. Health-aware plugins read the live state a
 candidate carries (`Candidate.health`) as of the request's `now`; they never change it, apart from
 the lazy expiry of timed states (an open time that is over) that reading implies.
+
+A scorer may also be a `SnapshotScorer`: besides `score`, it scores from a `HealthSnapshot`, the
+live state of every candidate read once per decision (`read_health`) and shared by all the
+scorers, and it says whether its scores depend on the route table alone. That is the runner's fast
+path; `score` stays the reference the fast path is tested against. The runner also hands the
+filters a route's shared `Candidates`, a list that answers what they ask of all the candidates
+(the smallest context window, whether any is scraped) once per table.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from routemesh_sidecar.routetable import Api, Backend, ModelInfo, Route, Target
 from routemesh_sidecar.routing.signals import RequestSignals, read_signals
@@ -44,6 +51,79 @@ class Candidate:
         """
         pricing = self.model_info.pricing
         return pricing.input_per_million + pricing.output_per_million / 4
+
+
+class Candidates(list[Candidate]):
+    """A route's candidates under one table, with what every request asks of all of them.
+
+    The runner builds one per route and table and shares it between requests, which never mutate
+    it, so the answers below are worked out once; the helpers that follow compute them on demand
+    for plain lists.
+    """
+
+    # None until asked. Defaults on the class, not set by an `__init__`, so that building one
+    # (a filter's subset, per decision) costs what a list costs; and not `cached_property`, whose
+    # first read takes a lock in Python 3.11.
+    _smallest_context_window: int | None = None
+    _any_scraped: bool | None = None
+    _labels: list[str] | None = None
+
+    @property
+    def smallest_context_window(self) -> int:
+        """The smallest context window among the candidates (0 for none)."""
+        if self._smallest_context_window is None:
+            self._smallest_context_window = _smallest_context_window(self)
+        return self._smallest_context_window
+
+    @property
+    def any_scraped(self) -> bool:
+        """Whether some candidate's model servers report their load (vLLM metrics)."""
+        if self._any_scraped is None:
+            self._any_scraped = _any_scraped(self)
+        return self._any_scraped
+
+    @property
+    def labels(self) -> list[str]:
+        """The candidates' labels, in order."""
+        if self._labels is None:
+            self._labels = [c.label for c in self]
+        return self._labels
+
+    def subset(self, kept: list[Candidate]) -> Candidates:
+        """The candidates a filter kept: none is scraped if none here is, known without a pass."""
+        subset = Candidates(kept)
+        if not self.any_scraped:
+            subset._any_scraped = False
+        return subset
+
+
+def smallest_context_window(candidates: Sequence[Candidate]) -> int:
+    """The smallest context window among `candidates` (0 for none)."""
+    if isinstance(candidates, Candidates):
+        return candidates.smallest_context_window
+    return _smallest_context_window(candidates)
+
+
+def any_scraped(candidates: Sequence[Candidate]) -> bool:
+    """Whether some candidate's model servers report their load (vLLM metrics)."""
+    if isinstance(candidates, Candidates):
+        return candidates.any_scraped
+    return _any_scraped(candidates)
+
+
+def labels(candidates: Sequence[Candidate]) -> list[str]:
+    """The candidates' labels, in order."""
+    if isinstance(candidates, Candidates):
+        return candidates.labels
+    return [c.label for c in candidates]
+
+
+def _smallest_context_window(candidates: Sequence[Candidate]) -> int:
+    return min((c.model_info.context_window for c in candidates), default=0)
+
+
+def _any_scraped(candidates: Sequence[Candidate]) -> bool:
+    return any(c.health.scraped for c in candidates)
 
 
 @dataclass
@@ -123,6 +203,63 @@ class Scorer(Protocol):
 
     def score(self, request: RoutingRequest, candidates: Sequence[Candidate]) -> list[float]:
         """One score per candidate, in order."""
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSnapshot:
+    """The live state of each candidate as of one decision, one list per signal, in order.
+
+    Several scorers read the same state (latency, requests in flight, connect errors). Reading it
+    once per candidate per decision, rather than once per scorer through the same chain of
+    objects, and giving every scorer plain lists of numbers, is what keeps a ScoreBased decision
+    over dozens of candidates cheap.
+    """
+
+    candidates: Sequence[Candidate]
+    latency: list[float]  # peak-EWMA seconds of the backend's best usable endpoint
+    in_flight: list[int]  # requests in flight from this sidecar to the backend
+    queue_free: list[float]  # 1 minus the model servers' queue pressure (1 without metrics)
+    headroom: list[float]  # the rate-limit share left (1 when unknown)
+    connect_errors: list[float]  # the recent connect-error rate
+
+
+def read_health(candidates: Sequence[Candidate], now: float) -> HealthSnapshot:
+    """Every signal of every candidate as of `now`, in one pass over the candidates."""
+    latency: list[float] = []
+    in_flight: list[int] = []
+    queue_free: list[float] = []
+    headroom: list[float] = []
+    connect_errors: list[float] = []
+    for candidate in candidates:
+        health = candidate.health
+        single = health.single
+        if single is not None:  # one endpoint, as most backends have: read it directly
+            latency.append(single.latency.value(now))
+            in_flight.append(single.in_flight)
+            connect_errors.append(single.connect_errors.value(now))
+        else:
+            balancer = health.balancer
+            latency.append(balancer.latency(now))
+            in_flight.append(balancer.in_flight())
+            connect_errors.append(balancer.connect_error_rate(now))
+        queue_free.append(1.0 - health.balancer.queue_pressure(now) if health.scraped else 1.0)
+        headroom.append(health.headroom.value(now))
+    return HealthSnapshot(candidates, latency, in_flight, queue_free, headroom, connect_errors)
+
+
+@runtime_checkable
+class SnapshotScorer(Scorer, Protocol):
+    """A scorer that can also score from a decision's shared `HealthSnapshot` (the fast path)."""
+
+    @property
+    def table_only(self) -> bool:
+        """Whether the scores depend only on the candidates' route-table data (prices, tiers).
+
+        The runner then computes them once per route and table instead of once per decision.
+        """
+
+    def score_snapshot(self, request: RoutingRequest, snapshot: HealthSnapshot) -> list[float]:
+        """Exactly what `score` gives for `snapshot.candidates`, read from the snapshot."""
 
 
 class Picker(Protocol):

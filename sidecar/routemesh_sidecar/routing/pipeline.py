@@ -6,6 +6,10 @@ the health transitions that reading the state caused, for the route span. Strate
 are refused when a table is loaded (see `unsupported_strategies`), so a table never routes by a
 strategy the sidecar cannot honour.
 
+Scoring reads every candidate's live health once per decision into a snapshot that all the
+scorers share, and computes the scores that depend on the route table alone (cost, quality) once
+per route and table; a scorer without that fast path is called as it is (see `SnapshotScorer`).
+
 Graceful degradation: when the health filters (breaker, saturation) remove every target of the
 route, the request goes to any other healthy backend in the table whose model can serve it, the
 nearest in quality first, and the decision says so; only when nothing is left does routing fail,
@@ -20,7 +24,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from routemesh_sidecar.routetable import QualityTier, Route, RouteTable, StrategyType, Target
-from routemesh_sidecar.routing.contracts import Candidate, Filter, Picker, RoutingRequest, Scorer
+from routemesh_sidecar.routing.contracts import (
+    Candidate,
+    Candidates,
+    Filter,
+    HealthSnapshot,
+    Picker,
+    RoutingRequest,
+    Scorer,
+    SnapshotScorer,
+    labels,
+    read_health,
+)
 from routemesh_sidecar.routing.match import first_matching_route
 from routemesh_sidecar.routing.plugins import (
     BestScorePicker,
@@ -73,6 +88,27 @@ def _fixed(value: float) -> Callable[[Route], float]:
 
 
 @dataclass(frozen=True)
+class Share:
+    """One scorer's part in a route's scores, worked out once per route and table."""
+
+    scorer: Scorer
+    share: float  # its share of the weighted mean, or for a factor its strength
+    stage: str  # its name in `Decision.stage_seconds`
+    fast: SnapshotScorer | None  # the same scorer, when the runner uses its fast path
+    table_only: bool  # a fast scorer whose scores the route table alone decides
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How a route is scored: the weighted scorers, the factors, and whether health is read."""
+
+    shares: tuple[Share, ...]
+    factors: tuple[Share, ...]
+    reads_snapshot: bool  # some fast scorer reads live health: take one snapshot per decision
+    table_only: bool  # some fast scorer depends on the route table alone: cache its scores
+
+
+@dataclass(frozen=True)
 class StrategyPlugins:
     """The scorers, factors and picker a strategy runs after the common filters."""
 
@@ -111,13 +147,45 @@ FILTERS: tuple[Filter, ...] = (
     SaturationFilter(),
 )
 HEALTH_FILTERS = frozenset({"circuit-breaker", "saturated"})
+# Sets of candidates whose table-only scores are kept per table, before starting afresh.
+TABLE_SCORE_SETS = 256
 _TIERS: dict[QualityTier, int] = {"Economy": 0, "Standard": 1, "Premium": 2, "Frontier": 3}
+
+
+def _weighted_sum(columns: list[tuple[float, list[float]]], size: int) -> list[float]:
+    """Each candidate's sum of share times score, added in the scorers' order.
+
+    Two scorers per pass over the candidates, and the lengths checked once rather than by every
+    zip: the passes, not the arithmetic, are what cost in CPython. The sums are the same floats
+    as adding one scorer at a time to zeros.
+    """
+    if any(len(values) != size for _, values in columns):
+        raise ValueError(f"a scorer did not give one score for each of {size} candidates")
+    if not columns:
+        return [0.0] * size
+    (share, values), rest = columns[0], columns[1:]
+    if rest:
+        (other, more), rest = rest[0], rest[1:]
+        totals = [share * v + other * m for v, m in zip(values, more, strict=False)]
+    else:
+        totals = [share * v for v in values]
+    while len(rest) >= 2:
+        (share, values), (other, more), rest = rest[0], rest[1], rest[2:]
+        columns_left = zip(totals, values, more, strict=False)
+        totals = [t + share * v + other * m for t, v, m in columns_left]
+    for share, values in rest:
+        totals = [t + share * v for t, v in zip(totals, values, strict=False)]
+    return totals
 
 
 @functools.cache
 def _stage(kind: str, name: str) -> str:
     """A stage's name in `Decision.stage_seconds`, built once per plugin."""
     return f"{kind}.{name}"
+
+
+# Each filter with its stage name, so the runner does not look the name up per request.
+_FILTER_STAGES = tuple((plugin, _stage("filter", plugin.name)) for plugin in FILTERS)
 
 
 def unsupported_strategies(table: RouteTable) -> list[str]:
@@ -165,15 +233,19 @@ class Router:
 
     Its state is the clock that times stages, the health registry candidates read, and the
     candidates of the last table it saw: a table is immutable, so each route's candidates (with
-    their health state) are built once per table, not per request.
+    their health state), its scorers' shares and the scores that depend on the table alone are
+    worked out once per table, not per request.
     """
 
     health: HealthRegistry = field(default_factory=lambda: HealthRegistry(SystemClock()))
     timer: Callable[[], float] = time.perf_counter
+    # False runs every scorer's own `score`: the reference the fast path is tested against.
+    snapshot_scoring: bool = True
     _table: RouteTable | None = field(default=None, repr=False)
-    _candidates: dict[int, list[Candidate]] = field(default_factory=dict, repr=False)
-    _everything: list[Candidate] | None = field(default=None, repr=False)
-    _score_shares: dict[int, list[tuple[Scorer, float, str]]] = field(
+    _candidates: dict[int, Candidates] = field(default_factory=dict, repr=False)
+    _everything: Candidates | None = field(default=None, repr=False)
+    _scoring: dict[int, Scoring] = field(default_factory=dict, repr=False)
+    _table_scores: dict[tuple[int, ...], dict[str, list[float]]] = field(
         default_factory=dict, repr=False
     )
 
@@ -183,16 +255,16 @@ class Router:
         # Keyed by identity: the table (held by `_follow`) keeps its routes alive.
         candidates = self._candidates.get(id(route))
         if candidates is None:
-            candidates = [
+            candidates = Candidates(
                 self._candidate(table, route, i, target) for i, target in enumerate(route.targets)
-            ]
+            )
             self._candidates[id(route)] = candidates
         return candidates
 
     def _follow(self, table: RouteTable) -> None:
         if table is not self._table:
             self._table, self._candidates, self._everything = table, {}, None
-            self._score_shares = {}
+            self._scoring, self._table_scores = {}, {}
 
     def _candidate(self, table: RouteTable, route: Route, index: int, target: Target) -> Candidate:
         backend = table.backends[target.backend]
@@ -207,7 +279,7 @@ class Router:
             for route in table.routes:
                 for candidate in self.candidates(table, route):
                     seen.setdefault((candidate.target.backend, candidate.target.model), candidate)
-            self._everything = list(seen.values())
+            self._everything = Candidates(seen.values())
         return self._everything
 
     def decide(self, table: RouteTable, request: RoutingRequest) -> Decision:
@@ -244,13 +316,14 @@ class Router:
     ) -> list[Candidate]:
         """The candidates every filter keeps; empty only when the health filters removed all."""
         survivors = candidates
-        for plugin in FILTERS:
-            started = self.timer()
+        timer, stages = self.timer, decision.stage_seconds
+        for plugin, stage in _FILTER_STAGES:
+            started = timer()
             kept = plugin.filter(request, route, survivors)
-            decision.stage_seconds[_stage("filter", plugin.name)] = self.timer() - started
+            stages[stage] = timer() - started
             if kept is survivors:
                 continue
-            kept_ids = {id(c) for c in kept}
+            kept_ids = set(map(id, kept))
             removed = [c.label for c in survivors if id(c) not in kept_ids]
             decision.removed[plugin.name] = removed
             if not kept and plugin.name not in HEALTH_FILTERS:
@@ -303,19 +376,26 @@ class Router:
         ]
         return max(0.0, min(times)) if times else None
 
-    def _shares(self, route: Route, plugins: StrategyPlugins) -> list[tuple[Scorer, float, str]]:
-        """Each weighted scorer's share of the total, once per route and table."""
-        shares = self._score_shares.get(id(route))
-        if shares is None:
+    def _scoring_of(self, route: Route, plugins: StrategyPlugins) -> Scoring:
+        """Each weighted scorer's share of the total, and the factors, once per route and table."""
+        scoring = self._scoring.get(id(route))
+        if scoring is None:
             weights = [(w.scorer, w.weight(route)) for w in plugins.scorers]
             total = sum(weight for _, weight in weights if weight > 0)
-            shares = [
-                (scorer, weight / total, _stage("score", scorer.name))
-                for scorer, weight in weights
-                if weight > 0
-            ]
-            self._score_shares[id(route)] = shares
-        return shares
+            shares = tuple(
+                self._share(scorer, weight / total) for scorer, weight in weights if weight > 0
+            )
+            factors = tuple(self._share(f.scorer, f.strength) for f in plugins.factors)
+            parts = shares + factors
+            live = any(p.fast is not None and not p.table_only for p in parts)
+            table_only = any(p.table_only for p in parts)
+            scoring = self._scoring[id(route)] = Scoring(shares, factors, live, table_only)
+        return scoring
+
+    def _share(self, scorer: Scorer, share: float) -> Share:
+        fast = scorer if self.snapshot_scoring and isinstance(scorer, SnapshotScorer) else None
+        table_only = fast is not None and fast.table_only
+        return Share(scorer, share, _stage("score", scorer.name), fast, table_only)
 
     def _score(
         self,
@@ -328,21 +408,65 @@ class Router:
         """The weighted mean of the scorers, scaled by the health factors."""
         if not plugins.scorers:
             return []
-        totals = [0.0] * len(candidates)
+        scoring = self._scoring_of(route, plugins)
         timer, stages = self.timer, decision.stage_seconds
-        for scorer, share, stage in self._shares(route, plugins):
+        snapshot = None
+        if scoring.reads_snapshot:
             started = timer()
-            values = scorer.score(request, candidates)
-            totals = [t + share * v for t, v in zip(totals, values, strict=True)]
-            stages[stage] = timer() - started
-        for factor in plugins.factors:
+            snapshot = read_health(candidates, request.now)
+            stages["snapshot"] = timer() - started
+        cached = self._table_cache(route, candidates, decision) if scoring.table_only else {}
+        columns = []
+        for part in scoring.shares:
             started = timer()
-            values = factor.scorer.score(request, candidates)
+            columns.append((part.share, self._values(part, request, candidates, snapshot, cached)))
+            stages[part.stage] = timer() - started
+        totals = _weighted_sum(columns, len(candidates))
+        for part in scoring.factors:
+            started = timer()
+            values = self._values(part, request, candidates, snapshot, cached)
             if min(values, default=1.0) < 1.0:  # all 1: nothing to scale
-                strength = factor.strength
+                strength = part.share
                 totals = [
                     t * (1.0 - strength * (1.0 - v)) for t, v in zip(totals, values, strict=True)
                 ]
-            stages[_stage("score", factor.scorer.name)] = timer() - started
-        decision.scores = {c.label: t for c, t in zip(candidates, totals, strict=True)}
+            stages[part.stage] = timer() - started
+        decision.scores = dict(zip(labels(candidates), totals, strict=True))
         return totals
+
+    def _table_cache(
+        self, route: Route, candidates: Sequence[Candidate], decision: Decision
+    ) -> dict[str, list[float]]:
+        """The table-only scores worked out so far for this route and set of candidates.
+
+        The set is the route's own list, or what the filters left of it: a set changes only when
+        a breaker or a model server's load does, so the few sets a route sees are kept.
+        """
+        if candidates is decision.candidates:
+            key: tuple[int, ...] = (id(route),)
+        else:
+            key = (id(route), *[c.index for c in candidates])
+        cached = self._table_scores.get(key)
+        if cached is None:
+            if len(self._table_scores) >= TABLE_SCORE_SETS:  # bounded, however health churns
+                self._table_scores.clear()
+            cached = self._table_scores[key] = {}
+        return cached
+
+    @staticmethod
+    def _values(
+        part: Share,
+        request: RoutingRequest,
+        candidates: Sequence[Candidate],
+        snapshot: HealthSnapshot | None,
+        cached: dict[str, list[float]],
+    ) -> list[float]:
+        """One scorer's scores: from the table-only cache, the snapshot, or the scorer itself."""
+        if part.table_only:
+            values = cached.get(part.stage)
+            if values is None:  # kept for later decisions, which never mutate it
+                values = cached[part.stage] = part.scorer.score(request, candidates)
+            return values
+        if part.fast is not None and snapshot is not None:
+            return part.fast.score_snapshot(request, snapshot)
+        return part.scorer.score(request, candidates)

@@ -10,7 +10,9 @@ Each is a small class with a type and a name; the pipeline decides which run for
 strategy. None of them does I/O or keeps state between requests: the health-aware ones read the
 live state each candidate carries, as of the request's `now`. The filters that depend only on the
 request return their input unchanged at once when the request needs nothing special, because they
-run on every request.
+run on every request. Every scorer is also a `SnapshotScorer`: `score_snapshot` gives what `score`
+gives, read from the decision's shared health snapshot, and `table_only` tells the runner that
+cost and quality depend on the route table alone.
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from routemesh_sidecar.routetable import QualityTier, Route
-from routemesh_sidecar.routing.contracts import Candidate, RoutingRequest
+from routemesh_sidecar.routing.contracts import (
+    Candidate,
+    Candidates,
+    HealthSnapshot,
+    RoutingRequest,
+    any_scraped,
+    smallest_context_window,
+)
 
 _OPENAI_ONLY_OPERATIONS = frozenset({"completions", "embeddings"})
 _QUALITY: dict[QualityTier, float] = {
@@ -83,8 +92,7 @@ class ContextWindowFilter:
         """Keep models with room for the estimated prompt and the requested completion."""
         if request.operation != "chat":
             return candidates
-        smallest = min((c.model_info.context_window for c in candidates), default=0)
-        if request.fits_without_counting(smallest):
+        if request.fits_without_counting(smallest_context_window(candidates)):
             return candidates
         signals = request.signals
         needed = signals.prompt_tokens + (signals.max_output_tokens or 0)
@@ -121,7 +129,7 @@ class SaturationFilter:
     ) -> list[Candidate]:
         """Keep backends with room on some endpoint; only metrics-scraped ones can be full."""
         now = request.now
-        if not any(c.health.scraped for c in candidates):
+        if not any_scraped(candidates):
             return candidates
         return _kept(
             candidates,
@@ -131,7 +139,9 @@ class SaturationFilter:
 
 def _kept(candidates: list[Candidate], kept: list[Candidate]) -> list[Candidate]:
     """The input list itself when nothing was removed, so the runner can tell cheaply."""
-    return candidates if len(kept) == len(candidates) else kept
+    if len(kept) == len(candidates):
+        return candidates
+    return candidates.subset(kept) if isinstance(candidates, Candidates) else kept
 
 
 def _relative_to_best(values: list[float]) -> list[float]:
@@ -161,6 +171,15 @@ class CostScorer:
             return [1.0] * len(costs)
         return [1.0 - (cost - low) / (high - low) for cost in costs]
 
+    @property
+    def table_only(self) -> bool:
+        """Prices come from the route table."""
+        return True
+
+    def score_snapshot(self, request: RoutingRequest, snapshot: HealthSnapshot) -> list[float]:
+        """As `score`: no live state is read."""
+        return self.score(request, snapshot.candidates)
+
 
 @dataclass(frozen=True)
 class QualityScorer:
@@ -172,6 +191,15 @@ class QualityScorer:
     def score(self, request: RoutingRequest, candidates: Sequence[Candidate]) -> list[float]:
         """The tier's place on the scale."""
         return [_QUALITY[c.model_info.quality_tier] for c in candidates]
+
+    @property
+    def table_only(self) -> bool:
+        """Tiers come from the route table."""
+        return True
+
+    def score_snapshot(self, request: RoutingRequest, snapshot: HealthSnapshot) -> list[float]:
+        """As `score`: no live state is read."""
+        return self.score(request, snapshot.candidates)
 
 
 @dataclass(frozen=True)
@@ -191,6 +219,15 @@ class LatencyScorer:
                 single.latency.value(now) if single is not None else c.health.balancer.latency(now)
             )
         return _relative_to_best(latencies)
+
+    @property
+    def table_only(self) -> bool:
+        """Latency is live."""
+        return False
+
+    def score_snapshot(self, request: RoutingRequest, snapshot: HealthSnapshot) -> list[float]:
+        """As `score`, from the snapshot's latencies."""
+        return _relative_to_best(snapshot.latency)
 
 
 @dataclass(frozen=True)
@@ -225,6 +262,21 @@ class LoadScorer:
             for h, flight in zip((c.health for c in candidates), in_flight, strict=True)
         ]
 
+    @property
+    def table_only(self) -> bool:
+        """Load is live."""
+        return False
+
+    def score_snapshot(self, request: RoutingRequest, snapshot: HealthSnapshot) -> list[float]:
+        """As `score`, from the snapshot (the same operations in the same order)."""
+        least = min(snapshot.in_flight) + 1.0
+        # One loop filled the snapshot's lists, so their lengths agree without checking.
+        columns = zip(snapshot.in_flight, snapshot.queue_free, snapshot.headroom, strict=False)
+        return [
+            (least / (flight + 1.0) + queue_free + headroom) / 3
+            for flight, queue_free, headroom in columns
+        ]
+
 
 @dataclass(frozen=True)
 class ConnectErrorScorer:
@@ -246,6 +298,18 @@ class ConnectErrorScorer:
             for h in (c.health for c in candidates)
         ]
 
+    @property
+    def table_only(self) -> bool:
+        """Connect errors are live."""
+        return False
+
+    def score_snapshot(self, request: RoutingRequest, snapshot: HealthSnapshot) -> list[float]:
+        """As `score`, from the snapshot's connect-error rates."""
+        rates = snapshot.connect_errors
+        if not any(rates):  # the usual case: 1 - 0 is 1, without a pass in Python
+            return [1.0] * len(rates)
+        return [1.0 - rate for rate in rates]
+
 
 @dataclass(frozen=True)
 class LocalityScorer:
@@ -259,6 +323,15 @@ class LocalityScorer:
         if candidates and not candidates[0].health.balancer.locality_known:
             return [1.0] * len(candidates)
         return [1.0 - c.health.balancer.locality_rank() / 2 for c in candidates]
+
+    @property
+    def table_only(self) -> bool:
+        """Zones live on endpoint state that the next table updates, so they are read live."""
+        return False
+
+    def score_snapshot(self, request: RoutingRequest, snapshot: HealthSnapshot) -> list[float]:
+        """As `score`: the snapshot holds nothing it needs, and it is cheap."""
+        return self.score(request, snapshot.candidates)
 
 
 @dataclass(frozen=True)

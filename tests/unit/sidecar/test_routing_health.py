@@ -276,3 +276,22 @@ def test_plain_text_requests_skip_the_capability_check_and_others_do_not():
     t = table(backends, route("r", ("text", "m"), ("vision", "m")))
     assert labels(router().decide(t, with_image)) == ["vision/m"]
     assert labels(router().decide(t, text)) == ["text/m", "vision/m"]
+
+
+def test_the_saturation_filter_sees_what_the_breaker_filter_left_and_records_both():
+    check = {"interval": 10, "metrics": {"max_waiting": 4}}
+    backends = {
+        "a": backend("http://a/v1"),
+        "gpu": backend("http://gpu:8000/v1", health_check=check),
+        "b": backend("http://b/v1"),
+    }
+    t = table(backends, route("r", ("a", "m"), ("gpu", "m"), ("b", "m"), circuit_breaker=BREAKER))
+    r = router()
+    gpu = health_of(r, t, "gpu").balancer.endpoints[0]
+    gpu.health.record_probe(True, NOW, ModelServerLoad(4, 2, 0.3, NOW))
+    open_breaker(r, t, "a")
+    decision = r.decide(t, request())
+    assert decision.removed == {"circuit-breaker": ["a/m"], "saturated": ["gpu/m"]}
+    assert labels(decision) == ["b/m"]
+    gpu.health.record_probe(True, NOW, ModelServerLoad(0, 0, 0.1, NOW))
+    assert labels(r.decide(t, request())) == ["gpu/m", "b/m"]
