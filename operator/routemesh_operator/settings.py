@@ -22,6 +22,34 @@ class OperatorSettings(BaseSettings):
         default_factory=list,
         description="Namespaces to watch (globs allowed); empty means the whole cluster.",
     )
+    kubeconfig: str | None = Field(
+        default=None,
+        description="A kubeconfig file for the operator's own writes; absent means in-cluster "
+        "credentials, else $KUBECONFIG or ~/.kube/config (as kubectl finds them).",
+    )
+    distribution_host: str = Field(
+        default="0.0.0.0",  # noqa: S104 (sidecars in other pods connect)
+        description="Address the route-table distribution server listens on.",
+    )
+    distribution_port: int = Field(
+        default=9443, ge=0, le=65535, description="Its port; 0 picks a free one (tests)."
+    )
+    distribution_cert_file: str | None = Field(
+        default=None,
+        description="TLS certificate for the distribution server; absent serves plain HTTP "
+        "(only for tests and the local demo: tokens then cross the network in clear).",
+    )
+    distribution_key_file: str | None = Field(default=None, description="Its private key.")
+    token_audiences: list[str] = Field(
+        default_factory=lambda: ["routemesh"],
+        description="Audiences a sidecar's ServiceAccount token must carry (the projected "
+        "token injection mounts is issued for these); empty accepts the API server's own.",
+    )
+    sidecar_forget_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="A sidecar that has not watched for this long stops counting as desired.",
+    )
     standalone: bool = Field(
         default=False,
         description="Run without kopf peering (one replica, or tests); otherwise peer.",

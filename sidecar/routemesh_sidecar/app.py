@@ -22,6 +22,11 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from routemesh_sidecar.admin.server import AdminSources, build_admin_app
 from routemesh_sidecar.discovery.file import FileRouteTableSource, RouteTableSource
+from routemesh_sidecar.discovery.watch import (
+    WatchRouteTableSource,
+    WatchTarget,
+    read_downward_labels,
+)
 from routemesh_sidecar.listener.proxy import Listener, ListenerParts
 from routemesh_sidecar.routetable import ActiveRouteTable, Locality, RouteTable
 from routemesh_sidecar.routing.pipeline import Router, unsupported_strategies
@@ -94,7 +99,7 @@ class Sidecar:
         )
         self._probe_http: aiohttp.ClientSession | None = None
         self.active.on_swap(self._follow_table)
-        self.source = source or self._file_source()
+        self.source = source or self._discovery_source() or self._file_source()
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.listen_port: int | None = None
@@ -140,6 +145,32 @@ class Sidecar:
     def _sampling_ratio(self) -> float:
         table = self.active.current
         return table.telemetry.sampling_ratio if table else 1.0
+
+    def _discovery_source(self) -> RouteTableSource | None:
+        settings = self.settings
+        if not settings.discovery_url:
+            return None
+        if not settings.pod_name or not settings.pod_namespace:
+            raise ValueError("discovery needs pod_name and pod_namespace (the downward API)")
+        labels = {}
+        if settings.pod_labels_path is not None and settings.pod_labels_path.exists():
+            labels = read_downward_labels(settings.pod_labels_path)
+        target = WatchTarget(
+            url=settings.discovery_url,
+            namespace=settings.pod_namespace,
+            pod=settings.pod_name,
+            labels=labels,
+            token_file=settings.discovery_token_path,
+            ca_file=settings.discovery_ca_path,
+        )
+        fallbacks = [settings.route_table_path] if settings.route_table_path else []
+        return WatchRouteTableSource(
+            target,
+            self.active,
+            fallbacks=fallbacks,
+            last_good=settings.last_good_path,
+            rng=self.rng,
+        )
 
     def _file_source(self) -> RouteTableSource | None:
         path = self.settings.route_table_path
@@ -222,6 +253,9 @@ class Sidecar:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.source is not None:
+            # Also when its task was cancelled before it ever ran (and so never cleaned up).
+            await self.source.close()
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()

@@ -40,6 +40,32 @@ class SidecarSettings(BaseSettings):
     route_table_path: Path | None = Field(
         default=None, description="A route table file to load and watch, when not using discovery."
     )
+    discovery_url: str | None = Field(
+        default=None,
+        description="The operator's route-table distribution server. When set, the sidecar "
+        "watches it and ACKs or NACKs every version; route_table_path is then only a fallback "
+        "(the operator's ConfigMap copy) for when the operator cannot be reached.",
+    )
+    discovery_token_path: Path | None = Field(
+        default=None,
+        description="The projected ServiceAccount token the sidecar shows the operator.",
+    )
+    discovery_ca_path: Path | None = Field(
+        default=None, description="CA bundle that signed the distribution server's certificate."
+    )
+    pod_name: str | None = Field(default=None, description="This pod's name (downward API).")
+    pod_namespace: str | None = Field(
+        default=None, description="This pod's namespace (downward API)."
+    )
+    pod_labels_path: Path | None = Field(
+        default=None,
+        description="The downward-API file of this pod's labels, which select its policy.",
+    )
+    last_good_path: Path | None = Field(
+        default=None,
+        description="Where the sidecar keeps the last route table it ran, to start from it "
+        "after a restart while the operator is down.",
+    )
     route_table_poll_seconds: float = Field(
         default=1.0, gt=0, description="How often the route table file is checked for changes."
     )

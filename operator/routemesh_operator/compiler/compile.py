@@ -8,21 +8,23 @@ so a restarted operator republishes nothing that did not change.
 
 What the schema cannot check is checked here and reported as a `Problem` that becomes a status
 condition: references to missing backends, models a backend does not serve, missing Secrets,
-backends without ready endpoints, a cascade that escalates to a cheaper model, strategies the
-sidecars cannot run yet, and selectors that overlap another policy's. A policy with a problem gets
-no table, so nothing invalid ever reaches a sidecar. Pure: no I/O.
+backends without ready endpoints, a cascade that escalates to a cheaper model, targets that
+cannot serve what their route matches (tools, images, prompt size), routes that can never be
+taken, strategies the sidecars cannot run yet, and selectors that overlap another policy's. A
+policy with a problem gets no table, so nothing invalid ever reaches a sidecar. Pure: no I/O.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
 from routemesh_operator.api.v1alpha1.common import LabelSelector
 from routemesh_operator.api.v1alpha1.kinds import ModelBackend, RoutingPolicy
+from routemesh_operator.api.v1alpha1.modelbackend import Model as ApiModelSpec
 from routemesh_operator.api.v1alpha1.routingpolicy import Route as ApiRoute
 from routemesh_operator.compiler.backends import Problem, backend_name, compile_backend
 from routemesh_operator.compiler.inputs import CompilerSettings, Snapshot
@@ -50,6 +52,7 @@ class CompileResult:
 
     policies: dict[str, PolicyOutcome] = field(default_factory=dict)
     backends: dict[str, Problem | None] = field(default_factory=dict)
+    ready_endpoints: dict[str, int] = field(default_factory=dict)  # per backend
 
 
 def policy_name(policy: RoutingPolicy) -> str:
@@ -73,6 +76,7 @@ def compile_namespace(
         backends[name] = backend
         built = compile_backend(backend, snapshot, settings)
         result.backends[name] = built if isinstance(built, Problem) else None
+        result.ready_endpoints[name] = 0 if isinstance(built, Problem) else len(built.endpoints)
         if not isinstance(built, Problem):
             compiled[name] = built
     overlaps = _overlaps(snapshot.policies)
@@ -98,6 +102,7 @@ def _compile_policy(
     spec = policy.spec
     for route in spec.routes:
         _check_route(route, backends, backend_problems, outcome)
+    _check_reachable(spec.routes, outcome)
     if spec.shadow is not None:
         outcome.notes.append("shadow routes are not evaluated by this version's sidecars")
     if any(r.budget or r.hedging for r in spec.routes) or (
@@ -152,6 +157,7 @@ def _check_route(
                 )
             )
             continue
+        _check_target_fits(route, target.backend, model, outcome)
         problem = backend_problems.get(target.backend)
         if problem is not None:
             outcome.unresolved.append(
@@ -171,6 +177,68 @@ def _check_route(
                         f"costs less than {first!r} before it; order the targets cheapest first",
                     )
                 )
+
+
+def _check_target_fits(
+    route: ApiRoute, backend: str, model: ApiModelSpec, outcome: PolicyOutcome
+) -> None:
+    """A target must be able to serve every request its route matches."""
+    signals = route.match.signals if route.match else None
+    if signals is None:
+        return
+    where = f"route {route.name!r}: {backend}/{model.name}"
+    capabilities = set(model.capabilities or ())
+    if signals.tools_present and "Tools" not in capabilities:
+        outcome.not_accepted.append(
+            Problem(
+                "CapabilityMissing",
+                f"{where} cannot call tools, but the route matches only requests with tools; "
+                "add Tools to the model's capabilities, or pick another target",
+            )
+        )
+    if "Image" in (signals.modalities or ()) and "Vision" not in capabilities:
+        outcome.not_accepted.append(
+            Problem(
+                "CapabilityMissing",
+                f"{where} cannot read images, but the route matches requests with images; "
+                "add Vision to the model's capabilities, or pick another target",
+            )
+        )
+    smallest = signals.tokens.min if signals.tokens else None
+    if smallest is not None and smallest > model.context_window:
+        outcome.not_accepted.append(
+            Problem(
+                "ContextWindowTooSmall",
+                f"{where} has a context window of {model.context_window} tokens, but the route "
+                f"matches only prompts of at least {smallest}; pick a larger-context model",
+            )
+        )
+
+
+def _check_reachable(routes: Sequence[ApiRoute], outcome: PolicyOutcome) -> None:
+    """Routes after one that matches every request can never be taken."""
+    for index, route in enumerate(routes[:-1]):
+        if _matches_everything(route):
+            later = ", ".join(repr(r.name) for r in routes[index + 1 :])
+            outcome.not_accepted.append(
+                Problem(
+                    "RouteUnreachable",
+                    f"route {route.name!r} matches every request, so the routes after it "
+                    f"({later}) are never taken; move it last, or give it a match",
+                )
+            )
+            return
+
+
+def _matches_everything(route: ApiRoute) -> bool:
+    match = route.match
+    if match is None:
+        return True
+    signals = match.signals
+    no_signals = signals is None or not any(
+        value not in (None, [], {}) for value in signals.model_dump().values()
+    )
+    return not match.models and not match.headers and no_signals
 
 
 def _table(

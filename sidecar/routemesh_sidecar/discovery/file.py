@@ -29,6 +29,9 @@ class RouteTableSource(Protocol):
     async def run(self) -> None:
         """Keep loading changes until cancelled."""
 
+    async def close(self) -> None:
+        """Release what the source holds (connections); called once the sidecar stops."""
+
 
 class FileRouteTableSource:
     """Loads a route table file, then reloads it whenever its stat changes."""
@@ -75,6 +78,9 @@ class FileRouteTableSource:
                 await self.poll_once()
             except Exception:
                 log.exception("route table file poll failed; will retry")
+
+    async def close(self) -> None:
+        """Nothing to release: the file is opened and closed on each read."""
 
 
 def _label(active: ActiveRouteTable) -> str:

@@ -230,6 +230,27 @@ INVALID: dict[str, tuple[Any, str, str]] = {
         "StrategyNotSupported",
         "Cascade is not supported",
     ),
+    "a target that cannot read images": (
+        lambda docs: docs[-1]["spec"]["routes"][0]["match"].update(
+            signals={"modalities": ["Image"]}
+        ),
+        "CapabilityMissing",
+        "together/meta-llama/Llama-3.3-70B-Instruct-Turbo cannot read images",
+    ),
+    "a target whose context window is too small": (
+        lambda docs: docs[-1]["spec"]["routes"][0]["match"].update(
+            signals={"tokens": {"min": 130000}}
+        ),
+        "ContextWindowTooSmall",
+        "openai/gpt-4o has a context window of 128000 tokens",
+    ),
+    "a route after a catch-all": (
+        lambda docs: docs[-1]["spec"]["routes"].insert(
+            0, {**docs[-1]["spec"]["routes"][0], "name": "everything", "match": {}}
+        ),
+        "RouteUnreachable",
+        "route 'everything' matches every request",
+    ),
     "semantic categories": (
         lambda docs: docs[-1]["spec"]["routes"][0]["match"].update(
             signals={"categories": [{"name": "c", "threshold": "0.5", "examples": ["x"]}]}

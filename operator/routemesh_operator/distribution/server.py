@@ -1,0 +1,169 @@
+"""The distribution server: sidecars watch it for route tables, Envoy-style, and ACK or NACK them.
+
+One endpoint, `GET /v1/routetable`, is both the watch and the acknowledgement, as in xDS: each
+request carries the version the sidecar runs (`version`), and what it made of the last response
+(`ack=<version>`, or `nack=<version>&error=<why>`). The server answers at once when the table
+that selects the sidecar has another version, and otherwise holds the request until it changes
+or `wait` seconds pass (then 304). The sidecar's `Authorization: Bearer` ServiceAccount token is
+checked with a TokenReview; it may only read its own namespace. When the token is bound to a
+pod, the pod name comes from the token, not from the request.
+
+Which table a sidecar gets: the oldest published policy of its namespace whose selector matches
+the labels it declares. It serves only what the board holds; it never compiles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Mapping
+
+from aiohttp import web
+
+from routemesh_operator.api.v1alpha1.common import LabelSelector
+from routemesh_operator.distribution.auth import Identity, TokenReviewer, Unauthenticated
+from routemesh_operator.distribution.board import Board, Published
+from routemesh_operator.distribution.sync import SyncTracker
+
+logger = logging.getLogger(__name__)
+
+MAX_WAIT_SECONDS = 300.0
+MAX_ERROR_LENGTH = 2048
+
+
+def selector_matches(selector: LabelSelector, labels: Mapping[str, str]) -> bool:
+    """Kubernetes label-selector semantics; an empty selector matches everything."""
+    for key, value in (selector.match_labels or {}).items():
+        if labels.get(key) != value:
+            return False
+    for requirement in selector.match_expressions or ():
+        present = requirement.key in labels
+        found = labels.get(requirement.key)
+        values = set(requirement.values or ())
+        holds = {
+            "In": present and found in values,
+            "NotIn": not present or found not in values,
+            "Exists": present,
+            "DoesNotExist": not present,
+        }[requirement.operator]
+        if not holds:
+            return False
+    return True
+
+
+def parse_labels(values: list[str]) -> dict[str, str]:
+    """`label=key=value` query parameters as a dict."""
+    labels = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise web.HTTPBadRequest(text=f"label {item!r} is not key=value")
+        labels[key] = value
+    return labels
+
+
+class DistributionServer:
+    """The aiohttp application, and what it needs: the board, the tracker and the reviewer."""
+
+    def __init__(
+        self,
+        board: Board,
+        tracker: SyncTracker,
+        reviewer: TokenReviewer,
+        on_sync_change: Callable[[str], None],
+        default_wait: float = 30.0,
+    ) -> None:
+        self._board = board
+        self._tracker = tracker
+        self._reviewer = reviewer
+        self._on_sync_change = on_sync_change
+        self._default_wait = default_wait
+
+    def app(self) -> web.Application:
+        """The web application to serve."""
+        app = web.Application()
+        app.router.add_get("/v1/routetable", self.watch)
+        app.router.add_get("/healthz", self.healthz)
+        return app
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        """Liveness of the distribution server."""
+        return web.json_response({"status": "ok", "revision": self._board.revision})
+
+    async def watch(self, request: web.Request) -> web.StreamResponse:
+        """Report the last response's fate, then answer with a newer table or wait for one."""
+        identity = await self._identify(request)
+        query = request.query
+        namespace = query.get("namespace", identity.namespace)
+        if namespace != identity.namespace:
+            raise _error(
+                web.HTTPForbidden,
+                f"ServiceAccount {identity.service_account!r} of namespace "
+                f"{identity.namespace!r} may not read the route tables of {namespace!r}",
+            )
+        pod = identity.pod or query.get("pod")
+        if not pod:
+            raise _error(web.HTTPBadRequest, "the pod parameter is required")
+        labels = parse_labels(query.getall("label", []))
+        have = query.get("version", "")
+        wait = min(float(query.get("wait", self._default_wait)), MAX_WAIT_SECONDS)
+        self._report(namespace, pod, labels, query)
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:
+            revision = self._board.revision
+            published = self._select(namespace, labels)
+            if published is not None and published.table.version_label != have:
+                return _table_response(published)
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return web.Response(status=304)
+            try:
+                await asyncio.wait_for(self._board.wait_for_change(revision), remaining)
+            except TimeoutError:
+                return web.Response(status=304)
+
+    async def _identify(self, request: web.Request) -> Identity:
+        header = request.headers.get("Authorization", "")
+        token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+        try:
+            return await self._reviewer.authenticate(token)
+        except Unauthenticated as exc:
+            raise _error(web.HTTPUnauthorized, str(exc)) from exc
+
+    def _select(self, namespace: str, labels: Mapping[str, str]) -> Published | None:
+        matching = [
+            p for p in self._board.in_namespace(namespace) if selector_matches(p.selector, labels)
+        ]
+        return min(matching, key=lambda p: (p.created, p.policy), default=None)
+
+    def _report(
+        self, namespace: str, pod: str, labels: Mapping[str, str], query: Mapping[str, str]
+    ) -> None:
+        published = self._select(namespace, labels)
+        policy = published.policy if published is not None else None
+        nacked = query.get("nack")
+        error = (query.get("error") or "")[:MAX_ERROR_LENGTH] or None
+        if nacked:
+            logger.warning(
+                "sidecar %s/%s refused route table %s: %s", namespace, pod, nacked, error
+            )
+        if self._tracker.report(
+            namespace, pod, policy, acked=query.get("ack"), nacked=nacked, error=error
+        ):
+            self._on_sync_change(namespace)
+
+
+def _table_response(published: Published) -> web.Response:
+    # The table is already JSON (pydantic's serializer); wrap it without parsing it again.
+    body = '{"policy": %s, "version": %s, "table": %s}' % (  # noqa: UP031
+        json.dumps(published.policy),
+        json.dumps(published.table.version_label),
+        published.table.model_dump_json(),
+    )
+    return web.Response(body=body.encode(), content_type="application/json")
+
+
+def _error(kind: type[web.HTTPException], message: str) -> web.HTTPException:
+    """An HTTP error with a JSON body the sidecar can log as it is."""
+    return kind(text=json.dumps({"error": {"message": message}}), content_type="application/json")

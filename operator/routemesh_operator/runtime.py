@@ -1,0 +1,181 @@
+"""The operator's runtime: the objects that live as long as the operator, wired together.
+
+Started by the kopf startup handler and stopped by the cleanup handler; the kopf handlers reach it
+through kopf's memo, never through a global. `observe` is the one entry for what the cluster
+says: a watch event (from a handler) or an item of the start-up listing. The listing fills the
+inventory with every kind before the first compile, so a restarted operator never reports a
+Secret missing just because the Secrets' watch had not caught up with the policies'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import ssl
+from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
+from typing import Any
+
+from aiohttp import web
+
+from routemesh_operator.api.v1alpha1.kinds import GROUP_VERSION
+from routemesh_operator.distribution.auth import TokenReviewer
+from routemesh_operator.distribution.board import Board
+from routemesh_operator.distribution.server import DistributionServer
+from routemesh_operator.distribution.sync import SyncTracker
+from routemesh_operator.inventory import Inventory
+from routemesh_operator.kube import Credentials, KubeApi
+from routemesh_operator.reconciler import Reconciler
+from routemesh_operator.settings import OperatorSettings
+from routemesh_operator.workloads import MANAGED_BY, MANAGED_BY_LABEL
+
+logger = logging.getLogger(__name__)
+
+# What the operator watches: kind -> cluster-wide list path and its query.
+WATCHED: dict[str, tuple[str, dict[str, str]]] = {
+    "RoutingPolicy": (f"/apis/{GROUP_VERSION}/routingpolicies", {}),
+    "ModelBackend": (f"/apis/{GROUP_VERSION}/modelbackends", {}),
+    "Secret": ("/api/v1/secrets", {}),
+    "Service": ("/api/v1/services", {}),
+    "EndpointSlice": ("/apis/discovery.k8s.io/v1/endpointslices", {}),
+    "Deployment": (
+        "/apis/apps/v1/deployments",
+        {"labelSelector": f"{MANAGED_BY_LABEL}={MANAGED_BY}"},
+    ),
+}
+
+
+class Runtime:
+    """Inventory, board, reconciler and API client of one operator process."""
+
+    def __init__(self, settings: OperatorSettings, credentials: Credentials) -> None:
+        self.settings = settings
+        self.api = KubeApi(credentials)
+        self.inventory = Inventory()
+        self.board = Board()
+        self.tracker = SyncTracker(forget_after=settings.sidecar_forget_seconds)
+        self.reconciler = Reconciler(self.inventory, self.api, self.board, tracker=self.tracker)
+        self.distribution = DistributionServer(
+            self.board,
+            self.tracker,
+            TokenReviewer(self.api, tuple(settings.token_audiences)),
+            on_sync_change=self.reconciler.mark,
+        )
+        self.distribution_port: int | None = None  # once listening
+        self._stack = AsyncExitStack()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Open the client, read the cluster once, and start the loops and the server."""
+        try:
+            await self._stack.enter_async_context(self.api)
+            await self._seed()
+            self._spawn("routemesh-reconcile", self.reconciler.run())
+            self._spawn("routemesh-sidecar-expiry", self._expire_sidecars())
+            await self._serve_distribution()
+        except BaseException:
+            # kopf retries a failed startup with a new runtime; leave nothing open behind.
+            logger.exception("operator runtime failed to start")
+            await self.stop()
+            raise
+
+    async def _seed(self) -> None:
+        for kind, (path, params) in WATCHED.items():
+            listing = await self.api.request("GET", path, params=params or None)
+            for item in listing.get("items") or ():
+                # A list's items carry neither kind nor apiVersion; its envelope says them.
+                item.setdefault("kind", kind)
+                item.setdefault("apiVersion", listing.get("apiVersion"))
+                self.observe(kind, "ADDED", item)
+
+    async def stop(self) -> None:
+        """Cancel the background tasks and close the client."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._stack.aclose()
+
+    async def _serve_distribution(self) -> None:
+        settings = self.settings
+        runner = web.AppRunner(self.distribution.app(), access_log=None)
+        await runner.setup()
+        self._stack.push_async_callback(runner.cleanup)
+        context = None
+        if settings.distribution_cert_file and settings.distribution_key_file:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(settings.distribution_cert_file, settings.distribution_key_file)
+        site = web.TCPSite(
+            runner, settings.distribution_host, settings.distribution_port, ssl_context=context
+        )
+        await site.start()
+        server = site._server  # aiohttp exposes the bound port only here
+        sockets = getattr(server, "sockets", None) or ()
+        self.distribution_port = sockets[0].getsockname()[1] if sockets else None
+        logger.info("route-table distribution listening on port %s", self.distribution_port)
+
+    async def _expire_sidecars(self) -> None:
+        interval = min(30.0, self.settings.sidecar_forget_seconds / 2)
+        while True:
+            await asyncio.sleep(interval)
+            for namespace in self.tracker.expire():
+                self.reconciler.mark(namespace)
+
+    def observe(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """Record what the cluster said, and mark the namespace when compile inputs changed."""
+        metadata = body.get("metadata") or {}
+        namespace, name = metadata.get("namespace"), metadata.get("name")
+        if not namespace or not name:
+            return
+        if not self._watches(namespace):
+            return
+        deleted = event_type == "DELETED"
+        changed = self._apply(kind, deleted, namespace, name, body)
+        if changed:
+            self.reconciler.mark(namespace)
+
+    def _apply(
+        self, kind: str, deleted: bool, namespace: str, name: str, body: Mapping[str, Any]
+    ) -> bool:
+        inventory = self.inventory
+        if kind in ("RoutingPolicy", "ModelBackend"):
+            return inventory.remove_resource(body) if deleted else inventory.upsert_resource(body)
+        handlers: dict[str, tuple[Callable[[str, str], bool], Callable[[], bool]]] = {
+            "Secret": (
+                inventory.remove_secret,
+                lambda: inventory.upsert_secret(namespace, name, (body.get("data") or {}).keys()),
+            ),
+            "Service": (
+                inventory.remove_service,
+                lambda: inventory.upsert_service(namespace, name, body.get("spec") or {}),
+            ),
+            "EndpointSlice": (
+                inventory.remove_slice,
+                lambda: inventory.upsert_slice(namespace, name, body),
+            ),
+            "Deployment": (
+                inventory.remove_deployment,
+                lambda: inventory.upsert_deployment(namespace, name, body),
+            ),
+        }
+        if kind not in handlers:
+            return False
+        remove, upsert = handlers[kind]
+        return remove(namespace, name) if deleted else upsert()
+
+    def _watches(self, namespace: str) -> bool:
+        patterns = self.settings.watch_namespaces
+        return not patterns or any(fnmatch.fnmatchcase(namespace, p) for p in patterns)
+
+    def _spawn(self, name: str, work: Any) -> None:
+        task = asyncio.create_task(work, name=name)
+        task.add_done_callback(_log_exit)
+        self._tasks.append(task)
+
+
+def _log_exit(task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is not None:
+        logger.error("background task %s died", task.get_name(), exc_info=error)

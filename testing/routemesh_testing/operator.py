@@ -1,0 +1,39 @@
+"""Run the real operator in-process against the local control plane, with kopf's KopfRunner.
+
+Tests start it with `running_operator(control_plane)`; it watches the whole cluster, standalone
+(no peering), with the kubeconfig of the control plane's admin. Stopping it is graceful: kopf's
+cleanup handler stops the runtime. The operator adds no finalizers, so test namespaces can be
+deleted after it has stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import kopf
+from kopf.testing import KopfRunner
+
+from routemesh_operator.handlers import build_registry
+from routemesh_operator.settings import OperatorSettings
+from routemesh_testing.controlplane import LocalControlPlane
+
+
+@contextmanager
+def running_operator(plane: LocalControlPlane, **settings: Any) -> Iterator[KopfRunner]:
+    """The operator, running in a thread until the block ends."""
+    operator_settings = OperatorSettings(
+        kubeconfig=str(plane.kubeconfig), standalone=True, **settings
+    )
+    kopf_settings = kopf.OperatorSettings()
+    kopf_settings.watching.server_timeout = 30
+    kopf_settings.execution.default_backoff = 1
+    runner = KopfRunner(
+        ["run", "--all-namespaces", "--standalone"],
+        registry=build_registry(operator_settings),
+        settings=kopf_settings,
+        timeout=60,
+    )
+    with runner:
+        yield runner
