@@ -28,8 +28,12 @@ install: $(STAMP) ## Create .venv and install the project with its dev tools
 controlplane: ## Build (or reuse from cache) kube-apiserver, kube-controller-manager and etcd
 	bash hack/build-controlplane.sh >/dev/null
 
+.PHONY: tools
+tools: ## Build (or reuse from cache) the helm CLI the chart tests render the chart with
+	bash hack/build-helm.sh >/dev/null
+
 .PHONY: test
-test: install controlplane ## Run every test: unit tests and tests against the local control plane
+test: install controlplane tools ## Run every test: unit tests and tests against the local control plane
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-unit

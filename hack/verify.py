@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from routemesh_operator.api.chart import values_schema
 from routemesh_operator.api.crdgen import render_crds
 from routemesh_testing.controlplane import pinned_versions
 
@@ -115,9 +116,30 @@ def check_crds(write: bool) -> list[str]:
     return check_generated_files(REPO / "crds", render_crds(), write)
 
 
+def check_chart_crds(write: bool) -> list[str]:
+    """The chart installs the same CRDs (Helm applies its crds/ directory before templates)."""
+    return check_generated_files(REPO / "charts/routemesh/crds", render_crds(), write)
+
+
+def check_chart_schema(write: bool) -> list[str]:
+    """values.schema.json is generated from the chart's values model."""
+    path = REPO / "charts/routemesh/values.schema.json"
+    expected = values_schema()
+    if path.exists() and path.read_text() == expected:
+        return []
+    if write:
+        path.write_text(expected)
+        print(f"     wrote {_shown(path)}")
+        return []
+    state = "changed by hand or stale" if path.exists() else "missing"
+    return [f"{_shown(path)} is {state}", "run `make generate` to regenerate"]
+
+
 CHECKS: dict[str, Check] = {
     "control-plane version pins": check_controlplane_pins,
     "CRDs generated from the API models": check_crds,
+    "chart CRDs are the generated CRDs": check_chart_crds,
+    "chart values schema generated from its model": check_chart_schema,
 }
 
 

@@ -5,12 +5,20 @@ K8S_VERSION=v1.33.13
 K8S_MAJOR=1
 K8S_MINOR=33
 ETCD_VERSION=v3.5.23
+HELM_VERSION=v3.22.0
 
 routemesh_controlplane_dir() {
   local cache="${ROUTEMESH_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/routemesh}"
   local gov
   gov="$(GOTOOLCHAIN=local go env GOVERSION)"
   echo "$cache/controlplane/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-$gov"
+}
+
+routemesh_helm_dir() {
+  local cache="${ROUTEMESH_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/routemesh}"
+  local gov
+  gov="$(GOTOOLCHAIN=local go env GOVERSION)"
+  echo "$cache/tools/helm-$HELM_VERSION-$gov"
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" && "${1:-}" == "print" ]]; then

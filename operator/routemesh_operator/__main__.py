@@ -16,8 +16,11 @@ from routemesh_operator.settings import OperatorSettings
 
 def main() -> None:
     """Run until interrupted."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(run_operator(OperatorSettings()))
+    settings = OperatorSettings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    asyncio.run(run_operator(settings))
 
 
 if __name__ == "__main__":

@@ -58,7 +58,10 @@ class Credentials:
             config.load_kube_config(  # type: ignore[no-untyped-call]
                 config_file=kubeconfig, client_configuration=configuration
             )
-        header = (configuration.api_key or {}).get("authorization", "")
+        keys = configuration.api_key or {}
+        # The loader files the token under BearerToken (older releases: authorization), as
+        # "Bearer <token>".
+        header = str(keys.get("BearerToken") or keys.get("authorization") or "")
         return cls(
             server=str(configuration.host),
             ca_file=configuration.ssl_ca_cert,

@@ -5,6 +5,8 @@ Built once at start and passed down; nothing reads the environment at import tim
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -21,6 +23,9 @@ class OperatorSettings(BaseSettings):
     watch_namespaces: list[str] = Field(
         default_factory=list,
         description="Namespaces to watch (globs allowed); empty means the whole cluster.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Log level."
     )
     kubeconfig: str | None = Field(
         default=None,

@@ -1,7 +1,8 @@
 """Run the real operator in-process against the local control plane, with kopf's KopfRunner.
 
 Tests start it with `running_operator(control_plane)`; it watches the whole cluster, standalone
-(no peering), with the kubeconfig of the control plane's admin. Stopping it is graceful: kopf's
+(no peering), with the kubeconfig of the control plane's admin unless a test passes its own
+(the RBAC test runs it as the chart's ServiceAccount). Stopping it is graceful: kopf's
 cleanup handler stops the runtime. The operator adds no finalizers, so test namespaces can be
 deleted after it has stopped.
 """
@@ -24,7 +25,7 @@ from routemesh_testing.controlplane import LocalControlPlane
 def running_operator(plane: LocalControlPlane, **settings: Any) -> Iterator[KopfRunner]:
     """The operator, running in a thread until the block ends."""
     operator_settings = OperatorSettings(
-        kubeconfig=str(plane.kubeconfig), standalone=True, **settings
+        **{"kubeconfig": str(plane.kubeconfig), "standalone": True, **settings}
     )
     kopf_settings = kopf.OperatorSettings()
     kopf_settings.watching.server_timeout = 30

@@ -1,0 +1,105 @@
+"""The Helm chart's values, as a documented pydantic model: the source of `values.schema.json`.
+
+`hack/verify.py` generates `charts/routemesh/values.schema.json` from `ChartValues` and fails on
+drift; Helm then refuses a values file that does not fit before rendering anything. The chart's
+`values.yaml` must validate against it (a test checks). Describes only; no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class Values(BaseModel):
+    """camelCase keys, as Helm values are written; unknown keys are refused."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class Image(Values):
+    """A container image."""
+
+    repository: str = Field(description="Image repository.")
+    tag: str = Field(default="", description="Tag; empty means the chart's appVersion.")
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        default="IfNotPresent", description="When the kubelet pulls the image."
+    )
+
+
+class Resources(Values):
+    """Container resource requests and limits, as Kubernetes writes them."""
+
+    requests: dict[str, str] = Field(default_factory=dict, description="Requested resources.")
+    limits: dict[str, str] = Field(default_factory=dict, description="Resource limits.")
+
+
+class Distribution(Values):
+    """The route-table distribution server that sidecars watch."""
+
+    port: Annotated[int, Field(ge=1, le=65535)] = Field(
+        default=9443, description="Port of the distribution server (TLS)."
+    )
+    token_audience: str = Field(
+        default="routemesh",
+        description="Audience of the projected ServiceAccount token a sidecar shows.",
+    )
+
+
+class Operator(Values):
+    """The operator Deployment."""
+
+    replicas: Annotated[int, Field(ge=1, le=10)] = Field(
+        default=1,
+        description="Replicas; more than one coordinate through kopf peering (one is active).",
+    )
+    image: Image = Field(
+        default_factory=lambda: Image(repository="ghcr.io/routemesh/operator"),
+        description="The operator image.",
+    )
+    resources: Resources = Field(
+        default_factory=lambda: Resources(
+            requests={"cpu": "100m", "memory": "256Mi"}, limits={"memory": "1Gi"}
+        ),
+        description="The operator container's resources.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Log level."
+    )
+    watch_namespaces: list[str] = Field(
+        default_factory=list,
+        description="Namespaces to watch (globs allowed); empty watches the whole cluster.",
+    )
+
+
+class ChartValues(Values):
+    """Everything `values.yaml` may set."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        title="RouteMesh Helm chart values",
+    )
+
+    operator: Operator = Field(default_factory=Operator, description="The operator.")
+    distribution: Distribution = Field(
+        default_factory=Distribution, description="Route-table distribution to the sidecars."
+    )
+    sidecar_image: Image = Field(
+        default_factory=lambda: Image(repository="ghcr.io/routemesh/sidecar"),
+        description="The sidecar image that injection adds to pods.",
+    )
+    service_account_name: str = Field(
+        default="routemesh-operator", description="The operator's ServiceAccount."
+    )
+
+
+def values_schema() -> str:
+    """`values.schema.json`, as checked in."""
+    schema: dict[str, Any] = ChartValues.model_json_schema(by_alias=True)
+    schema["$schema"] = "http://json-schema.org/draft-07/schema#"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"

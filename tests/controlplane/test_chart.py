@@ -1,0 +1,185 @@
+"""The Helm chart: it renders with the real helm, and its RBAC is exactly enough for the operator.
+
+The RBAC test installs the chart's ServiceAccount, ClusterRole and binding into the real control
+plane, runs the operator with that ServiceAccount's token (not the admin's), and checks that it
+does its whole job, and that the role refuses what the operator never needs.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from routemesh_testing.controlplane import LocalControlPlane, free_port
+from routemesh_testing.helm import Helm
+from routemesh_testing.kubectl import Kubectl
+from routemesh_testing.operator import running_operator
+from routemesh_testing.waiting import poll_until
+
+pytestmark = pytest.mark.timeout(240)
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+
+
+@pytest.fixture(scope="module")
+def helm() -> Helm:
+    return Helm.locate()
+
+
+def by_kind(docs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    kinds: dict[str, list[dict[str, Any]]] = {}
+    for doc in docs:
+        kinds.setdefault(doc["kind"], []).append(doc)
+    return kinds
+
+
+def test_the_chart_renders_its_crds_rbac_and_operator(helm: Helm):
+    docs = helm.template("rm", "routemesh-system", include_crds=True)
+    kinds = by_kind(docs)
+    assert {crd["metadata"]["name"] for crd in kinds["CustomResourceDefinition"]} == {
+        "routingpolicies.routemesh.dev",
+        "modelbackends.routemesh.dev",
+    }
+    (deployment,) = kinds["Deployment"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["ROUTEMESH_OPERATOR_STANDALONE"] == "true"
+    assert env["ROUTEMESH_OPERATOR_TOKEN_AUDIENCES"] == '["routemesh"]'
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "routemesh-operator"
+    (role,) = kinds["ClusterRole"]
+    assert not any(r["apiGroups"] == ["kopf.dev"] for r in role["rules"])
+    # Several replicas peer, and the role grants what peering needs.
+    peered = by_kind(helm.template("rm", "routemesh-system", {"operator": {"replicas": 2}}))
+    env = {
+        e["name"]: e.get("value")
+        for e in peered["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["ROUTEMESH_OPERATOR_STANDALONE"] == "false"
+    assert any(r["apiGroups"] == ["kopf.dev"] for r in peered["ClusterRole"][0]["rules"])
+
+
+def test_values_the_schema_refuses_never_render(helm: Helm):
+    with pytest.raises(RuntimeError, match=r"additional properties .replicaz. not allowed"):
+        helm.template("rm", "routemesh-system", {"operator": {"replicaz": 2}})
+    with pytest.raises(RuntimeError, match="logLevel"):
+        helm.template("rm", "routemesh-system", {"operator": {"logLevel": "loud"}})
+
+
+@pytest.fixture
+def installed_rbac(helm: Helm, kubectl: Kubectl, namespace: str) -> Iterator[tuple[str, str]]:
+    """The chart's ServiceAccount and RBAC, installed with a release of its own."""
+    release = f"rm-{secrets.token_hex(3)}"
+    docs = [
+        doc
+        for doc in helm.template(release, namespace)
+        if doc["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")
+    ]
+    kubectl.apply(yaml.safe_dump_all(docs))
+    try:
+        yield release, "routemesh-operator"
+    finally:
+        for kind in ("clusterrolebinding", "clusterrole"):
+            kubectl.run("delete", kind, f"{release}-operator", "--ignore-not-found", check=False)
+
+
+def token_kubeconfig(plane: LocalControlPlane, token: str, path: Path) -> Path:
+    """A kubeconfig with the admin's server and CA, but the ServiceAccount's token."""
+    admin = yaml.safe_load(plane.kubeconfig.read_text())
+    cluster = admin["clusters"][0]["cluster"]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "local", "cluster": cluster}],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "local", "user": "operator"}}],
+        "current-context": "operator",
+    }
+    path.write_text(yaml.safe_dump(config))
+    assert base64.b64decode(cluster["certificate-authority-data"])  # the CA is carried over
+    return path
+
+
+def can_i(kubectl: Kubectl, account: str, verb: str, resource: str, namespace: str) -> bool:
+    resource, _, subresource = resource.partition("/")
+    extra = [f"--subresource={subresource}"] if subresource else []
+    result = kubectl.run(
+        "auth", "can-i", verb, resource, *extra, "-n", namespace, f"--as={account}", check=False
+    )
+    return result.stdout.strip() == "yes"
+
+
+def test_the_operator_does_its_whole_job_with_exactly_the_charts_rbac(
+    control_plane: LocalControlPlane,
+    kubectl: Kubectl,
+    namespace: str,
+    installed_rbac: tuple[str, str],
+    tmp_path: Path,
+):
+    _, account = installed_rbac
+    token = kubectl.run("create", "token", account, "-n", namespace, "--duration", "1h").stdout
+    kubeconfig = token_kubeconfig(control_plane, token.strip(), tmp_path / "kubeconfig")
+    docs = [d for d in yaml.safe_load_all((EXAMPLES / "self-hosted-vllm.yaml").read_text()) if d]
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "openai-api-key"},
+        "stringData": {"api-key": "k"},
+    }
+    slice_ = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": "llama-8b-x", "labels": {"kubernetes.io/service-name": "llama-8b"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8000}],
+        "endpoints": [{"addresses": ["10.3.0.1"], "conditions": {"ready": True}}],
+    }
+    with running_operator(
+        control_plane,
+        kubeconfig=str(kubeconfig),
+        distribution_host="127.0.0.1",
+        distribution_port=free_port(),
+    ):
+        kubectl.apply(yaml.safe_dump_all([secret, slice_, *docs]), namespace=namespace)
+        status = poll_until(
+            lambda: kubectl.get("routingpolicy", "self-hosted-first", namespace=namespace).get(
+                "status", {}
+            ),
+            lambda s: any(
+                c["type"] == "Programmed" and c["status"] == "True" for c in s.get("conditions", ())
+            ),
+            timeout=60,
+        )
+        assert "routeTableVersion" in status, status
+        # It wrote the table's ConfigMap and created the vLLM Deployment and Service.
+        for kind, name in (
+            ("configmap", "routemesh-rt-self-hosted-first"),
+            ("deployment", "llama-8b"),
+            ("service", "llama-8b"),
+        ):
+            assert kubectl.run("get", kind, name, "-n", namespace, check=False).returncode == 0
+        backend = kubectl.get("modelbackend", "llama-8b", namespace=namespace)["status"]
+        assert backend["readyEndpoints"] == 1
+    who = f"system:serviceaccount:{namespace}:{account}"
+    for verb, resource in (
+        ("create", "tokenreviews.authentication.k8s.io"),
+        ("patch", "routingpolicies.routemesh.dev/status"),
+        ("watch", "secrets"),
+    ):
+        assert can_i(kubectl, who, verb, resource, namespace), (verb, resource)
+    for verb, resource in (
+        ("get", "secrets"),  # key names come from the watch; no single Secret is ever read
+        ("create", "secrets"),
+        ("delete", "configmaps"),
+        ("patch", "routingpolicies.routemesh.dev"),  # never the spec, only the status
+        ("create", "pods"),
+        ("delete", "deployments.apps"),
+        ("create", "clusterroles.rbac.authorization.k8s.io"),
+    ):
+        assert not can_i(kubectl, who, verb, resource, namespace), (verb, resource)
