@@ -9,6 +9,10 @@ policy's defaults into each route, so the sidecar never has to know what "absent
 `ActiveRouteTable` holds the table in use. A swap is one assignment: a request reads the table
 once at its start and keeps it, so a request in flight finishes on the table it started with.
 
+Fields added after the first release (a route's `cascade`) are left out of the serialized table
+when unused, so a table that does not use them dumps, hashes and parses exactly as before: an
+older sidecar still accepts it, and an upgraded operator republishes nothing.
+
 Nothing here does I/O except `load_route_table_file`, which reads one file.
 """
 
@@ -22,7 +26,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 ErrorClass = Literal[
     "connect_error",
@@ -284,6 +297,24 @@ class ScoreWeights(WireModel):
         return self
 
 
+class QualityGate(WireModel):
+    """When a cascade accepts an answer instead of escalating to the next target.
+
+    An answer escalates when it has fewer than `min_output_tokens` output tokens, when it is a
+    refusal (`reject_refusals`), or when it was cut off rather than finished (`require_complete`).
+    """
+
+    min_output_tokens: int = Field(default=1, ge=0)
+    reject_refusals: bool = True
+    require_complete: bool = True
+
+
+class Cascade(WireModel):
+    """Settings of the Cascade strategy."""
+
+    quality_gate: QualityGate = QualityGate()
+
+
 class Route(WireModel):
     """One compiled rule of a policy, with every setting resolved."""
 
@@ -297,12 +328,34 @@ class Route(WireModel):
     circuit_breaker: CircuitBreaker = CircuitBreaker()
     outlier_detection: OutlierDetection = OutlierDetection()
     score_weights: ScoreWeights | None = None  # required by ScoreBased, ignored by the others
+    cascade: Cascade | None = None  # Cascade's quality gate (the default gate when absent)
 
     @model_validator(mode="after")
     def _score_weights_for_score_based(self) -> Route:
         if self.strategy == "ScoreBased" and self.score_weights is None:
             raise ValueError(f"route {self.name!r}: strategy ScoreBased needs score_weights")
         return self
+
+    @cached_property
+    def quality_gate(self) -> QualityGate | None:
+        """The gate a Cascade route judges answers by; None for the other strategies."""
+        if self.strategy != "Cascade":
+            return None
+        return self.cascade.quality_gate if self.cascade is not None else QualityGate()
+
+    @model_serializer(mode="wrap")
+    def _omit_unused(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_empty(handler(self), "cascade")
+
+
+def _without_empty(data: dict[str, Any], key: str) -> dict[str, Any]:
+    """The serialized model without `key` when it holds nothing (None or empty).
+
+    Keeps fields added after the first release out of tables that do not use them.
+    """
+    if not data.get(key):
+        data.pop(key, None)
+    return data
 
 
 class Telemetry(WireModel):

@@ -17,6 +17,7 @@ import openai
 import pytest
 from opentelemetry.sdk.trace import SpanProcessor
 
+from routemesh_sidecar.routing import pipeline
 from routemesh_testing.fakes import OPENAI_KEY, Delay, Reply
 from routemesh_testing.sidecar import SidecarProcess, SidecarThread, write_table
 from routemesh_testing.tables import backend, model_info, route, table
@@ -196,7 +197,7 @@ def test_an_invalid_table_is_refused_and_the_last_good_one_keeps_serving(
 
 
 def test_a_table_with_a_strategy_the_sidecar_cannot_run_is_refused(
-    sidecar: SidecarThread, openai_upstream
+    sidecar: SidecarThread, openai_upstream, monkeypatch: pytest.MonkeyPatch
 ):
     _fake, url = openai_upstream
     cascade = table(
@@ -204,10 +205,16 @@ def test_a_table_with_a_strategy_the_sidecar_cannot_run_is_refused(
         route("chat", ("openai", "m"), ("openai", "n"), strategy="Cascade"),
         version=9,
     )
+    # This version runs every strategy: take one away to see a table that needs it refused.
+    monkeypatch.delitem(pipeline.STRATEGIES, "Cascade")
     sidecar.swap(cascade)
     assert sidecar.running.active.current is not None
     assert sidecar.running.active.current.version == 1
     assert "strategy Cascade is not supported" in (sidecar.running.active.last_error or "")
+    monkeypatch.undo()
+    sidecar.swap(cascade)
+    assert sidecar.running.active.current.version == 9, "a sidecar that runs Cascade takes it"
+    assert sidecar.running.active.last_error is None
 
 
 def test_standalone_process_serves_exports_otlp_and_propagates_trace_context(

@@ -31,7 +31,7 @@ from routemesh_sidecar.protocol.openai import (
 )
 from routemesh_sidecar.protocol.sse import encode_event
 from routemesh_sidecar.protocol.usage import Usage
-from routemesh_sidecar.routetable import ActiveRouteTable, Api, RouteTable
+from routemesh_sidecar.routetable import ActiveRouteTable, Api, ModelInfo, RouteTable
 from routemesh_sidecar.routing.contracts import RoutingRequest
 from routemesh_sidecar.routing.pipeline import (
     Decision,
@@ -44,6 +44,7 @@ from routemesh_sidecar.telemetry.accounting import request_cost
 from routemesh_sidecar.telemetry.metrics import Metrics
 from routemesh_sidecar.telemetry.records import AttemptRecord
 from routemesh_sidecar.telemetry.tracing import RequestTrace, SpanRecorder
+from routemesh_sidecar.upstream.cascade import BufferedStream
 from routemesh_sidecar.upstream.classify import UpstreamFailure
 from routemesh_sidecar.upstream.client import DownstreamCall, Operation, UpstreamStream
 from routemesh_sidecar.upstream.executor import (
@@ -227,7 +228,7 @@ class Listener:
             outcome.target.backend_name,
             outcome.target.model,
         ).observe(time.perf_counter() - started)
-        if isinstance(outcome.result, UpstreamStream):
+        if isinstance(outcome.result, UpstreamStream | BufferedStream):
             return await self._stream(
                 request,
                 outcome.result,
@@ -254,7 +255,7 @@ class Listener:
     async def _stream(
         self,
         request: web.Request,
-        stream: UpstreamStream,
+        stream: UpstreamStream | BufferedStream,
         *,
         call: DownstreamCall,
         decision: Decision,
@@ -352,7 +353,7 @@ class Listener:
 
     def _record_attempts(self, attempts: list[AttemptRecord]) -> None:
         for record in attempts:
-            outcome = record.error_class or "ok"
+            outcome = record.error_class or ("escalated" if record.escalation else "ok")
             self.parts.metrics.of(
                 self.parts.metrics.attempts, record.backend, record.model, outcome
             ).inc()
@@ -360,8 +361,19 @@ class Listener:
                 self.parts.metrics.of(self.parts.metrics.errors, record.error_class).inc()
 
     def _account(self, outcome: Outcome, usage: Usage | None) -> float:
+        """The request's cost: the answer sent, plus a cascade's answers that were not."""
         target = outcome.target
-        cost = request_cost(usage, target.model_info.pricing)
+        cost = self._account_answer(target.backend_name, target.model, target.model_info, usage)
+        for rejected in outcome.discarded:
+            cost += self._account_answer(
+                rejected.backend_name, rejected.model, rejected.model_info, rejected.usage
+            )
+        return cost
+
+    def _account_answer(
+        self, backend: str, model: str, info: ModelInfo, usage: Usage | None
+    ) -> float:
+        cost = request_cost(usage, info.pricing)
         metrics = self.parts.metrics
         if usage is not None:
             for kind, count in (
@@ -369,8 +381,8 @@ class Listener:
                 ("output", usage.output_tokens),
                 ("cached_input", usage.cached_input_tokens),
             ):
-                metrics.of(metrics.tokens, target.backend_name, target.model, kind).inc(count)
-        metrics.of(metrics.cost, target.backend_name, target.model).inc(cost)
+                metrics.of(metrics.tokens, backend, model, kind).inc(count)
+        metrics.of(metrics.cost, backend, model).inc(cost)
         return cost
 
     def _finish(self, decision: Decision, outcome: Outcome, status: int, started: float) -> None:
@@ -460,10 +472,25 @@ def _decision_attributes(
 
 def _outcome_attributes(outcome: Outcome, cost: float) -> dict[str, Any]:
     failures = [a for a in outcome.attempts if a.error_class]
-    return {
+    attributes: dict[str, Any] = {
         "routemesh.backend": outcome.target.backend_name,
         "routemesh.model": outcome.target.model,
         "routemesh.attempts": len(outcome.attempts),
         "routemesh.fallback.cause": failures[-1].error_class if failures else None,
         "routemesh.cost.usd": cost,
+    }
+    if outcome.cascade is not None:
+        attributes.update(_cascade_attributes(outcome))
+    return attributes
+
+
+def _cascade_attributes(outcome: Outcome) -> dict[str, Any]:
+    """Which targets a cascade tried, in order, which answers it rejected and why, how it ended."""
+    tried = list(dict.fromkeys(f"{a.backend}/{a.model}" for a in outcome.attempts))
+    return {
+        "routemesh.cascade.outcome": outcome.cascade,
+        "routemesh.cascade.tried": tried,
+        "routemesh.cascade.escalated": [
+            f"{e.label}: {','.join(e.verdict.reasons)}" for e in outcome.escalations
+        ],
     }

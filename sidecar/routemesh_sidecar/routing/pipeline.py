@@ -2,9 +2,12 @@
 
 The listener calls `Router.decide` once per request with the route table the request started
 with. The runner, not the plugins, records what each filter removed, how long each stage took and
-the health transitions that reading the state caused, for the route span. Strategies not built yet
-are refused when a table is loaded (see `unsupported_strategies`), so a table never routes by a
-strategy the sidecar cannot honour.
+the health transitions that reading the state caused, for the route span. A table naming a
+strategy this sidecar cannot run is refused when it is loaded (see `unsupported_strategies`), so
+a table never routes by a strategy the sidecar cannot honour; this version runs them all.
+
+Cascade orders its targets as the route declares them (the compiler holds them to cheapest
+first); judging answers and escalating is the attempt loop's part (`upstream.executor`).
 
 Scoring reads every candidate's live health once per decision into a snapshot that all the
 scorers share, and computes the scores that depend on the route table alone (cost, quality) once
@@ -121,6 +124,8 @@ class StrategyPlugins:
 HEALTH_FACTORS = (Factor(ConnectErrorScorer(), 1.0), Factor(LocalityScorer(), 0.1))
 STRATEGIES: dict[StrategyType, StrategyPlugins] = {
     "Fallback": StrategyPlugins((), OrderedPicker()),
+    # The declared order, cheapest first; the attempt loop judges each answer and escalates.
+    "Cascade": StrategyPlugins((), OrderedPicker()),
     "Weighted": StrategyPlugins((), WeightedPicker()),
     "CheapestCapable": StrategyPlugins(
         (WeightedScorer(CostScorer(), _fixed(1)),), BestScorePicker()
@@ -189,7 +194,7 @@ _FILTER_STAGES = tuple((plugin, _stage("filter", plugin.name)) for plugin in FIL
 
 
 def unsupported_strategies(table: RouteTable) -> list[str]:
-    """Routes whose strategy this sidecar cannot run yet, as messages."""
+    """Routes whose strategy this sidecar cannot run, as messages (none in this version)."""
     return [
         f"route {route.name!r}: strategy {route.strategy} is not supported by this sidecar"
         for route in table.routes

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from routemesh_sidecar.protocol.usage import Usage
 from routemesh_sidecar.routetable import Api, ErrorClass
 
 
@@ -25,3 +26,6 @@ class AttemptRecord:
     error_class: ErrorClass | None = None
     status: int | None = None
     message: str | None = None
+    # A cascade's answer that failed the quality gate: why, and what it used.
+    escalation: tuple[str, ...] | None = None
+    usage: Usage | None = None

@@ -182,15 +182,24 @@ class RequestTrace:
         return {"traceparent": _traceparent(span.context), **_tracestate(span.context)}
 
     def attempt_ended(self, record: AttemptRecord) -> None:
-        """End a failed attempt's span; a successful one stays open until the response ends."""
-        if record.error_class is None:
+        """End a failed or escalated attempt's span; a used one stays open until the response ends.
+
+        An escalated attempt (a cascade's answer the quality gate rejected) succeeded as far as
+        the upstream goes: its span is not an error, and says why the answer was not used.
+        """
+        if record.error_class is None and record.escalation is None:
             return
         span = self._attempts.pop(record.index, None)
         if span is None:
             return
         if record.status is not None:
             span.attributes["http.response.status_code"] = record.status
-        span.fail(record.error_class, record.message)
+        if record.error_class is not None:
+            span.fail(record.error_class, record.message)
+        else:
+            span.attributes.update(_usage_attributes(record.usage))
+            span.attributes["routemesh.cascade.escalated"] = True
+            span.attributes["routemesh.cascade.reasons"] = list(record.escalation or ())
         self._emit(span)
 
     def finish(

@@ -390,8 +390,10 @@ class UpstreamStream:
         except StreamBroken as broken:
             ended = broken.error_class
             raise
-        except GeneratorExit:
-            ended = None  # the downstream stopped reading: no fault of the upstream's
+        except (GeneratorExit, asyncio.CancelledError):
+            # The downstream stopped reading, or the request was cancelled while the stream
+            # was read (a cascade buffers it): no fault of the upstream's.
+            ended = None
             raise
         finally:
             self._ended(ended)

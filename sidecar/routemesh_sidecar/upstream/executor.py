@@ -11,6 +11,13 @@ breaker opened since routing looked, or whose probe slots are taken), lets the b
 the endpoint, and reports the result to the breaker, outlier detection and the load signals; a
 stream is reported when it ends. The health transitions this causes become span events.
 
+A Cascade route's plan is tried the same way, and one more rule decides when to stop: an answer
+from any target but the last is judged by the route's quality gate (`upstream.cascade`); a
+rejected answer escalates to the next target, and is kept, so that if every later target fails
+the downstream still gets the best answer seen rather than an error. Such answers, streamed or
+not, are read whole before the downstream sees any of them (a buffered stream that breaks fails
+over unseen); the last target's answer is never judged and streams through.
+
 It never picks targets (routing does) and never writes to the downstream (the listener does).
 """
 
@@ -20,12 +27,19 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from routemesh_sidecar.routetable import Backend, ModelInfo, Route
+from routemesh_sidecar.routetable import Backend, ModelInfo, QualityGate, Route
 from routemesh_sidecar.telemetry.records import AttemptRecord
 from routemesh_sidecar.upstream.balancer import EndpointState
 from routemesh_sidecar.upstream.breaker import Permit, Transition
+from routemesh_sidecar.upstream.cascade import (
+    BufferedStream,
+    Escalation,
+    UnsentStreamBroken,
+    buffer_stream,
+    judge_result,
+)
 from routemesh_sidecar.upstream.classify import FALLBACK_CLASSES, UpstreamFailure
 from routemesh_sidecar.upstream.client import (
     AttemptTarget,
@@ -63,13 +77,28 @@ class AttemptObserver(Protocol):
         """End the attempt's span with its outcome."""
 
 
+Result = UpstreamReply | UpstreamStream | BufferedStream
+# How a cascade ended: an answer passed the gate, the last target answered (never judged), or
+# every later target failed and the last rejected answer was kept.
+CascadeEnd = Literal["accepted", "last_target", "rejected_kept"]
+
+
 @dataclass
 class Outcome:
     """The successful attempt, and every attempt that led to it."""
 
-    result: UpstreamReply | UpstreamStream
+    result: Result
     target: PlannedTarget
     attempts: list[AttemptRecord]
+    escalations: list[Escalation] = field(default_factory=list)  # a cascade's rejected answers
+    cascade: CascadeEnd | None = None  # None: not a cascade
+
+    @property
+    def discarded(self) -> list[Escalation]:
+        """Rejected answers the downstream never saw; their tokens were paid for all the same."""
+        if self.cascade == "rejected_kept":
+            return self.escalations[:-1]
+        return self.escalations
 
 
 class RequestFailed(Exception):
@@ -113,19 +142,26 @@ class Executor:
         route: Route,
         observer: AttemptObserver,
     ) -> Outcome:
-        """Try the plan; return the first success or raise `RequestFailed`."""
+        """Try the plan; return the first success (for a cascade, the first good enough one).
+
+        Raise `RequestFailed` when no attempt succeeded.
+        """
         deadline = self.clock.monotonic() + route.timeouts.total
         budget = self.budget_for(route)
         budget.record_request()
         attempts: list[AttemptRecord] = []
         last: UpstreamFailure | None = None
         context_too_small: int | None = None
-        for target in plan:
+        gate = route.quality_gate
+        escalations: list[Escalation] = []
+        kept: Outcome | None = None  # a cascade's last rejected answer
+        for position, target in enumerate(plan):
             if (
                 context_too_small is not None
                 and target.model_info.context_window <= context_too_small
             ):
                 continue
+            judged = gate is not None and position < len(plan) - 1
             try:
                 result = await self._try_target(
                     call,
@@ -135,18 +171,30 @@ class Executor:
                     budget=budget,
                     observer=observer,
                     attempts=attempts,
+                    buffer=judged and call.stream,
                 )
             except _BreakerOpen:
                 continue
             except UpstreamFailure as failure:
                 last = failure
                 out_of_time = self.clock.monotonic() >= deadline
-                if failure.error_class not in FALLBACK_CLASSES or out_of_time:
+                if not _falls_back(failure) or out_of_time:
                     break
                 if failure.error_class == "context_length":
                     context_too_small = target.model_info.context_window
                 continue
-            return Outcome(result, target, attempts)
+            outcome = Outcome(result, target, attempts, escalations)
+            if gate is None:
+                return outcome
+            if not judged or isinstance(result, UpstreamStream):
+                outcome.cascade = "last_target"
+                return outcome
+            if self._accepts(gate, call, outcome, observer):
+                outcome.cascade = "accepted"
+                return outcome
+            kept = outcome
+        if kept is not None:
+            return self._keep(kept, last, observer)
         if last is None and not attempts:
             last = UpstreamFailure(
                 "overloaded", "no healthy upstream: the circuit breaker of every target is open"
@@ -154,6 +202,50 @@ class Executor:
         if last is None:
             last = UpstreamFailure("context_length", "no target has a larger context window")
         raise RequestFailed(last, attempts)
+
+    @staticmethod
+    def _accepts(
+        gate: QualityGate, call: DownstreamCall, outcome: Outcome, observer: AttemptObserver
+    ) -> bool:
+        """Judge a cascade's answer; a rejected one is recorded (span, event) as escalated."""
+        result = outcome.result
+        if isinstance(result, UpstreamStream):  # never judged: only the last target streams
+            return True
+        verdict = judge_result(gate, call, result)
+        if verdict.accepted:
+            return True
+        target, record = outcome.target, outcome.attempts[-1]
+        escalation = Escalation(
+            target.backend_name, target.model, target.model_info, verdict, result.usage
+        )
+        outcome.escalations.append(escalation)
+        record.escalation, record.usage = verdict.reasons, result.usage
+        observer.attempt_ended(record)
+        attributes: dict[str, Any] = {
+            "routemesh.backend": target.backend_name,
+            "routemesh.model": target.model,
+            "routemesh.attempt.index": record.index,
+            "routemesh.cascade.reasons": list(verdict.reasons),
+            "routemesh.cascade.output_tokens": verdict.output_tokens,
+        }
+        if verdict.finish_reason is not None:
+            attributes["routemesh.cascade.finish_reason"] = verdict.finish_reason
+        observer.event("routemesh.cascade.escalated", attributes)
+        return False
+
+    @staticmethod
+    def _keep(kept: Outcome, last: UpstreamFailure | None, observer: AttemptObserver) -> Outcome:
+        """Every target after a rejected answer failed: that answer beats an error."""
+        kept.cascade = "rejected_kept"
+        observer.event(
+            "routemesh.cascade.kept",
+            {
+                "routemesh.backend": kept.target.backend_name,
+                "routemesh.model": kept.target.model,
+                "routemesh.cascade.cause": last.error_class if last else "no_target_left",
+            },
+        )
+        return kept
 
     async def _try_target(
         self,
@@ -165,8 +257,13 @@ class Executor:
         budget: RetryBudget,
         observer: AttemptObserver,
         attempts: list[AttemptRecord],
-    ) -> UpstreamReply | UpstreamStream:
-        """Attempts on one target, with retries; raise the last failure when giving up on it."""
+        buffer: bool = False,
+    ) -> Result:
+        """Attempts on one target, with retries; raise the last failure when giving up on it.
+
+        With `buffer`, a stream is read whole before it is returned; if it breaks on the way,
+        that attempt failed (health hears of it from the stream's own end) and may be retried.
+        """
         retry = route.retry
         health = target.health
         for retry_index in range(retry.attempts):
@@ -200,35 +297,62 @@ class Executor:
             timeouts = AttemptTimeouts(
                 route.timeouts.connect, route.timeouts.first_token, remaining
             )
-            attempt_target = AttemptTarget(
-                target.backend_name,
-                target.backend,
-                endpoint.endpoint,
-                target.model,
-                target.model_info,
+            result = await self._send(
+                call,
+                target,
+                permit=permit,
+                endpoint=endpoint,
+                timeouts=timeouts,
+                headers=headers,
+                buffer=buffer,
+                observer=observer,
             )
-            sent_at = self.clock.monotonic()
-            endpoint.in_flight += 1
-            try:
-                result = await self.client.send(call, attempt_target, timeouts, headers)
-            except UpstreamFailure as failure:
-                record.error_class, record.status = failure.error_class, failure.status
-                record.message = failure.message
-                self._report_failure(
-                    target, permit, endpoint, failure=failure, sent_at=sent_at, observer=observer
-                )
+            if not isinstance(result, UpstreamFailure):
                 observer.attempt_ended(record)
-                delay = self._retry_delay(failure, retry_index, route, deadline, budget)
-                if delay is None:
-                    raise
-                await self.sleep(delay)
-                continue
-            self._report_success(
-                target, permit, endpoint, result=result, sent_at=sent_at, observer=observer
-            )
+                return result
+            record.error_class, record.status = result.error_class, result.status
+            record.message = result.message
             observer.attempt_ended(record)
-            return result
+            delay = self._retry_delay(result, retry_index, route, deadline, budget)
+            if delay is None:
+                raise result
+            await self.sleep(delay)
         raise AssertionError("unreachable: the last attempt either returns or raises")
+
+    async def _send(
+        self,
+        call: DownstreamCall,
+        target: PlannedTarget,
+        *,
+        permit: Permit,
+        endpoint: EndpointState,
+        timeouts: AttemptTimeouts,
+        headers: Mapping[str, str],
+        buffer: bool,
+        observer: AttemptObserver,
+    ) -> Result | UpstreamFailure:
+        """One attempt, reported to health; its failure is returned, not raised."""
+        attempt_target = AttemptTarget(
+            target.backend_name, target.backend, endpoint.endpoint, target.model, target.model_info
+        )
+        sent_at = self.clock.monotonic()
+        endpoint.in_flight += 1
+        try:
+            result = await self.client.send(call, attempt_target, timeouts, headers)
+        except UpstreamFailure as failure:
+            self._report_failure(
+                target, permit, endpoint, failure=failure, sent_at=sent_at, observer=observer
+            )
+            return failure
+        self._report_success(
+            target, permit, endpoint, result=result, sent_at=sent_at, observer=observer
+        )
+        if buffer and isinstance(result, UpstreamStream):
+            try:
+                return await buffer_stream(result)
+            except UnsentStreamBroken as broken:
+                return broken  # health heard of it when the stream ended
+        return result
 
     def _report_failure(
         self,
@@ -320,6 +444,15 @@ class _BreakerOpen(Exception):
     def __init__(self, backend_name: str) -> None:
         super().__init__(f"circuit breaker of {backend_name} is open")
         self.backend_name = backend_name
+
+
+def _falls_back(failure: UpstreamFailure) -> bool:
+    """Whether the next target may be tried after this failure.
+
+    A buffered stream that broke was never seen downstream, so it fails over as any failure
+    before the first byte does, whatever its class.
+    """
+    return failure.error_class in FALLBACK_CLASSES or isinstance(failure, UnsentStreamBroken)
 
 
 def transition_event(transition: Transition) -> tuple[str, dict[str, Any]]:

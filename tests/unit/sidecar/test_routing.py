@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from routemesh_sidecar.routetable import RouteTable
+from routemesh_sidecar.routing import pipeline
 from routemesh_sidecar.routing.contracts import RoutingRequest
 from routemesh_sidecar.routing.pipeline import NoCandidate, NoRoute, Router, unsupported_strategies
 from routemesh_testing.tables import backend, model_info, route, table
@@ -140,11 +141,21 @@ def test_embeddings_only_go_to_openai_backends_and_nothing_left_is_an_error():
         decide(t, req)
 
 
-def test_strategies_not_built_yet_are_reported():
-    t = table(two_backends(), route("r", ("strong", "big"), ("cheap", "small"), strategy="Cascade"))
+def test_strategies_not_built_yet_are_reported(monkeypatch: pytest.MonkeyPatch):
+    t = table(two_backends(), route("r", ("cheap", "small"), ("strong", "big"), strategy="Cascade"))
+    assert unsupported_strategies(t) == [], "this sidecar runs Cascade"
+    # The refusal still works for a strategy the sidecar has no plugins for.
+    monkeypatch.delitem(pipeline.STRATEGIES, "Cascade")
     assert unsupported_strategies(t) == [
         "route 'r': strategy Cascade is not supported by this sidecar"
     ]
+
+
+def test_a_cascade_plans_its_targets_in_declared_order_cheapest_first():
+    t = table(two_backends(), route("r", ("cheap", "small"), ("strong", "big"), strategy="Cascade"))
+    decision = decide(t, request())
+    assert [c.label for c in decision.plan] == ["cheap/small", "strong/big"]
+    assert decision.route.quality_gate is not None, "the default gate when the table sets none"
 
 
 def test_one_router_follows_a_new_table_and_back():
