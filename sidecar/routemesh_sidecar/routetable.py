@@ -9,9 +9,9 @@ policy's defaults into each route, so the sidecar never has to know what "absent
 `ActiveRouteTable` holds the table in use. A swap is one assignment: a request reads the table
 once at its start and keeps it, so a request in flight finishes on the table it started with.
 
-Fields added after the first release (a route's `cascade`) are left out of the serialized table
-when unused, so a table that does not use them dumps, hashes and parses exactly as before: an
-older sidecar still accepts it, and an upgraded operator republishes nothing.
+Fields added after the first release (a route's `cascade`, a match's `categories`) are left out
+of the serialized table when unused, so a table that does not use them dumps, hashes and parses
+exactly as before: an older sidecar still accepts it, and an upgraded operator republishes nothing.
 
 Nothing here does I/O except `load_route_table_file`, which reads one file.
 """
@@ -187,6 +187,18 @@ class HeaderMatch(WireModel):
     type: Literal["Exact", "RegularExpression"] = "Exact"
 
 
+class Category(WireModel):
+    """A category of requests, given by example utterances (a semantic match, done lexically).
+
+    A request is in the category when its last user message is at least `threshold` similar to
+    one of the examples; the sidecar's similarity is lexical (see `routing.categories`).
+    """
+
+    name: str = Field(min_length=1)
+    threshold: float = Field(default=0.5, ge=0, le=1)
+    examples: tuple[str, ...] = Field(min_length=1)
+
+
 class Signals(WireModel):
     """Features of the request a route requires; None means any."""
 
@@ -196,11 +208,16 @@ class Signals(WireModel):
     keywords: Annotated[frozenset[str], SortedSet] = frozenset()
     modalities: Annotated[frozenset[Literal["Text", "Image", "Audio"]], SortedSet] = frozenset()
     tools_present: bool | None = None
+    categories: tuple[Category, ...] = ()  # any of them must match; in the policy's order
 
     @cached_property
     def required(self) -> bool:
         """Whether any bound is set (checked per request, so computed once)."""
         return self != Signals()
+
+    @model_serializer(mode="wrap")
+    def _omit_unused(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_empty(handler(self), "categories")
 
 
 class RouteMatch(WireModel):

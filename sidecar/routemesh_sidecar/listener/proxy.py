@@ -467,6 +467,14 @@ def _decision_attributes(
         attributes["routemesh.scores"] = [
             f"{label}={score:.4f}" for label, score in decision.scores.items()
         ]
+    if decision.categories:  # the closest category of each route checked, to tune thresholds
+        attributes["routemesh.categories"] = [
+            f"{found.name}={found.similarity:.4f}" for found in decision.categories
+        ]
+        category = decision.category
+        if category is not None:
+            attributes["routemesh.category"] = category.name
+            attributes["routemesh.category.similarity"] = category.similarity
     return attributes
 
 

@@ -24,7 +24,8 @@ from functools import cached_property
 from typing import Any, Protocol, runtime_checkable
 
 from routemesh_sidecar.routetable import Api, Backend, ModelInfo, Route, Target
-from routemesh_sidecar.routing.signals import RequestSignals, read_signals
+from routemesh_sidecar.routing.categories import CategoryMatch
+from routemesh_sidecar.routing.signals import RequestSignals, last_user_text, read_signals
 from routemesh_sidecar.upstream.registry import BackendHealth
 
 
@@ -167,6 +168,16 @@ class RoutingRequest:
     def signals(self) -> RequestSignals:
         """Token estimate, code, keywords text, modalities and tools of the request."""
         return read_signals(self.api, self.body)
+
+    @cached_property
+    def last_user_text(self) -> str:
+        """The text of the last user message: what semantic categories classify."""
+        return last_user_text(self.body)
+
+    @cached_property
+    def classified(self) -> list[CategoryMatch]:
+        """The closest category of each route whose categories were checked, in route order."""
+        return []
 
 
 class Filter(Protocol):

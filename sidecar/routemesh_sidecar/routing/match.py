@@ -1,8 +1,11 @@
 """Route match: the first route of the table whose match holds takes the request.
 
 Called by the pipeline. A match holds when every part that is set holds: the requested model is
-one of the route's models, every header matches, and every signal is within its bounds. Regular
-expressions are compiled once per route table, not per request. Nothing here does I/O.
+one of the route's models, every header matches, every signal is within its bounds, and the last
+user message is in one of the route's categories. Categories are checked last, and only when the
+rest holds: they cost the most. Regular expressions are compiled once per route table and the
+categories' example vectors once per table (the caller's `CategoryIndex`), not per request.
+Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 
 from routemesh_sidecar.routetable import HeaderMatch, Route, RouteMatch, Signals
+from routemesh_sidecar.routing.categories import CategoryIndex
 from routemesh_sidecar.routing.contracts import RoutingRequest
 
 
@@ -30,8 +34,14 @@ def header_matches(rule: HeaderMatch, headers: Mapping[str, str]) -> bool:
     return _pattern(rule.value).fullmatch(value) is not None
 
 
-def signals_match(rule: Signals, request: RoutingRequest) -> bool:
-    """Whether the request's signals are within the rule's bounds."""
+def signals_match(
+    rule: Signals, request: RoutingRequest, categories: CategoryIndex | None = None
+) -> bool:
+    """Whether the request's signals are within the rule's bounds, and in one of its categories.
+
+    Without a `categories` index (a caller outside the pipeline), the examples' vectors are
+    built for this call.
+    """
     if not rule.required:
         return True
     signals = request.signals
@@ -43,7 +53,18 @@ def signals_match(rule: Signals, request: RoutingRequest) -> bool:
         not rule.modalities or bool(rule.modalities & signals.modalities),
         not rule.keywords or _any_keyword(rule.keywords, signals.text),
     )
-    return all(checks)
+    if not all(checks):
+        return False
+    return not rule.categories or _in_a_category(rule, request, categories or CategoryIndex())
+
+
+def _in_a_category(rule: Signals, request: RoutingRequest, categories: CategoryIndex) -> bool:
+    """Classify the last user message; what was found is kept on the request, for the trace."""
+    found = categories.classifier(rule).classify(request.last_user_text)
+    if found is None:
+        return False
+    request.classified.append(found)
+    return found.matched
 
 
 def _any_keyword(keywords: frozenset[str], text: str) -> bool:
@@ -51,19 +72,23 @@ def _any_keyword(keywords: frozenset[str], text: str) -> bool:
     return any(keyword.lower() in lowered for keyword in keywords)
 
 
-def route_matches(match: RouteMatch, request: RoutingRequest) -> bool:
+def route_matches(
+    match: RouteMatch, request: RoutingRequest, categories: CategoryIndex | None = None
+) -> bool:
     """Whether the request satisfies every part of the match."""
     if match.models and request.model not in match.models:
         return False
     for rule in match.headers:
         if not header_matches(rule, request.headers):
             return False
-    return signals_match(match.signals, request)
+    return signals_match(match.signals, request, categories)
 
 
-def first_matching_route(routes: tuple[Route, ...], request: RoutingRequest) -> Route | None:
-    """The first route whose match holds, or None."""
+def first_matching_route(
+    routes: tuple[Route, ...], request: RoutingRequest, categories: CategoryIndex | None = None
+) -> Route | None:
+    """The first route whose match holds, or None; `categories` belongs to the routes' table."""
     for route in routes:
-        if route_matches(route.match, request):
+        if route_matches(route.match, request, categories):
             return route
     return None

@@ -2,9 +2,10 @@
 
 The listener calls `Router.decide` once per request with the route table the request started
 with. The runner, not the plugins, records what each filter removed, how long each stage took and
-the health transitions that reading the state caused, for the route span. A table naming a
-strategy this sidecar cannot run is refused when it is loaded (see `unsupported_strategies`), so
-a table never routes by a strategy the sidecar cannot honour; this version runs them all.
+the health transitions that reading the state caused, for the route span, and which categories
+the route match found. A table naming a strategy this sidecar cannot run is refused when it is
+loaded (see `unsupported_strategies`), so a table never routes by a strategy the sidecar cannot
+honour; this version runs them all.
 
 Cascade orders its targets as the route declares them (the compiler holds them to cheapest
 first); judging answers and escalating is the attempt loop's part (`upstream.executor`).
@@ -27,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from routemesh_sidecar.routetable import QualityTier, Route, RouteTable, StrategyType, Target
+from routemesh_sidecar.routing.categories import CategoryIndex, CategoryMatch
 from routemesh_sidecar.routing.contracts import (
     Candidate,
     Candidates,
@@ -214,6 +216,15 @@ class Decision:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     transitions: list[Transition] = field(default_factory=list)
     degraded: str | None = None  # why the plan left the route's own targets, when it did
+    categories: list[CategoryMatch] = field(default_factory=list)  # closest, per route checked
+
+    @property
+    def category(self) -> CategoryMatch | None:
+        """The category the route was taken for, when its match has categories."""
+        if not self.route.match.signals.categories or not self.categories:
+            return None
+        found = self.categories[-1]  # categories are checked last: the route's own
+        return found if found.matched else None
 
 
 class NoRoute(Exception):
@@ -253,6 +264,7 @@ class Router:
     _table_scores: dict[tuple[int, ...], dict[str, list[float]]] = field(
         default_factory=dict, repr=False
     )
+    _categories: CategoryIndex = field(default_factory=CategoryIndex, repr=False)
 
     def candidates(self, table: RouteTable, route: Route) -> list[Candidate]:
         """The route's targets as candidates, in declared order (shared: never mutate)."""
@@ -270,6 +282,7 @@ class Router:
         if table is not self._table:
             self._table, self._candidates, self._everything = table, {}, None
             self._scoring, self._table_scores = {}, {}
+            self._categories = CategoryIndex()
 
     def _candidate(self, table: RouteTable, route: Route, index: int, target: Target) -> Candidate:
         backend = table.backends[target.backend]
@@ -296,11 +309,16 @@ class Router:
 
     def _decide(self, table: RouteTable, request: RoutingRequest) -> Decision:
         started = self.timer()
-        route = first_matching_route(table.routes, request)
+        self._follow(table)
+        route = first_matching_route(table.routes, request, self._categories)
         if route is None:
             raise NoRoute(f"no route for model {request.model!r}")
         candidates = self.candidates(table, route)
         decision = Decision(route, [], candidates)
+        # Read without the property, which would make a list for every request.
+        classified = request.__dict__.get("classified")
+        if classified:
+            decision.categories = classified
         decision.stage_seconds["match"] = self.timer() - started
         survivors = self._filter(request, route, candidates, decision)
         if not survivors:

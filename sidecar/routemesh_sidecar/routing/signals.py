@@ -66,6 +66,41 @@ def read_signals(api: Api, body: dict[str, Any]) -> RequestSignals:
     )
 
 
+def last_user_text(body: dict[str, Any]) -> str:
+    """The text of the last user message of either API's body (else a prompt or input string).
+
+    A user message that only carries tool results is not what the user asked, so it is passed
+    over for the one before it.
+    """
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in reversed(messages):
+            if isinstance(message, dict) and message.get("role") == "user":
+                texts = _user_texts(message.get("content"))
+                if texts:
+                    return "\n".join(texts)
+        return ""
+    for key in ("prompt", "input"):
+        if isinstance(body.get(key), str):
+            return str(body[key])
+    return ""
+
+
+def _user_texts(content: Any) -> list[str]:
+    """The text parts a user wrote (tool results left out)."""
+    if isinstance(content, str):
+        return [content] if content else []
+    texts: list[str] = []
+    for part in content if isinstance(content, list) else ():
+        if isinstance(part, str):
+            texts.append(part)
+        elif isinstance(part, dict) and part.get("type") == "text":
+            text = part.get("text")
+            if isinstance(text, str):
+                texts.append(text)
+    return texts
+
+
 def _collect(content: Any, texts: list[str], modalities: set[str]) -> None:
     """Gather text and note modalities from a content value of either API."""
     if isinstance(content, str):
