@@ -26,7 +26,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,6 +251,21 @@ class LocalControlPlane:
             self.stop()
             raise
         log.info("control plane ready at %s in %.1f s", self.server, time.monotonic() - started)
+
+    @contextlib.contextmanager
+    def apiserver_outage(self) -> Iterator[None]:
+        """Freeze kube-apiserver (SIGSTOP) for the block, then let it go on (SIGCONT).
+
+        Clients see what a real outage looks like: connections that open and never answer.
+        """
+        if self._apiserver is None:
+            raise ControlPlaneError("the API server is not running")
+        pid = self._apiserver.popen.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(pid, signal.SIGCONT)
 
     def stop(self) -> None:
         """Stop the processes in reverse order and remove etcd's data directory."""

@@ -9,6 +9,8 @@ deleted after it has stopped.
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -19,6 +21,7 @@ from kopf.testing import KopfRunner
 from routemesh_operator.handlers import build_registry
 from routemesh_operator.settings import OperatorSettings
 from routemesh_testing.controlplane import LocalControlPlane
+from routemesh_testing.waiting import poll_until
 
 
 @contextmanager
@@ -37,4 +40,24 @@ def running_operator(plane: LocalControlPlane, **settings: Any) -> Iterator[Kopf
         timeout=60,
     )
     with runner:
+        if operator_settings.distribution_port:
+            _wait_until_serving(
+                operator_settings.distribution_host, operator_settings.distribution_port
+            )
         yield runner
+
+
+def _wait_until_serving(host: str, port: int) -> None:
+    """The runtime starts its distribution server last: once it answers, the operator is up."""
+    address = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104
+    url = f"http://{address}:{port}/healthz"
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    if not poll_until(answers, bool, timeout=60, interval=0.1):
+        raise RuntimeError(f"the operator's distribution server never answered at {url}")

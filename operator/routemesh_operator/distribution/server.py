@@ -79,13 +79,19 @@ class DistributionServer:
         self._reviewer = reviewer
         self._on_sync_change = on_sync_change
         self._default_wait = default_wait
+        self._closing = asyncio.Event()
 
     def app(self) -> web.Application:
         """The web application to serve."""
         app = web.Application()
         app.router.add_get("/v1/routetable", self.watch)
         app.router.add_get("/healthz", self.healthz)
+        app.on_shutdown.append(self._shutdown)
         return app
+
+    async def _shutdown(self, app: web.Application) -> None:
+        # Held watches end now (304) instead of holding the operator's exit for their `wait`.
+        self._closing.set()
 
     async def healthz(self, request: web.Request) -> web.Response:
         """Liveness of the distribution server."""
@@ -116,12 +122,21 @@ class DistributionServer:
             if published is not None and published.table.version_label != have:
                 return _table_response(published)
             remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
+            if remaining <= 0 or self._closing.is_set():
                 return web.Response(status=304)
-            try:
-                await asyncio.wait_for(self._board.wait_for_change(revision), remaining)
-            except TimeoutError:
+            if not await self._changed_within(revision, remaining):
                 return web.Response(status=304)
+
+    async def _changed_within(self, revision: int, seconds: float) -> bool:
+        """Whether the board moved past `revision` in time (False on timeout or shutdown)."""
+        change = asyncio.ensure_future(self._board.wait_for_change(revision))
+        closing = asyncio.ensure_future(self._closing.wait())
+        done, pending = await asyncio.wait(
+            {change, closing}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in pending:
+            task.cancel()
+        return change in done
 
     async def _identify(self, request: web.Request) -> Identity:
         header = request.headers.get("Authorization", "")

@@ -305,3 +305,30 @@ def test_downward_api_labels_parse(tmp_path: Path):
         "routing.example/tier": 'paid "gold"',
         "bare": "x",
     }
+
+
+@pytest.mark.asyncio
+async def test_shutting_down_ends_held_watches_at_once(tmp_path: Path):
+    board = Board()
+    board.publish(Published("apps", "p", selector(), make_table("m1", 1)))
+    server = DistributionServer(board, SyncTracker(), FixedReviewer(), lambda _: None)  # type: ignore[arg-type]
+    runner = web.AppRunner(server.app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    token = tmp_path / "token"
+    token.write_text("apps:web")
+    active = ActiveRouteTable()
+    source = WatchRouteTableSource(
+        WatchTarget(f"http://127.0.0.1:{port}", "apps", "x", token_file=token), active
+    )
+    await source.poll_once(wait=0)
+    held = asyncio.create_task(source.poll_once(wait=60))
+    await asyncio.sleep(0.2)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await runner.cleanup()
+    assert loop.time() - started < 5  # not the 60 s the watch asked for
+    assert await asyncio.wait_for(held, 5) is False  # a 304: nothing new
+    await source.close()
