@@ -23,6 +23,7 @@ from routemesh_operator.api.v1alpha1.kinds import GROUP_VERSION
 from routemesh_operator.distribution.auth import TokenReviewer
 from routemesh_operator.distribution.board import Board
 from routemesh_operator.distribution.server import DistributionServer
+from routemesh_operator.distribution.shared_health import SharedHealth
 from routemesh_operator.distribution.sync import SyncTracker
 from routemesh_operator.inventory import Inventory
 from routemesh_operator.kube import Credentials, KubeApi
@@ -61,6 +62,10 @@ class Runtime:
             self.tracker,
             TokenReviewer(self.api, tuple(settings.token_audiences)),
             on_sync_change=self.reconciler.mark,
+            shared_health=SharedHealth(
+                min_reporters=settings.shared_health_min_reporters,
+                window=settings.shared_health_window_seconds,
+            ),
         )
         self.distribution_port: int | None = None  # once listening
         self._stack = AsyncExitStack()

@@ -55,6 +55,15 @@ class OperatorSettings(BaseSettings):
         gt=0,
         description="A sidecar that has not watched for this long stops counting as desired.",
     )
+    shared_health_min_reporters: int = Field(
+        default=2,
+        ge=1,
+        description="How many pods of a namespace must see a backend (or endpoint) fail before "
+        "every sidecar there avoids it.",
+    )
+    shared_health_window_seconds: float = Field(
+        default=60.0, gt=0, description="How recent those pods' reports must be."
+    )
     standalone: bool = Field(
         default=False,
         description="Run without kopf peering (one replica, or tests); otherwise peer.",

@@ -22,6 +22,11 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from routemesh_sidecar.admin.server import AdminSources, build_admin_app
 from routemesh_sidecar.discovery.file import FileRouteTableSource, RouteTableSource
+from routemesh_sidecar.discovery.shared_health import (
+    HealthReport,
+    SharedEntry,
+    SharedHealthChannel,
+)
 from routemesh_sidecar.discovery.watch import (
     WatchRouteTableSource,
     WatchTarget,
@@ -99,6 +104,7 @@ class Sidecar:
         )
         self._probe_http: aiohttp.ClientSession | None = None
         self.active.on_swap(self._follow_table)
+        self.shared_health: SharedHealthChannel | None = None
         self.source = source or self._discovery_source() or self._file_source()
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -164,6 +170,9 @@ class Sidecar:
             ca_file=settings.discovery_ca_path,
         )
         fallbacks = [settings.route_table_path] if settings.route_table_path else []
+        if settings.shared_health:
+            self.shared_health = SharedHealthChannel(target, self._apply_shared, rng=self.rng)
+            self.health.on_transition(self._report_transition)
         return WatchRouteTableSource(
             target,
             self.active,
@@ -171,6 +180,21 @@ class Sidecar:
             last_good=settings.last_good_path,
             rng=self.rng,
         )
+
+    def _report_transition(self, transition: Transition) -> None:
+        """Tell the operator what this sidecar saw (never what it was told: no echoes)."""
+        channel = self.shared_health
+        if channel is None or transition.reason.startswith("shared:"):
+            return
+        report = shared_report(transition, self.health.now())
+        if report is not None:
+            channel.report(report)
+
+    def _apply_shared(self, entries: list[SharedEntry]) -> None:
+        fresh = self.settings.shared_health_fresh_seconds
+        for entry in entries:
+            reason = f"{entry.reporters} pods: {entry.reason}"
+            self.health.apply_shared(entry.backend, entry.endpoint, entry.seconds, reason, fresh)
 
     def _file_source(self) -> RouteTableSource | None:
         path = self.settings.route_table_path
@@ -205,6 +229,9 @@ class Sidecar:
         if self.source is not None:
             await self.source.load_once()
             self._spawn("route-table-source", self.source.run())
+        if self.shared_health is not None:
+            self._spawn("shared-health-sender", self.shared_health.run_sender())
+            self._spawn("shared-health-watcher", self.shared_health.run_watcher())
         if self.active.current is not None:
             self.health_checker.follow(self.health.probe_targets(self.active.current))
         admin = AdminSources(
@@ -256,6 +283,8 @@ class Sidecar:
         if self.source is not None:
             # Also when its task was cancelled before it ever ran (and so never cleaned up).
             await self.source.close()
+        if self.shared_health is not None:
+            await self.shared_health.close()
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
@@ -273,6 +302,23 @@ class Sidecar:
             await asyncio.Event().wait()
         finally:
             await self.stop()
+
+
+def shared_report(transition: Transition, now: float) -> HealthReport | None:
+    """The report for the operator of a transition worth sharing, if it is one."""
+    backend, _, endpoint = transition.subject.partition(" ")
+    seconds = max(0.0, transition.until - now) if transition.until is not None else 0.0
+    if transition.mechanism == "circuit_breaker":
+        if transition.to_state == "open":
+            return HealthReport(backend, None, True, seconds, transition.reason)
+        if transition.to_state == "closed":
+            return HealthReport(backend, None, False)
+    elif transition.mechanism == "outlier_detection":
+        if transition.to_state == "ejected":
+            return HealthReport(backend, endpoint or None, True, seconds, transition.reason)
+        if transition.to_state == "healthy":
+            return HealthReport(backend, endpoint or None, False)
+    return None
 
 
 def _log_task_end(task: asyncio.Task[None]) -> None:

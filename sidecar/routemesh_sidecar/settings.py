@@ -66,6 +66,17 @@ class SidecarSettings(BaseSettings):
         description="Where the sidecar keeps the last route table it ran, to start from it "
         "after a restart while the operator is down.",
     )
+    shared_health: bool = Field(
+        default=True,
+        description="With discovery: report breaker openings and ejections to the operator, and "
+        "take the ones several pods of the namespace agree on.",
+    )
+    shared_health_fresh_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="A success of this sidecar's own with a backend (or endpoint) this recent "
+        "wins over what other pods reported.",
+    )
     route_table_poll_seconds: float = Field(
         default=1.0, gt=0, description="How often the route table file is checked for changes."
     )

@@ -10,6 +10,10 @@ pod, the pod name comes from the token, not from the request.
 
 Which table a sidecar gets: the oldest published policy of its namespace whose selector matches
 the labels it declares. It serves only what the board holds; it never compiles.
+
+Shared health has its own pair: `POST /v1/health` takes a sidecar's breaker openings and
+ejections, and `GET /v1/health` long-polls what several pods of the namespace agree on (see
+`shared_health`).
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from aiohttp import web
 
 from routemesh_operator.api.v1alpha1.common import LabelSelector
 from routemesh_operator.distribution.auth import Identity, TokenReviewer, Unauthenticated
 from routemesh_operator.distribution.board import Board, Published
+from routemesh_operator.distribution.shared_health import SharedHealth, Subject
 from routemesh_operator.distribution.sync import SyncTracker
 
 logger = logging.getLogger(__name__)
@@ -72,7 +78,9 @@ class DistributionServer:
         tracker: SyncTracker,
         reviewer: TokenReviewer,
         on_sync_change: Callable[[str], None],
+        *,
         default_wait: float = 30.0,
+        shared_health: SharedHealth | None = None,
     ) -> None:
         self._board = board
         self._tracker = tracker
@@ -80,12 +88,15 @@ class DistributionServer:
         self._on_sync_change = on_sync_change
         self._default_wait = default_wait
         self._closing = asyncio.Event()
+        self.shared_health = shared_health or SharedHealth()
 
     def app(self) -> web.Application:
         """The web application to serve."""
         app = web.Application()
         app.router.add_get("/v1/routetable", self.watch)
         app.router.add_get("/healthz", self.healthz)
+        app.router.add_post("/v1/health", self.report_health)
+        app.router.add_get("/v1/health", self.watch_health)
         app.on_shutdown.append(self._shutdown)
         return app
 
@@ -127,6 +138,41 @@ class DistributionServer:
             if not await self._changed_within(revision, remaining):
                 return web.Response(status=304)
 
+    async def report_health(self, request: web.Request) -> web.Response:
+        """A sidecar's breaker openings and ejections (and their ends), for shared health."""
+        identity = await self._identify(request)
+        try:
+            body = await request.json()
+            pod = identity.pod or str(body["pod"])
+            reports = [_parse_report(item) for item in body["reports"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise _error(web.HTTPBadRequest, f"not a health report: {exc}") from exc
+        for subject, bad, seconds, reason in reports:
+            self.shared_health.report(
+                identity.namespace, pod, subject, bad=bad, seconds=seconds, reason=reason
+            )
+        return web.json_response({"revision": self.shared_health.revision(identity.namespace)})
+
+    async def watch_health(self, request: web.Request) -> web.Response:
+        """The namespace's shared health, at once when it moved past `revision`, else held."""
+        identity = await self._identify(request)
+        namespace = identity.namespace
+        have = int(request.query.get("revision", "-1"))
+        wait = min(float(request.query.get("wait", self._default_wait)), MAX_WAIT_SECONDS)
+        shared = self.shared_health
+        revision = shared.revision(namespace)
+        if revision == have and wait > 0 and not self._closing.is_set():
+            waiting = asyncio.ensure_future(shared.wait_for_change(namespace, have, wait))
+            closing = asyncio.ensure_future(self._closing.wait())
+            await asyncio.wait({waiting, closing}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (waiting, closing):
+                task.cancel()
+            revision = shared.revision(namespace)
+        if revision == have:
+            return web.Response(status=304)
+        entries = [entry.as_json() for entry in shared.view(namespace)]
+        return web.json_response({"revision": revision, "entries": entries})
+
     async def _changed_within(self, revision: int, seconds: float) -> bool:
         """Whether the board moved past `revision` in time (False on timeout or shutdown)."""
         change = asyncio.ensure_future(self._board.wait_for_change(revision))
@@ -167,6 +213,13 @@ class DistributionServer:
             namespace, pod, policy, acked=query.get("ack"), nacked=nacked, error=error
         ):
             self._on_sync_change(namespace)
+
+
+def _parse_report(item: dict[str, Any]) -> tuple[Subject, bool, float, str]:
+    endpoint = item.get("endpoint")
+    subject = (str(item["backend"]), str(endpoint) if endpoint else None)
+    reason = str(item.get("reason", ""))[:MAX_ERROR_LENGTH]
+    return subject, bool(item["bad"]), float(item.get("seconds", 0)), reason
 
 
 def _table_response(published: Published) -> web.Response:

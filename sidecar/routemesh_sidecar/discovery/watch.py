@@ -152,10 +152,7 @@ class WatchRouteTableSource:
             params.append(("ack", self.verdict.ack))
         if self.verdict.nack:
             params += [("nack", self.verdict.nack), ("error", self.verdict.error or "")]
-        headers = {}
-        token = self._token()
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
+        headers = auth_headers(self.target)
         timeout = aiohttp.ClientTimeout(total=wait + 10, connect=5)
         url = self.target.url.rstrip("/") + "/v1/routetable"
         async with session.get(url, params=params, headers=headers, timeout=timeout) as response:
@@ -169,20 +166,8 @@ class WatchRouteTableSource:
 
     def _ensure_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            context: ssl.SSLContext | bool = True
-            if self.target.ca_file is not None:
-                context = ssl.create_default_context(cafile=str(self.target.ca_file))
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context))
+            self._session = open_session(self.target)
         return self._session
-
-    def _token(self) -> str | None:
-        if self.target.token_file is None:
-            return None
-        try:
-            return self.target.token_file.read_text().strip()
-        except OSError as exc:
-            log.warning("cannot read the ServiceAccount token %s: %s", self.target.token_file, exc)
-            return None
 
     def _backoff(self, failures: int) -> float:
         ceiling = min(self.backoff_max, self.backoff_base * 2 ** (failures - 1))
@@ -215,6 +200,25 @@ class WatchRefused(RouteTableError):
     def __init__(self, status: int, body: str) -> None:
         self.status = status
         super().__init__(f"operator answered {status}: {body[:500]}")
+
+
+def open_session(target: WatchTarget) -> aiohttp.ClientSession:
+    """An HTTP session to the operator, trusting its CA when one is given."""
+    context: ssl.SSLContext | bool = True
+    if target.ca_file is not None:
+        context = ssl.create_default_context(cafile=str(target.ca_file))
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context))
+
+
+def auth_headers(target: WatchTarget) -> dict[str, str]:
+    """The bearer token, re-read from its file each time: the kubelet rotates projected tokens."""
+    if target.token_file is None:
+        return {}
+    try:
+        return {"Authorization": f"Bearer {target.token_file.read_text().strip()}"}
+    except OSError as exc:
+        log.warning("cannot read the ServiceAccount token %s: %s", target.token_file, exc)
+        return {}
 
 
 def _label(active: ActiveRouteTable, empty: str = "none") -> str:

@@ -94,6 +94,7 @@ class CircuitBreaker:
         self.probes_in_flight = 0
         self.probe_successes = 0
         self.window = FailureWindow(settings.failure_rate) if settings.failure_rate else None
+        self.last_success: float | None = None  # this sidecar's own latest evidence of health
 
     def allows(self, now: float) -> tuple[bool, Transition | None]:
         """Whether a request may go to the backend now (without taking a probe slot)."""
@@ -124,6 +125,8 @@ class CircuitBreaker:
     ) -> Transition | None:
         """Count an attempt's result; return the transition it caused, if any."""
         failed = error_class is not None and counts_against_backend(error_class)
+        if not failed:
+            self.last_success = now
         if self.window is not None:
             self.window.add(failed, now)
         if permit == "probe":
@@ -155,6 +158,25 @@ class CircuitBreaker:
             "open",
             f"rate limited: Retry-After {seconds:g}s",
             until,
+        )
+
+    def open_shared(
+        self, seconds: float, now: float, reason: str, fresh: float
+    ) -> Transition | None:
+        """Open on other pods' evidence, unless this sidecar's own is fresh or it is not closed.
+
+        A success here within the last `fresh` seconds wins over what others saw. The opening
+        lasts `seconds`, then half-opens and probes like any other, so local evidence decides
+        from then on; it does not count towards the growth of failure openings.
+        """
+        if self.state != "closed" or seconds <= 0:
+            return None
+        if self.last_success is not None and now - self.last_success < fresh:
+            return None
+        self.state, self.open_until, self.cooling = "open", now + seconds, False
+        self.probes_in_flight = self.probe_successes = 0
+        return Transition(
+            "circuit_breaker", self.backend, "closed", "open", f"shared: {reason}", now + seconds
         )
 
     def _record_probe(self, failed: bool, now: float) -> Transition | None:

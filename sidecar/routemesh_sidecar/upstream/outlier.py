@@ -27,6 +27,7 @@ class EndpointRecord:
     consecutive_failures: int = 0
     ejections: int = 0
     ejected_until: float | None = None
+    last_success: float | None = None  # this sidecar's own latest evidence of health
 
 
 class OutlierDetector:
@@ -59,6 +60,8 @@ class OutlierDetector:
             return None
         if error_class is None or not counts_against_endpoint(error_class):
             record.consecutive_failures = 0
+            if error_class is None:
+                record.last_success = now
             return None
         record.consecutive_failures += 1
         if record.ejected_until is not None:
@@ -74,6 +77,24 @@ class OutlierDetector:
         record.ejected_until = now + duration
         reason = f"{record.consecutive_failures} failures in a row"
         return self._transition(url, "healthy", "ejected", reason, now + duration)
+
+    def eject_shared(
+        self, url: str, seconds: float, now: float, reason: str, fresh: float
+    ) -> Transition | None:
+        """Eject on other pods' evidence, within the max ejected percent.
+
+        Only when this sidecar has no success of its own with the endpoint in the last `fresh`
+        seconds: local evidence wins once it is fresh.
+        """
+        record = self.records.get(url)
+        if record is None or record.ejected_until is not None or seconds <= 0:
+            return None
+        if record.last_success is not None and now - record.last_success < fresh:
+            return None
+        if not self._may_eject(now):
+            return None
+        record.ejected_until = now + seconds
+        return self._transition(url, "healthy", "ejected", f"shared: {reason}", now + seconds)
 
     def ejected_count(self, now: float) -> int:
         """Endpoints whose ejection has not ended by `now`."""

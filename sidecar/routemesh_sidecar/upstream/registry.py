@@ -14,6 +14,7 @@ It does no I/O; the health checker does, on the `ActiveHealth` objects it is giv
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections import deque
@@ -177,6 +178,8 @@ class HealthRegistry:
         self._listeners: list[TransitionListener] = []
         self._captures: list[list[Transition]] = []
         self.recent: deque[dict[str, Any]] = deque(maxlen=50)
+        # What other pods reported, by (backend, endpoint): (until, reason, fresh seconds).
+        self._shared: dict[tuple[str, str | None], tuple[float, str, float]] = {}
 
     def now(self) -> float:
         """Monotonic seconds on the sidecar's clock."""
@@ -225,6 +228,7 @@ class HealthRegistry:
         breaker = self._breakers.get(breaker_key)
         if breaker is None:
             breaker = self._breakers[breaker_key] = CircuitBreaker(name, route.circuit_breaker)
+            self._emit_if(self._inherit_shared(name, None, breaker.open_shared))
         endpoints = [self._endpoint(name, backend, e) for e in backend.endpoints]
         urls = [e.url for e in endpoints]
         outlier_key = (name, route.outlier_detection)
@@ -232,6 +236,9 @@ class HealthRegistry:
         if outlier is None:
             outlier = OutlierDetector(name, urls, route.outlier_detection)
             self._outliers[outlier_key] = outlier
+            for url in urls:
+                eject = functools.partial(outlier.eject_shared, url)
+                self._emit_if(self._inherit_shared(name, url, eject))
         elif list(outlier.records) != urls:
             outlier.set_endpoints(urls)
         balancer = BackendBalancer(name, backend, endpoints, outlier, self.settings.locality)
@@ -257,6 +264,50 @@ class HealthRegistry:
         state.endpoint, state.zone, state.region = endpoint, zone, region
         state.health.settings = backend.health_check
         return state
+
+    def apply_shared(
+        self, backend: str, endpoint: str | None, seconds: float, reason: str, fresh: float
+    ) -> int:
+        """Open the backend's breakers (or eject its endpoint) on other pods' evidence.
+
+        Every route's breaker (or outlier detector) of the backend takes it, each unless this
+        sidecar's own evidence is fresher than `fresh` seconds. Returns how many changed.
+        """
+        now = self.now()
+        # Kept, so that a breaker or detector made later (the first request) starts with it.
+        self._shared[(backend, endpoint)] = (now + seconds, reason, fresh)
+        changed = 0
+        if endpoint is None:
+            for (name, _), breaker in self._breakers.items():
+                if name == backend:
+                    transition = breaker.open_shared(seconds, now, reason, fresh)
+                    changed += self._emit_if(transition)
+            return changed
+        for (name, _), outlier in self._outliers.items():
+            if name == backend:
+                transition = outlier.eject_shared(endpoint, seconds, now, reason, fresh)
+                changed += self._emit_if(transition)
+        return changed
+
+    def _inherit_shared(
+        self, backend: str, endpoint: str | None, apply: Callable[..., Transition | None]
+    ) -> Transition | None:
+        shared = self._shared.get((backend, endpoint))
+        if shared is None:
+            return None
+        until, reason, fresh = shared
+        now = self.now()
+        if until <= now:
+            del self._shared[(backend, endpoint)]
+            return None
+        transition: Transition | None = apply(until - now, now, reason, fresh)
+        return transition
+
+    def _emit_if(self, transition: Transition | None) -> int:
+        if transition is None:
+            return 0
+        self.emit(transition)
+        return 1
 
     def probe_targets(self, table: RouteTable) -> list[ProbeTarget]:
         """The endpoints of the table's backends that turn active health checking on."""
@@ -291,7 +342,12 @@ class HealthRegistry:
         for (name, url), state in self._endpoints.items():
             entry = backends.setdefault(name, {"breakers": [], "endpoints": {}})
             entry["endpoints"][url] = _endpoint_view(state, now, self._ejections(name, url, now))
-        return {"backends": backends, "recent_transitions": list(self.recent)}
+        shared = [
+            {"backend": b, "endpoint": e, "for_seconds": until - now, "reason": reason}
+            for (b, e), (until, reason, _) in sorted(self._shared.items(), key=repr)
+            if until > now
+        ]
+        return {"backends": backends, "shared": shared, "recent_transitions": list(self.recent)}
 
     def _ejections(self, name: str, url: str, now: float) -> list[dict[str, Any]]:
         views = []

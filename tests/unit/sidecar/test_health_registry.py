@@ -363,7 +363,8 @@ def test_snapshot_shows_breakers_endpoints_headroom_and_recent_transitions():
     health.record("normal", a1, "connect_error", clock.now)
     clock.now += 10
     snapshot = reg.snapshot()
-    assert list(snapshot) == ["backends", "recent_transitions"]
+    assert list(snapshot) == ["backends", "shared", "recent_transitions"]
+    assert snapshot["shared"] == []  # nothing reported by other pods
     entry = snapshot["backends"]["a"]
     assert entry["breakers"] == [
         {
