@@ -153,6 +153,12 @@ class Reconciler:
                     "publishing route table %s/%s version %s", namespace, name, table.version_label
                 )
                 await write_table(self._api, policy, table)
+                body = self._inventory.body(namespace, "RoutingPolicy", name)
+                if body is not None:
+                    message = f"route table {table.version_label} is published to the sidecars"
+                    await self._post_event(
+                        body, EventSpec("Normal", "RouteTablePublished", message)
+                    )
             tables[name] = table
         created = str(policy.metadata.get("creationTimestamp", ""))
         self._board.publish(Published(namespace, name, policy.spec.selector, table, created))

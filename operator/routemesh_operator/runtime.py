@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from routemesh_operator.api.v1alpha1.kinds import GROUP_VERSION
-from routemesh_operator.distribution.auth import TokenReviewer
+from routemesh_operator.distribution.auth import PodLabels, TokenReviewer
 from routemesh_operator.distribution.board import Board
 from routemesh_operator.distribution.server import DistributionServer
 from routemesh_operator.distribution.shared_health import SharedHealth
@@ -62,6 +62,7 @@ class Runtime:
             self.tracker,
             TokenReviewer(self.api, tuple(settings.token_audiences)),
             on_sync_change=self.reconciler.mark,
+            pod_labels=PodLabels(self.api),
             shared_health=SharedHealth(
                 min_reporters=settings.shared_health_min_reporters,
                 window=settings.shared_health_window_seconds,

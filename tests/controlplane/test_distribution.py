@@ -257,3 +257,56 @@ def test_an_unchanged_version_waits_and_then_answers_not_modified(
         distribution_url, bearer, wait=0.2, namespace=namespace, pod="q", label=["app=other"]
     )
     assert code == 304
+
+
+def test_a_pod_bound_token_gets_the_table_of_the_pods_real_labels(
+    kubectl: Kubectl, namespace: str, distribution_url: str
+):
+    apply_setup(kubectl, namespace)
+    batch_policy = {
+        "apiVersion": "routemesh.dev/v1alpha1",
+        "kind": "RoutingPolicy",
+        "metadata": {"name": "batch"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "batch"}},
+            "routes": [
+                {
+                    "name": "r",
+                    "strategy": {"type": "Fallback"},
+                    "targets": [{"backend": "provider", "model": "big"}],
+                }
+            ],
+        },
+    }
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "batch-1", "labels": {"app": "batch"}},
+        "spec": {"serviceAccountName": "app", "containers": [{"name": "app", "image": "app:1"}]},
+    }
+    kubectl.apply(yaml.safe_dump_all([batch_policy, pod]), namespace=namespace)
+    poll_until(
+        lambda: kubectl.get("routingpolicy", "batch", namespace=namespace).get("status", {}),
+        lambda s: "routeTableVersion" in s,
+        timeout=30,
+    )
+    bound = kubectl.run(
+        "create",
+        "token",
+        "app",
+        "-n",
+        namespace,
+        "--audience",
+        AUDIENCE,
+        "--bound-object-kind",
+        "Pod",
+        "--bound-object-name",
+        "batch-1",
+    ).stdout.strip()
+    # It claims the chat pods' labels and another name; the token says who it is.
+    code, body = watch(
+        distribution_url, bound, namespace=namespace, pod="chat-9", label=["app=chat"]
+    )
+    assert code == 200
+    assert body["policy"] == "batch"
+    assert body["table"]["routes"][0]["targets"][0]["model"] == "big"

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from routemesh_operator.kube import KubeApi
+from routemesh_operator.kube import KubeApi, namespaced
 
 TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"  # noqa: S105 (an API path)
 SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
@@ -87,3 +87,39 @@ class TokenReviewer:
     def _drop_expired(self, now: float) -> None:
         if len(self._cache) > 4096:
             self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+
+
+class PodLabels:
+    """The labels of pods that watch, read from the API server and kept for a short time.
+
+    Only pod-bound tokens lead here, so a sidecar cannot claim another pod's labels. The cache
+    is keyed by namespace and pod name; a pod's labels rarely change, and a change shows within
+    `cache_seconds`.
+    """
+
+    def __init__(
+        self,
+        api: KubeApi,
+        cache_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._api = api
+        self._cache_seconds = cache_seconds
+        self._clock = clock
+        self._cache: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
+
+    async def __call__(self, namespace: str, pod: str) -> dict[str, str]:
+        """The pod's labels (none when the pod is gone)."""
+        now = self._clock()
+        cached = self._cache.get((namespace, pod))
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        body = await self._api.get(namespaced("v1", namespace, "pods", pod))
+        labels = {
+            str(k): str(v)
+            for k, v in ((body or {}).get("metadata", {}).get("labels") or {}).items()
+        }
+        if len(self._cache) > 8192:
+            self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+        self._cache[(namespace, pod)] = (now + self._cache_seconds, labels)
+        return labels

@@ -6,7 +6,8 @@ request carries the version the sidecar runs (`version`), and what it made of th
 that selects the sidecar has another version, and otherwise holds the request until it changes
 or `wait` seconds pass (then 304). The sidecar's `Authorization: Bearer` ServiceAccount token is
 checked with a TokenReview; it may only read its own namespace. When the token is bound to a
-pod, the pod name comes from the token, not from the request.
+pod (as projected tokens are), the pod name comes from the token and the labels from the Pod
+itself, not from the request.
 
 Which table a sidecar gets: the oldest published policy of its namespace whose selector matches
 the labels it declares. It serves only what the board holds; it never compiles.
@@ -21,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -81,6 +82,7 @@ class DistributionServer:
         *,
         default_wait: float = 30.0,
         shared_health: SharedHealth | None = None,
+        pod_labels: Callable[[str, str], Awaitable[dict[str, str]]] | None = None,
     ) -> None:
         self._board = board
         self._tracker = tracker
@@ -89,6 +91,7 @@ class DistributionServer:
         self._default_wait = default_wait
         self._closing = asyncio.Event()
         self.shared_health = shared_health or SharedHealth()
+        self._pod_labels = pod_labels
 
     def app(self) -> web.Application:
         """The web application to serve."""
@@ -123,6 +126,9 @@ class DistributionServer:
         if not pod:
             raise _error(web.HTTPBadRequest, "the pod parameter is required")
         labels = parse_labels(query.getall("label", []))
+        if identity.pod and self._pod_labels is not None:
+            # A pod-bound token names the pod: its real labels, not the declared ones, decide.
+            labels = await self._pod_labels(namespace, identity.pod)
         have = query.get("version", "")
         wait = min(float(query.get("wait", self._default_wait)), MAX_WAIT_SECONDS)
         self._report(namespace, pod, labels, query)
