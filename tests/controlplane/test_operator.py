@@ -29,9 +29,15 @@ from routemesh_testing.waiting import poll_until
 pytestmark = pytest.mark.timeout(180)
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
-# The sidecars of this version cannot run Cascade (tiered-free-paid) or semantic categories
-# (cost-saving-router); those examples are refused with a reason, which is tested below.
-RUNNABLE_EXAMPLES = ["multi-provider-failover", "canary-split", "self-hosted-vllm"]
+# Every example: the sidecars of this version run every strategy (Cascade in tiered-free-paid)
+# and every signal (semantic categories in cost-saving-router).
+RUNNABLE_EXAMPLES = [
+    "multi-provider-failover",
+    "canary-split",
+    "self-hosted-vllm",
+    "tiered-free-paid",
+    "cost-saving-router",
+]
 VLLM_ADDRESSES = [("10.1.0.7", "zone-a"), ("10.1.0.8", "zone-b")]
 
 
@@ -287,7 +293,7 @@ INVALID = {
             ],
         ),
         "Accepted",
-        "StrategyNotSupported",
+        "CascadeNotEscalating",
         "'big' costs less than 'small'",
     ),
     "tools-missing": (
@@ -319,25 +325,14 @@ INVALID = {
         "RouteUnreachable",
         "('later') are never taken",
     ),
-    "categories": (
+    "vision-missing": (
         policy(
-            "categories",
-            [
-                route(
-                    ("good", "small"),
-                    match={
-                        "signals": {
-                            "categories": [
-                                {"name": "math", "threshold": "0.5", "examples": ["prove it"]}
-                            ]
-                        }
-                    },
-                )
-            ],
+            "vision-missing",
+            [route(("good", "small"), match={"signals": {"modalities": ["Image"]}})],
         ),
         "Accepted",
-        "FeatureNotSupported",
-        "semantic matching",
+        "CapabilityMissing",
+        "cannot read images",
     ),
     "overlap": (
         # Selects every pod, so it overlaps the older `good` policy's pods.

@@ -10,8 +10,9 @@ What the schema cannot check is checked here and reported as a `Problem` that be
 condition: references to missing backends, models a backend does not serve, missing Secrets,
 backends without ready endpoints, a cascade that escalates to a cheaper model, targets that
 cannot serve what their route matches (tools, images, prompt size), routes that can never be
-taken, strategies the sidecars cannot run yet, and selectors that overlap another policy's. A
-policy with a problem gets no table, so nothing invalid ever reaches a sidecar. Pure: no I/O.
+taken, strategies the sidecars cannot run (none, in this version), and selectors that overlap
+another policy's. A policy with a problem gets no table, so nothing invalid ever reaches a
+sidecar. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from routemesh_operator.compiler.routes import compile_route
 from routemesh_sidecar import routetable as wire
 
 # Strategies in the API that no sidecar of this version can run; a policy using one is refused
-# (Accepted=False), rather than routed differently from what it asks.
-SIDECAR_UNSUPPORTED_STRATEGIES = frozenset({"Cascade"})
+# (Accepted=False), rather than routed differently from what it asks. This version runs them all.
+SIDECAR_UNSUPPORTED_STRATEGIES: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -109,14 +110,6 @@ def _compile_policy(
         spec.defaults is not None and (spec.defaults.budget or spec.defaults.hedging)
     ):
         outcome.notes.append("budget and hedging are not enforced by this version's sidecars")
-    if any(r.match and r.match.signals and r.match.signals.categories for r in spec.routes):
-        outcome.not_accepted.append(
-            Problem(
-                "FeatureNotSupported",
-                "match.signals.categories needs semantic matching, which this version's "
-                "sidecars cannot do; remove the categories or use keywords",
-            )
-        )
     return outcome
 
 
@@ -132,7 +125,7 @@ def _check_route(
             Problem(
                 "StrategyNotSupported",
                 f"{where}: strategy {route.strategy.type} is not supported by this version's "
-                "sidecars; use Fallback, Weighted, CheapestCapable, Fastest or ScoreBased",
+                "sidecars; use another strategy",
             )
         )
     prices: list[tuple[float, str]] = []

@@ -3,18 +3,22 @@
 Called by `compiler.compile`. A route's retry, timeouts, circuitBreaker and outlierDetection
 replace the policy's defaults of the same name as a whole (the API says so); what is absent in
 both gets the value the API documents, so the sidecar never has to know what "absent" means.
-Durations become seconds and decimal strings become numbers. Pure: no I/O.
+Durations become seconds and decimal strings become numbers (a category's threshold, absent
+meaning 0.5); a Cascade route gets its quality gate with the API's defaults (at least one output
+token, refusals and cut-off answers rejected). Pure: no I/O.
 """
 
 from __future__ import annotations
 
 from routemesh_operator.api.v1alpha1.common import parse_duration
+from routemesh_operator.api.v1alpha1.routingpolicy import Category as ApiCategory
 from routemesh_operator.api.v1alpha1.routingpolicy import CircuitBreaker as ApiBreaker
 from routemesh_operator.api.v1alpha1.routingpolicy import OutlierDetection as ApiOutlier
 from routemesh_operator.api.v1alpha1.routingpolicy import Resilience
 from routemesh_operator.api.v1alpha1.routingpolicy import Retry as ApiRetry
 from routemesh_operator.api.v1alpha1.routingpolicy import Route as ApiRoute
 from routemesh_operator.api.v1alpha1.routingpolicy import RouteMatch as ApiMatch
+from routemesh_operator.api.v1alpha1.routingpolicy import Strategy as ApiStrategy
 from routemesh_operator.api.v1alpha1.routingpolicy import Timeouts as ApiTimeouts
 from routemesh_sidecar import routetable as wire
 
@@ -50,6 +54,23 @@ def compile_route(policy: str, route: ApiRoute, defaults: Resilience | None) -> 
             if score is not None
             else None
         ),
+        cascade=_cascade(route.strategy),
+    )
+
+
+def _cascade(strategy: ApiStrategy) -> wire.Cascade | None:
+    """A Cascade route's quality gate, every absent setting given the API's default."""
+    if strategy.type != "Cascade":
+        return None
+    gate = strategy.cascade.quality_gate if strategy.cascade is not None else None
+    if gate is None:
+        return wire.Cascade()
+    return wire.Cascade(
+        quality_gate=wire.QualityGate(
+            min_output_tokens=gate.min_output_tokens if gate.min_output_tokens is not None else 1,
+            reject_refusals=gate.reject_refusals is not False,
+            require_complete=gate.require_complete is not False,
+        )
     )
 
 
@@ -72,7 +93,16 @@ def _match(match: ApiMatch | None) -> wire.RouteMatch:
             keywords=frozenset(signals.keywords or ()),
             modalities=frozenset(signals.modalities or ()),
             tools_present=signals.tools_present,
+            categories=tuple(_category(c) for c in signals.categories or ()),
         ),
+    )
+
+
+def _category(category: ApiCategory) -> wire.Category:
+    return wire.Category(
+        name=category.name,
+        threshold=float(category.threshold) if category.threshold else 0.5,
+        examples=tuple(category.examples),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import yaml
 from routemesh_operator.api.v1alpha1 import ModelBackend, RoutingPolicy
 from routemesh_operator.compiler.compile import CompileResult, compile_namespace
 from routemesh_operator.compiler.inputs import ReadyAddress, Snapshot
+from routemesh_sidecar import routetable as wire
 from routemesh_sidecar.routetable import RouteTable, parse_route_table
 
 pytestmark = pytest.mark.timeout(30)
@@ -223,13 +225,6 @@ INVALID: dict[str, tuple[Any, str, str]] = {
         "BackendNotResolved",
         "Secret 'openai-api-key' with key 'token' does not exist",
     ),
-    "unsupported strategy": (
-        lambda docs: docs[-1]["spec"]["routes"][0]["strategy"].update(
-            type="Cascade", cascade={"qualityGate": {"minOutputTokens": 5}}
-        ),
-        "StrategyNotSupported",
-        "Cascade is not supported",
-    ),
     "a target that cannot read images": (
         lambda docs: docs[-1]["spec"]["routes"][0]["match"].update(
             signals={"modalities": ["Image"]}
@@ -251,13 +246,6 @@ INVALID: dict[str, tuple[Any, str, str]] = {
         "RouteUnreachable",
         "route 'everything' matches every request",
     ),
-    "semantic categories": (
-        lambda docs: docs[-1]["spec"]["routes"][0]["match"].update(
-            signals={"categories": [{"name": "c", "threshold": "0.5", "examples": ["x"]}]}
-        ),
-        "FeatureNotSupported",
-        "categories",
-    ),
 }
 
 
@@ -276,6 +264,78 @@ def test_missing_secret_is_reported_on_the_backend_itself():
     assert problem is not None
     assert problem.reason == "SecretNotFound"
     assert "create it" in problem.message
+
+
+def test_the_tiered_example_compiles_its_cascade_with_the_quality_gate_on_the_wire():
+    table = only_table(compile_namespace(snapshot(example("tiered-free-paid"))))
+    paid, free = table.routes
+    assert paid.strategy == "Fastest"
+    assert paid.cascade is None
+    assert free.strategy == "Cascade"
+    assert [(t.backend, t.model) for t in free.targets] == [
+        ("openai", "gpt-4o-mini"),
+        ("anthropic", "claude-3-5-haiku-latest"),
+    ], "cheapest first, as declared"
+    assert free.cascade == wire.Cascade(
+        quality_gate=wire.QualityGate(
+            min_output_tokens=20, reject_refusals=True, require_complete=True
+        )
+    )
+    on_the_wire = parse_route_table(table.model_dump_json())
+    assert on_the_wire == table
+    assert on_the_wire.routes[1].quality_gate == free.cascade.quality_gate
+
+
+def test_a_cascade_without_settings_gets_the_default_gate_written_out():
+    docs = example("tiered-free-paid")
+    free = docs[-1]["spec"]["routes"][1]
+    del free["strategy"]["cascade"]
+    table = only_table(compile_namespace(snapshot(docs)))
+    assert table.routes[1].cascade == wire.Cascade(
+        quality_gate=wire.QualityGate(
+            min_output_tokens=1, reject_refusals=True, require_complete=True
+        )
+    )
+    free["strategy"]["cascade"] = {"qualityGate": {"rejectRefusals": False}}
+    gate = only_table(compile_namespace(snapshot(docs))).routes[1].quality_gate
+    assert gate == wire.QualityGate(
+        min_output_tokens=1, reject_refusals=False, require_complete=True
+    )
+
+
+def test_the_cost_saving_example_compiles_its_categories_onto_the_wire():
+    table = only_table(compile_namespace(snapshot(example("cost-saving-router"))))
+    code, reasoning, default = table.routes
+    assert code.match.signals.code_present is True
+    assert code.match.signals.categories == ()
+    [category] = reasoning.match.signals.categories
+    assert category.name == "reasoning"
+    assert category.threshold == 0.6
+    assert category.examples == (
+        "Work through this step by step and explain your reasoning.",
+        "Prove that the sum of two even numbers is even.",
+        "Compare these three plans and tell me which is best and why.",
+    )
+    assert default.match.signals.required is False
+    dumped = json.loads(table.model_dump_json())
+    assert dumped["routes"][1]["match"]["signals"]["categories"][0]["threshold"] == 0.6
+    assert "categories" not in dumped["routes"][0]["match"]["signals"], "left out when unused"
+    assert parse_route_table(table.model_dump_json()) == table
+
+
+def test_a_category_without_a_threshold_gets_one_half():
+    docs = example("cost-saving-router")
+    del docs[-1]["spec"]["routes"][1]["match"]["signals"]["categories"][0]["threshold"]
+    table = only_table(compile_namespace(snapshot(docs)))
+    assert table.routes[1].match.signals.categories[0].threshold == 0.5
+
+
+def test_a_table_without_cascades_or_categories_dumps_as_before():
+    """Older sidecars refuse unknown fields: a table that uses neither new feature omits them."""
+    table = only_table(compile_namespace(snapshot(example("multi-provider-failover"))))
+    text = table.model_dump_json()
+    assert '"cascade"' not in text
+    assert '"categories"' not in text
 
 
 def test_a_cascade_that_escalates_to_a_cheaper_model_is_refused():
