@@ -78,7 +78,18 @@ class Reconciler:
         self._wake = asyncio.Event()
         self._tables: dict[str, dict[str, RouteTable]] = {}  # namespace -> policy -> table
         self._applied: dict[tuple[str, str], str] = {}  # self-hosted workloads last applied
+        self._written: dict[tuple[str, str], str] = {}  # table versions in their ConfigMaps
+        # Only the leader writes (status, ConfigMaps, workloads, Events); a follower compiles and
+        # keeps its board warm, to take over at once.
+        self.writing = True
         self.compiles = 0  # for tests and metrics: how many namespace compiles ran
+
+    def set_writing(self, writing: bool) -> None:
+        """Become (or stop being) the replica that writes; a new leader looks at everything."""
+        self.writing = writing
+        if writing:
+            for namespace in self._inventory.namespaces():
+                self.mark(namespace)
 
     def mark(self, namespace: str) -> None:
         """Ask for the namespace to be compiled again soon."""
@@ -104,7 +115,9 @@ class Reconciler:
     async def reconcile(self, namespace: str) -> CompileResult:
         """Compile, publish and write status for one namespace."""
         if namespace not in self._tables:
-            self._tables[namespace] = await read_tables(self._api, namespace)
+            found = await read_tables(self._api, namespace)
+            self._tables[namespace] = found
+            self._written.update(((namespace, n), t.version_label) for n, t in found.items())
         previous = self._tables[namespace]
         result = compile_namespace(
             self._inventory.snapshot(namespace), previous, self._compiler_settings
@@ -116,6 +129,7 @@ class Reconciler:
             await self._publish(policies[name], outcome)
         for name in sorted(set(previous) - set(result.policies)):
             del previous[name]
+            self._written.pop((namespace, name), None)
             self._board.withdraw(namespace, name)
         for name, outcome in result.policies.items():
             await self._policy_status(namespace, name, outcome)
@@ -130,6 +144,8 @@ class Reconciler:
 
     async def _apply_workloads(self, namespace: str) -> None:
         """Create or update the vLLM Deployment and Service of each self-hosted backend."""
+        if not self.writing:
+            return
         for name, backend in self._inventory.namespace(namespace).backends.items():
             if not workloads.is_self_hosted(backend):
                 continue
@@ -146,22 +162,18 @@ class Reconciler:
         table = outcome.table
         if table is None:
             return  # the sidecars keep the last good table, if there was one
-        tables = self._tables[namespace]
-        if tables.get(name) is not table or self._board.get(namespace, name) is None:
-            if tables.get(name) is not table:
-                logger.info(
-                    "publishing route table %s/%s version %s", namespace, name, table.version_label
-                )
-                await write_table(self._api, policy, table)
-                body = self._inventory.body(namespace, "RoutingPolicy", name)
-                if body is not None:
-                    message = f"route table {table.version_label} is published to the sidecars"
-                    await self._post_event(
-                        body, EventSpec("Normal", "RouteTablePublished", message)
-                    )
-            tables[name] = table
+        self._tables[namespace][name] = table
         created = str(policy.metadata.get("creationTimestamp", ""))
         self._board.publish(Published(namespace, name, policy.spec.selector, table, created))
+        if not self.writing or self._written.get((namespace, name)) == table.version_label:
+            return
+        logger.info("publishing route table %s/%s version %s", namespace, name, table.version_label)
+        await write_table(self._api, policy, table)
+        self._written[(namespace, name)] = table.version_label
+        body = self._inventory.body(namespace, "RoutingPolicy", name)
+        if body is not None:
+            message = f"route table {table.version_label} is published to the sidecars"
+            await self._post_event(body, EventSpec("Normal", "RouteTablePublished", message))
 
     async def _policy_status(self, namespace: str, name: str, outcome: PolicyOutcome) -> None:
         published = self._board.get(namespace, name)
@@ -188,7 +200,7 @@ class Reconciler:
         **fields: Any,
     ) -> None:
         body = self._inventory.body(namespace, kind, name)
-        if body is None:
+        if body is None or not self.writing:
             return
         previous = body.get("status") or {}
         generation = int(body["metadata"].get("generation", 0))

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import logging
+import socket
 import ssl
+import uuid
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from typing import Any
@@ -27,6 +29,7 @@ from routemesh_operator.distribution.shared_health import SharedHealth
 from routemesh_operator.distribution.sync import SyncTracker
 from routemesh_operator.inventory import Inventory
 from routemesh_operator.kube import Credentials, KubeApi
+from routemesh_operator.leader import LeaseElector
 from routemesh_operator.reconciler import Reconciler
 from routemesh_operator.settings import OperatorSettings
 from routemesh_operator.workloads import MANAGED_BY, MANAGED_BY_LABEL
@@ -63,12 +66,24 @@ class Runtime:
             TokenReviewer(self.api, tuple(settings.token_audiences)),
             on_sync_change=self.reconciler.mark,
             pod_labels=PodLabels(self.api),
+            serving=lambda: self.reconciler.writing,
             shared_health=SharedHealth(
                 min_reporters=settings.shared_health_min_reporters,
                 window=settings.shared_health_window_seconds,
             ),
         )
         self.distribution_port: int | None = None  # once listening
+        self.elector: LeaseElector | None = None
+        if not settings.standalone:
+            self.reconciler.writing = False
+            self.elector = LeaseElector(
+                self.api,
+                settings.namespace,
+                settings.pod_name or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}",
+                lease_seconds=settings.lease_seconds,
+                renew_seconds=settings.lease_seconds / 3,
+                on_change=self.reconciler.set_writing,
+            )
         self._stack = AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -79,6 +94,8 @@ class Runtime:
             await self._seed()
             self._spawn("routemesh-reconcile", self.reconciler.run())
             self._spawn("routemesh-sidecar-expiry", self._expire_sidecars())
+            if self.elector is not None:
+                self._spawn("routemesh-leader-election", self.elector.run())
             await self._serve_distribution()
         except BaseException:
             # kopf retries a failed startup with a new runtime; leave nothing open behind.

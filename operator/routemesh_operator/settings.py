@@ -66,5 +66,13 @@ class OperatorSettings(BaseSettings):
     )
     standalone: bool = Field(
         default=False,
-        description="Run without kopf peering (one replica, or tests); otherwise peer.",
+        description="One replica: it always writes. Otherwise replicas elect a leader on a "
+        "Lease in `namespace`; followers compile but do not write, and report not ready.",
+    )
+    pod_name: str | None = Field(
+        default=None,
+        description="This replica's pod name (downward API): its identity on the Lease.",
+    )
+    lease_seconds: float = Field(
+        default=15.0, gt=0, description="How long a leader's lease lasts without renewal."
     )

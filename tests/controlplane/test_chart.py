@@ -47,22 +47,27 @@ def test_the_chart_renders_its_crds_rbac_and_operator(helm: Helm):
         "modelbackends.routemesh.dev",
     }
     (deployment,) = kinds["Deployment"]
+    assert deployment["spec"]["replicas"] == 1
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["ROUTEMESH_OPERATOR_STANDALONE"] == "true"
     assert env["ROUTEMESH_OPERATOR_TOKEN_AUDIENCES"] == '["routemesh"]'
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "routemesh-operator"
-    (role,) = kinds["ClusterRole"]
-    assert not any(r["apiGroups"] == ["kopf.dev"] for r in role["rules"])
-    # Several replicas peer, and the role grants what peering needs.
+    assert "Role" not in kinds  # one replica needs no Lease
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # Several replicas elect a leader, and may touch only their own Lease.
     peered = by_kind(helm.template("rm", "routemesh-system", {"operator": {"replicas": 2}}))
     env = {
         e["name"]: e.get("value")
         for e in peered["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["env"]
     }
     assert env["ROUTEMESH_OPERATOR_STANDALONE"] == "false"
-    assert any(r["apiGroups"] == ["kopf.dev"] for r in peered["ClusterRole"][0]["rules"])
+    (lease_role,) = peered["Role"]
+    assert lease_role["metadata"]["namespace"] == "routemesh-system"
+    assert {"resourceNames": ["routemesh-operator"], "verbs": ["get", "update"]}.items() <= (
+        lease_role["rules"][1].items()
+    )
 
 
 def test_values_the_schema_refuses_never_render(helm: Helm):

@@ -54,7 +54,8 @@ class Operator(Values):
 
     replicas: Annotated[int, Field(ge=1, le=10)] = Field(
         default=1,
-        description="Replicas; more than one coordinate through kopf peering (one is active).",
+        description="Replicas; more than one elect a leader on a Lease: it writes and serves "
+        "the sidecars, the others stand by with the route tables compiled.",
     )
     image: Image = Field(
         default_factory=lambda: Image(repository="ghcr.io/routemesh/operator"),

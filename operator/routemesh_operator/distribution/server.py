@@ -83,6 +83,7 @@ class DistributionServer:
         default_wait: float = 30.0,
         shared_health: SharedHealth | None = None,
         pod_labels: Callable[[str, str], Awaitable[dict[str, str]]] | None = None,
+        serving: Callable[[], bool] = lambda: True,
     ) -> None:
         self._board = board
         self._tracker = tracker
@@ -92,16 +93,24 @@ class DistributionServer:
         self._closing = asyncio.Event()
         self.shared_health = shared_health or SharedHealth()
         self._pod_labels = pod_labels
+        self._serving = serving
 
     def app(self) -> web.Application:
         """The web application to serve."""
         app = web.Application()
         app.router.add_get("/v1/routetable", self.watch)
         app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
         app.router.add_post("/v1/health", self.report_health)
         app.router.add_get("/v1/health", self.watch_health)
         app.on_shutdown.append(self._shutdown)
         return app
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        """Ready when this replica leads (or runs alone): the Service sends sidecars here only."""
+        if not self._serving():
+            return web.json_response({"status": "standby"}, status=503)
+        return web.json_response({"status": "ready", "revision": self._board.revision})
 
     async def _shutdown(self, app: web.Application) -> None:
         # Held watches end now (304) instead of holding the operator's exit for their `wait`.

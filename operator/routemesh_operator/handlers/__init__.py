@@ -19,8 +19,6 @@ from routemesh_operator.runtime import Runtime
 from routemesh_operator.settings import OperatorSettings
 from routemesh_operator.workloads import MANAGED_BY, MANAGED_BY_LABEL
 
-PEERING_NAME = "routemesh"
-
 # (group, version, plural) -> the kind the runtime knows it by.
 RESOURCES = {
     (API_GROUP, API_VERSION, "routingpolicies"): "RoutingPolicy",
@@ -95,10 +93,11 @@ def _watch(
 async def run_operator(settings: OperatorSettings) -> None:
     """Run the operator until it is stopped (the process entry point's coroutine)."""
     namespaces = settings.watch_namespaces
+    # kopf itself never peers: every replica observes (its handlers only read), and the
+    # runtime's Lease decides which one writes.
     await kopf.operator(
         registry=build_registry(settings),
-        standalone=settings.standalone,
-        peering_name=None if settings.standalone else PEERING_NAME,
+        standalone=True,
         clusterwide=not namespaces,
         namespaces=namespaces,
     )

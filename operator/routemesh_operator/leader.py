@@ -1,0 +1,134 @@
+"""Leader election on a coordination.k8s.io Lease, for more than one operator replica.
+
+Every replica watches, compiles and keeps its board warm; only the leader writes (status,
+ConfigMaps, owned workloads, Events) and reports ready, so the Service sends sidecars to it
+alone and the sync counts come from one place. A follower takes over when the leader's lease
+runs out (`lease_seconds` after its last renewal), already holding the compiled tables.
+
+The elector is one named task: it tries to acquire or renew every `renew_seconds`, and calls
+`on_change(leading)` when leadership changes. A replica that cannot renew in time steps down
+before another can take over. The clock is injected; the API client is the operator's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from routemesh_operator.kube import ApiError, KubeApi, namespaced
+
+logger = logging.getLogger(__name__)
+
+LEASES = "coordination.k8s.io/v1"
+
+
+def _micro_time(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse_micro_time(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+class LeaseElector:
+    """Holds (or waits for) the operator's Lease."""
+
+    def __init__(
+        self,
+        api: KubeApi,
+        namespace: str,
+        identity: str,
+        *,
+        name: str = "routemesh-operator",
+        lease_seconds: float = 15.0,
+        renew_seconds: float = 5.0,
+        on_change: Callable[[bool], None] = lambda leading: None,
+        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._api = api
+        self._path = namespaced(LEASES, namespace, "leases", name)
+        self._collection = namespaced(LEASES, namespace, "leases")
+        self._name = name
+        self.identity = identity
+        self._lease_seconds = lease_seconds
+        self._renew_seconds = renew_seconds
+        self._on_change = on_change
+        self._wall = wall
+        self._monotonic = monotonic
+        self.leading = False
+        self._renewed_at = 0.0
+
+    async def run(self) -> None:
+        """Try to lead until cancelled; step down (and say so) on the way out."""
+        try:
+            while True:
+                try:
+                    self._set(await self.try_once())
+                except (ApiError, OSError, TimeoutError) as exc:
+                    logger.warning("lease %s: %s", self._name, exc)
+                    # Without a renewal in time another replica may lead: stop writing first.
+                    if self._monotonic() - self._renewed_at > self._lease_seconds * 2 / 3:
+                        self._set(False)
+                await asyncio.sleep(self._renew_seconds)
+        finally:
+            self._set(False)
+
+    async def try_once(self) -> bool:
+        """One acquire-or-renew; return whether this replica leads now."""
+        lease = await self._api.get(self._path)
+        now = self._wall()
+        if lease is None:
+            await self._api.create(self._collection, self._body(now, transitions=0))
+            self._renewed_at = self._monotonic()
+            return True
+        spec = lease.get("spec") or {}
+        holder = spec.get("holderIdentity")
+        if holder != self.identity and not self._expired(spec, now):
+            return False
+        transitions = int(spec.get("leaseTransitions") or 0) + (holder != self.identity)
+        body = self._body(now, transitions)
+        if holder == self.identity and spec.get("acquireTime"):
+            body["spec"]["acquireTime"] = spec["acquireTime"]
+        # The resourceVersion makes this a compare-and-swap: two followers cannot both win.
+        body["metadata"]["resourceVersion"] = lease["metadata"]["resourceVersion"]
+        try:
+            await self._api.request("PUT", self._path, body)
+        except ApiError as exc:
+            if exc.status == 409:
+                return False
+            raise
+        self._renewed_at = self._monotonic()
+        return True
+
+    def _expired(self, spec: dict[str, Any], now: datetime) -> bool:
+        renewed = spec.get("renewTime")
+        duration = float(spec.get("leaseDurationSeconds") or self._lease_seconds)
+        if not renewed:
+            return True
+        return now > _parse_micro_time(renewed) + timedelta(seconds=duration)
+
+    def _body(self, now: datetime, transitions: int) -> dict[str, Any]:
+        return {
+            "apiVersion": LEASES,
+            "kind": "Lease",
+            "metadata": {"name": self._name},
+            "spec": {
+                "holderIdentity": self.identity,
+                "leaseDurationSeconds": max(1, round(self._lease_seconds)),
+                "acquireTime": _micro_time(now),
+                "renewTime": _micro_time(now),
+                "leaseTransitions": transitions,
+            },
+        }
+
+    def _set(self, leading: bool) -> None:
+        if leading == self.leading:
+            return
+        self.leading = leading
+        logger.info("%s %s the lease %s", self.identity, "holds" if leading else "lost", self._name)
+        self._on_change(leading)
