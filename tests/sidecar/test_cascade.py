@@ -114,7 +114,7 @@ def test_a_good_cheap_answer_is_the_answer_and_the_dearer_model_is_never_asked(
     assert span.attributes["routemesh.strategy"] == "Cascade"
     assert span.attributes["routemesh.cascade.outcome"] == "accepted"
     assert span.attributes["routemesh.cascade.tried"] == ["openai/gpt-4o-mini"]
-    assert span.attributes.get("routemesh.cascade.escalated", []) == []
+    assert span.attributes.get("routemesh.cascade.escalations", []) == []
     assert not [name for name, _ in span.events if name.startswith("routemesh.cascade")]
     assert "routemesh.cascade.escalated" not in attempt.attributes
 
@@ -155,7 +155,7 @@ def test_a_weak_cheap_answer_escalates_and_the_client_gets_the_dearer_answer(
         "openai/gpt-4o-mini",
         "anthropic/claude-3-5-haiku-latest",
     ]
-    assert span.attributes["routemesh.cascade.escalated"] == [f"openai/gpt-4o-mini: {reason}"]
+    assert span.attributes["routemesh.cascade.escalations"] == [f"openai/gpt-4o-mini: {reason}"]
     [(_, event)] = [e for e in span.events if e[0] == "routemesh.cascade.escalated"]
     assert event["routemesh.backend"] == "openai"
     assert event["routemesh.cascade.reasons"] == [reason]
@@ -224,7 +224,7 @@ def test_a_streamed_cascade_sends_exactly_the_final_answers_chunks_and_none_of_t
         for s in otlp.wait_for(lambda s: s.attributes.get("routemesh.route") == "free")
         if s.name == "routemesh.route"
     )
-    assert span.attributes["routemesh.cascade.escalated"] == ["openai/gpt-4o-mini: refusal"]
+    assert span.attributes["routemesh.cascade.escalations"] == ["openai/gpt-4o-mini: refusal"]
 
 
 def test_a_good_streamed_cheap_answer_is_buffered_then_sent_in_its_own_chunks(

@@ -498,7 +498,7 @@ def _cascade_attributes(outcome: Outcome) -> dict[str, Any]:
     return {
         "routemesh.cascade.outcome": outcome.cascade,
         "routemesh.cascade.tried": tried,
-        "routemesh.cascade.escalated": [
+        "routemesh.cascade.escalations": [
             f"{e.label}: {','.join(e.verdict.reasons)}" for e in outcome.escalations
         ],
     }
