@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +25,12 @@ from routemesh_operator.api.v1alpha1.kinds import GROUP_VERSION, RoutingPolicy
 from routemesh_operator.compiler.compile import CompileResult, PolicyOutcome, compile_namespace
 from routemesh_operator.compiler.inputs import CompilerSettings
 from routemesh_operator.distribution.board import Board, Published
-from routemesh_operator.distribution.configmaps import read_tables, write_table
+from routemesh_operator.distribution.configmaps import (
+    POLICY_ANNOTATION,
+    VERSION_ANNOTATION,
+    read_tables,
+    write_table,
+)
 from routemesh_operator.distribution.sync import SyncTracker
 from routemesh_operator.inventory import Inventory
 from routemesh_operator.kube import ApiError, KubeApi, namespaced
@@ -90,6 +95,27 @@ class Reconciler:
         if writing:
             for namespace in self._inventory.namespaces():
                 self.mark(namespace)
+
+    def owned_changed(
+        self, kind: str, namespace: str, body: Mapping[str, Any], deleted: bool
+    ) -> None:
+        """Someone deleted or changed what the operator owns: write it again."""
+        metadata = body.get("metadata") or {}
+        if kind == "ConfigMap":
+            policy = (metadata.get("annotations") or {}).get(POLICY_ANNOTATION)
+            version = (metadata.get("annotations") or {}).get(VERSION_ANNOTATION)
+            key = (namespace, str(policy))
+            if policy and (deleted or version != self._written.get(key)):
+                self._written.pop(key, None)
+                self.mark(namespace)
+            return
+        backend = (metadata.get("labels") or {}).get(workloads.BACKEND_LABEL)
+        if not backend or (namespace, backend) not in self._applied:
+            return
+        wanted = self._inventory.namespace(namespace).backends.get(backend)
+        if deleted or wanted is None or workloads.drifted(wanted, kind, body):
+            self._applied.pop((namespace, backend), None)
+            self.mark(namespace)
 
     def mark(self, namespace: str) -> None:
         """Ask for the namespace to be compiled again soon."""

@@ -153,6 +153,10 @@ class Runtime:
         if not self._watches(namespace):
             return
         deleted = event_type == "DELETED"
+        if kind == "ConfigMap" or _owned(body):
+            self.reconciler.owned_changed(kind, namespace, body, deleted)
+        if kind == "ConfigMap":
+            return
         changed = self._apply(kind, deleted, namespace, name, body)
         if changed:
             self.reconciler.mark(namespace)
@@ -194,6 +198,11 @@ class Runtime:
         task = asyncio.create_task(work, name=name)
         task.add_done_callback(_log_exit)
         self._tasks.append(task)
+
+
+def _owned(body: Mapping[str, Any]) -> bool:
+    labels = (body.get("metadata") or {}).get("labels") or {}
+    return bool(labels.get(MANAGED_BY_LABEL) == MANAGED_BY)
 
 
 def _log_exit(task: asyncio.Task[None]) -> None:

@@ -8,6 +8,7 @@ after the backend, which is how the compiler finds its ready endpoints. Pure: bu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from routemesh_operator.api.v1alpha1.kinds import GROUP_VERSION, ModelBackend
@@ -124,3 +125,27 @@ def service(backend: ModelBackend) -> dict[str, Any]:
             "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
         },
     }
+
+
+def drifted(backend: ModelBackend, kind: str, live: Mapping[str, Any]) -> bool:
+    """Whether someone changed a field of an owned object that the operator sets."""
+    if kind == "Deployment":
+        wanted = deployment(backend)["spec"]
+        spec = live.get("spec") or {}
+        pod = (spec.get("template") or {}).get("spec") or {}
+        containers = pod.get("containers") or [{}]
+        want_container = wanted["template"]["spec"]["containers"][0]
+        return bool(
+            spec.get("replicas") != wanted["replicas"]
+            or containers[0].get("image") != want_container["image"]
+            or containers[0].get("args") != want_container["args"]
+            or (containers[0].get("resources") or {}) != want_container["resources"]
+        )
+    if kind == "Service":
+        wanted = service(backend)["spec"]
+        spec = live.get("spec") or {}
+        ports = [(p.get("port"), p.get("targetPort")) for p in spec.get("ports") or ()]
+        return spec.get("selector") != wanted["selector"] or ports != [
+            (p["port"], p["targetPort"]) for p in wanted["ports"]
+        ]
+    return False

@@ -14,6 +14,7 @@ from typing import Any
 import kopf
 
 from routemesh_operator.api.v1alpha1.common import API_GROUP, API_VERSION
+from routemesh_operator.distribution.configmaps import TABLE_LABEL
 from routemesh_operator.kube import Credentials
 from routemesh_operator.runtime import Runtime
 from routemesh_operator.settings import OperatorSettings
@@ -27,9 +28,13 @@ RESOURCES = {
     ("", "v1", "services"): "Service",
     ("discovery.k8s.io", "v1", "endpointslices"): "EndpointSlice",
     ("apps", "v1", "deployments"): "Deployment",
+    ("", "v1", "configmaps"): "ConfigMap",
 }
-# Of the Deployments, only those the operator created (for self-hosted backends).
-LABEL_FILTERS = {"deployments": {MANAGED_BY_LABEL: MANAGED_BY}}
+# Of the Deployments and ConfigMaps, only those the operator owns.
+LABEL_FILTERS = {
+    "deployments": {MANAGED_BY_LABEL: MANAGED_BY},
+    "configmaps": {TABLE_LABEL: "true"},  # the route tables it writes, to write them again
+}
 
 
 def build_registry(settings: OperatorSettings) -> kopf.OperatorRegistry:
