@@ -10,6 +10,7 @@ with the same versions, so no sidecar sees a change that did not happen.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from routemesh_operator.api.v1alpha1.common import LabelSelector
@@ -25,6 +26,26 @@ class Published:
     selector: LabelSelector
     table: RouteTable
     created: str = ""  # the policy's creationTimestamp: the oldest matching policy wins
+
+
+def selector_matches(selector: LabelSelector, labels: Mapping[str, str]) -> bool:
+    """Kubernetes label-selector semantics; an empty selector matches everything."""
+    for key, value in (selector.match_labels or {}).items():
+        if labels.get(key) != value:
+            return False
+    for requirement in selector.match_expressions or ():
+        present = requirement.key in labels
+        found = labels.get(requirement.key)
+        values = set(requirement.values or ())
+        holds = {
+            "In": present and found in values,
+            "NotIn": not present or found not in values,
+            "Exists": present,
+            "DoesNotExist": not present,
+        }[requirement.operator]
+        if not holds:
+            return False
+    return True
 
 
 class Board:
@@ -47,6 +68,11 @@ class Board:
     def in_namespace(self, namespace: str) -> list[Published]:
         """Every table published in one namespace, by policy name."""
         return [p for (ns, _), p in sorted(self._tables.items()) if ns == namespace]
+
+    def select(self, namespace: str, labels: Mapping[str, str]) -> Published | None:
+        """The table a pod with these labels runs: the oldest matching policy's."""
+        matching = [p for p in self.in_namespace(namespace) if selector_matches(p.selector, labels)]
+        return min(matching, key=lambda p: (p.created, p.policy), default=None)
 
     def publish(self, published: Published) -> bool:
         """Put a table up; False when the same version was already there."""

@@ -27,36 +27,17 @@ from typing import Any
 
 from aiohttp import web
 
-from routemesh_operator.api.v1alpha1.common import LabelSelector
 from routemesh_operator.distribution.auth import Identity, TokenReviewer, Unauthenticated
-from routemesh_operator.distribution.board import Board, Published
+from routemesh_operator.distribution.board import Board, Published, selector_matches
 from routemesh_operator.distribution.shared_health import SharedHealth, Subject
 from routemesh_operator.distribution.sync import SyncTracker
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["DistributionServer", "parse_labels", "selector_matches"]
+
 MAX_WAIT_SECONDS = 300.0
 MAX_ERROR_LENGTH = 2048
-
-
-def selector_matches(selector: LabelSelector, labels: Mapping[str, str]) -> bool:
-    """Kubernetes label-selector semantics; an empty selector matches everything."""
-    for key, value in (selector.match_labels or {}).items():
-        if labels.get(key) != value:
-            return False
-    for requirement in selector.match_expressions or ():
-        present = requirement.key in labels
-        found = labels.get(requirement.key)
-        values = set(requirement.values or ())
-        holds = {
-            "In": present and found in values,
-            "NotIn": not present or found not in values,
-            "Exists": present,
-            "DoesNotExist": not present,
-        }[requirement.operator]
-        if not holds:
-            return False
-    return True
 
 
 def parse_labels(values: list[str]) -> dict[str, str]:
@@ -208,10 +189,7 @@ class DistributionServer:
             raise _error(web.HTTPUnauthorized, str(exc)) from exc
 
     def _select(self, namespace: str, labels: Mapping[str, str]) -> Published | None:
-        matching = [
-            p for p in self._board.in_namespace(namespace) if selector_matches(p.selector, labels)
-        ]
-        return min(matching, key=lambda p: (p.created, p.policy), default=None)
+        return self._board.select(namespace, labels)
 
     def _report(
         self, namespace: str, pod: str, labels: Mapping[str, str], query: Mapping[str, str]

@@ -1,0 +1,1 @@
+"""The admission webhook: its certificates and its server; injection/ builds the patch."""
