@@ -10,6 +10,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from routemesh_operator.injection.settings import InjectionSettings
+
 
 class OperatorSettings(BaseSettings):
     """Where the operator runs and what it watches."""
@@ -63,6 +65,11 @@ class OperatorSettings(BaseSettings):
     )
     shared_health_window_seconds: float = Field(
         default=60.0, gt=0, description="How recent those pods' reports must be."
+    )
+    injection: InjectionSettings = Field(
+        default_factory=InjectionSettings,
+        description="The sidecar that the webhook injects and which pods get it (JSON in "
+        "ROUTEMESH_OPERATOR_INJECTION; the chart fills it from its values).",
     )
     standalone: bool = Field(
         default=False,

@@ -54,7 +54,24 @@ def test_the_chart_renders_its_crds_rbac_and_operator(helm: Helm):
     assert env["ROUTEMESH_OPERATOR_TOKEN_AUDIENCES"] == '["routemesh"]'
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "routemesh-operator"
-    assert "Role" not in kinds  # one replica needs no Lease
+    # One replica needs no Lease: its only Role is for the webhook's certificate Secret.
+    (certs_role,) = kinds["Role"]
+    assert certs_role["rules"][1] == {
+        "apiGroups": [""],
+        "resources": ["secrets"],
+        "resourceNames": ["routemesh-webhook-certs"],
+        "verbs": ["get", "update"],
+    }
+    (webhook,) = kinds["MutatingWebhookConfiguration"]
+    (entry,) = webhook["webhooks"]
+    assert entry["failurePolicy"] == "Fail"
+    assert entry["namespaceSelector"]["matchExpressions"][0]["values"] == [
+        "kube-system",
+        "kube-public",
+        "kube-node-lease",
+        "routemesh-system",
+    ]
+    assert entry["clientConfig"]["service"]["path"] == "/mutate-pods"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     # Several replicas elect a leader, and may touch only their own Lease.
     peered = by_kind(helm.template("rm", "routemesh-system", {"operator": {"replicas": 2}}))
@@ -63,11 +80,23 @@ def test_the_chart_renders_its_crds_rbac_and_operator(helm: Helm):
         for e in peered["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["env"]
     }
     assert env["ROUTEMESH_OPERATOR_STANDALONE"] == "false"
-    (lease_role,) = peered["Role"]
+    (lease_role,) = [r for r in peered["Role"] if r["metadata"]["name"].endswith("-leader")]
     assert lease_role["metadata"]["namespace"] == "routemesh-system"
     assert {"resourceNames": ["routemesh-operator"], "verbs": ["get", "update"]}.items() <= (
         lease_role["rules"][1].items()
     )
+
+
+def test_cert_manager_issues_the_webhook_certificate_when_chosen(helm: Helm):
+    kinds = by_kind(helm.template("rm", "ops", {"webhook": {"certificates": "cert-manager"}}))
+    (certificate,) = kinds["Certificate"]
+    assert certificate["spec"]["dnsNames"][0] == "rm-operator.ops.svc"
+    (webhook,) = kinds["MutatingWebhookConfiguration"]
+    assert webhook["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == "ops/rm-webhook"
+    assert "Role" not in kinds  # the operator keeps no certificate Secret of its own
+    (deployment,) = kinds["Deployment"]
+    volume = deployment["spec"]["template"]["spec"]["volumes"][0]
+    assert volume["secret"]["secretName"] == "rm-webhook-certs"
 
 
 def test_values_the_schema_refuses_never_render(helm: Helm):

@@ -49,6 +49,51 @@ class Distribution(Values):
     )
 
 
+class Webhook(Values):
+    """The mutating webhook that injects the sidecar."""
+
+    port: Annotated[int, Field(ge=1, le=65535)] = Field(
+        default=8443, description="Port the operator serves the webhook on (TLS)."
+    )
+    failure_policy: Literal["Fail", "Ignore"] = Field(
+        default="Fail",
+        description="What the API server does when the webhook cannot answer: Fail refuses "
+        "the pod (no pod runs without its sidecar), Ignore creates it without one. The system "
+        "namespaces and the operator's own are never sent to the webhook either way.",
+    )
+    timeout_seconds: Annotated[int, Field(ge=1, le=30)] = Field(
+        default=10, description="How long the API server waits for the webhook."
+    )
+    certificates: Literal["operator", "cert-manager"] = Field(
+        default="operator",
+        description="Who issues the webhook's certificate: the operator (its own CA, kept in a "
+        "Secret, rotated before expiry) or cert-manager (a Certificate and a self-signed "
+        "Issuer; cert-manager's CA injector fills the caBundle).",
+    )
+    excluded_namespaces: list[str] = Field(
+        default_factory=list,
+        description="More namespaces the webhook never sees, besides kube-system, "
+        "kube-public, kube-node-lease and the release's own.",
+    )
+
+
+class Sidecar(Values):
+    """The sidecar every injected pod gets."""
+
+    image: Image = Field(
+        default_factory=lambda: Image(repository="ghcr.io/routemesh/sidecar"),
+        description="The sidecar image.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Its log level (a pod annotation may override it)."
+    )
+    otlp_endpoint: str = Field(
+        default="",
+        description="OTLP/HTTP base URL of the collector the sidecars send traces to; empty "
+        "sends none.",
+    )
+
+
 class Operator(Values):
     """The operator Deployment."""
 
@@ -90,10 +135,8 @@ class ChartValues(Values):
     distribution: Distribution = Field(
         default_factory=Distribution, description="Route-table distribution to the sidecars."
     )
-    sidecar_image: Image = Field(
-        default_factory=lambda: Image(repository="ghcr.io/routemesh/sidecar"),
-        description="The sidecar image that injection adds to pods.",
-    )
+    webhook: Webhook = Field(default_factory=Webhook, description="Sidecar injection.")
+    sidecar: Sidecar = Field(default_factory=Sidecar, description="The injected sidecar.")
     service_account_name: str = Field(
         default="routemesh-operator", description="The operator's ServiceAccount."
     )
