@@ -14,7 +14,12 @@ import platform
 import sys
 from pathlib import Path
 
-BENCHMARKS = ["controlplane_startup", "sidecar_overhead", "routing_decision"]
+BENCHMARKS = [
+    "controlplane_startup",
+    "sidecar_overhead",
+    "routing_decision",
+    "operator_distribution",
+]
 
 
 def machine() -> str:
