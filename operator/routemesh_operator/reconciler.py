@@ -80,6 +80,8 @@ class Reconciler:
         self._retry_after = retry_after
         self._clock = clock
         self._dirty: set[str] = set()
+        self._status_dirty: set[str] = set()
+        self._results: dict[str, CompileResult] = {}  # the last compile of each namespace
         self._wake = asyncio.Event()
         self._tables: dict[str, dict[str, RouteTable]] = {}  # namespace -> policy -> table
         self._applied: dict[tuple[str, str], str] = {}  # self-hosted workloads last applied
@@ -122,6 +124,11 @@ class Reconciler:
         self._dirty.add(namespace)
         self._wake.set()
 
+    def mark_status(self, namespace: str) -> None:
+        """Ask only for the namespace's policy statuses to be written again (sidecar ACKs)."""
+        self._status_dirty.add(namespace)
+        self._wake.set()
+
     async def run(self) -> None:
         """The loop; runs until cancelled."""
         while True:
@@ -129,6 +136,15 @@ class Reconciler:
             await asyncio.sleep(self._debounce)
             self._wake.clear()
             dirty, self._dirty = self._dirty, set()
+            status_only, self._status_dirty = self._status_dirty - dirty, set()
+            for namespace in sorted(status_only):
+                try:
+                    await self.refresh_status(namespace)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("status of namespace %s failed; recompiling", namespace)
+                    dirty.add(namespace)
             for namespace in sorted(dirty):
                 try:
                     await self.reconcile(namespace)
@@ -157,6 +173,7 @@ class Reconciler:
             del previous[name]
             self._written.pop((namespace, name), None)
             self._board.withdraw(namespace, name)
+        self._results[namespace] = result
         for name, outcome in result.policies.items():
             await self._policy_status(namespace, name, outcome)
         deployments = self._inventory.namespace(namespace).deployments
@@ -167,6 +184,15 @@ class Reconciler:
                 fields["replicas"], fields["readyReplicas"] = deployments[name]
             await self._write_status(namespace, "ModelBackend", name, conditions, **fields)
         return result
+
+    async def refresh_status(self, namespace: str) -> None:
+        """Write policy statuses from the last compile, with fresh sync counts; no compile."""
+        result = self._results.get(namespace)
+        if result is None:
+            await self.reconcile(namespace)
+            return
+        for name, outcome in result.policies.items():
+            await self._policy_status(namespace, name, outcome)
 
     async def _apply_workloads(self, namespace: str) -> None:
         """Create or update the vLLM Deployment and Service of each self-hosted backend."""

@@ -64,7 +64,7 @@ class Runtime:
             self.board,
             self.tracker,
             TokenReviewer(self.api, tuple(settings.token_audiences)),
-            on_sync_change=self.reconciler.mark,
+            on_sync_change=self.reconciler.mark_status,
             pod_labels=PodLabels(self.api),
             serving=lambda: self.reconciler.writing,
             shared_health=SharedHealth(
@@ -142,7 +142,7 @@ class Runtime:
         while True:
             await asyncio.sleep(interval)
             for namespace in self.tracker.expire():
-                self.reconciler.mark(namespace)
+                self.reconciler.mark_status(namespace)
 
     def observe(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> None:
         """Record what the cluster said, and mark the namespace when compile inputs changed."""

@@ -439,10 +439,21 @@ class RouteTableError(ValueError):
     """A route table that cannot be used, with a message that says why."""
 
 
+def _load(text: str) -> object:
+    # JSON (what the operator writes) parses far faster as JSON than through YAML; a YAML flow
+    # mapping that is not JSON still gets the YAML parser.
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)
+
+
 def parse_route_table(text: str) -> RouteTable:
     """Parse a route table from YAML or JSON text; raise RouteTableError if it is invalid."""
     try:
-        data = yaml.safe_load(text)
+        data = _load(text)
     except yaml.YAMLError as exc:
         raise RouteTableError(f"not YAML or JSON: {exc}") from exc
     try:

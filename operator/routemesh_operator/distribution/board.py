@@ -53,6 +53,7 @@ class Board:
 
     def __init__(self) -> None:
         self._tables: dict[tuple[str, str], Published] = {}
+        self._by_namespace: dict[str, dict[str, Published]] = {}  # what a watch looks up
         self._revision = 0
         self._changed = asyncio.Event()
 
@@ -67,7 +68,8 @@ class Board:
 
     def in_namespace(self, namespace: str) -> list[Published]:
         """Every table published in one namespace, by policy name."""
-        return [p for (ns, _), p in sorted(self._tables.items()) if ns == namespace]
+        published = self._by_namespace.get(namespace, {})
+        return [published[name] for name in sorted(published)]
 
     def select(self, namespace: str, labels: Mapping[str, str]) -> Published | None:
         """The table a pod with these labels runs: the oldest matching policy's."""
@@ -85,6 +87,7 @@ class Board:
         ):
             return False
         self._tables[key] = published
+        self._by_namespace.setdefault(published.namespace, {})[published.policy] = published
         self._bump()
         return True
 
@@ -92,6 +95,7 @@ class Board:
         """Take a deleted policy's table down."""
         if self._tables.pop((namespace, policy), None) is None:
             return False
+        self._by_namespace.get(namespace, {}).pop(policy, None)
         self._bump()
         return True
 
