@@ -83,3 +83,56 @@ class OperatorSettings(BaseSettings):
     lease_seconds: float = Field(
         default=15.0, gt=0, description="How long a leader's lease lasts without renewal."
     )
+    webhook_port: int = Field(
+        default=8443, ge=0, le=65535, description="Port the admission webhook serves TLS on."
+    )
+    webhook_host: str = Field(
+        default="0.0.0.0",  # noqa: S104 (the API server connects through the Service)
+        description="Address the admission webhook listens on.",
+    )
+    webhook_service: str = Field(
+        default="routemesh-operator",
+        description="The Service in front of the webhook. Operator-issued serving certificates "
+        "name `<service>`, `<service>.<namespace>` and `<service>.<namespace>.svc`.",
+    )
+    webhook_extra_hosts: list[str] = Field(
+        default_factory=list,
+        description="More names or IP addresses for the serving certificate (tests add "
+        "127.0.0.1, where a webhook `clientConfig.url` points at the operator directly).",
+    )
+    webhook_configuration: str = Field(
+        default="routemesh-sidecar-injector",
+        description="The MutatingWebhookConfiguration whose webhooks' `caBundle` the operator "
+        "keeps up to date (with operator-issued certificates).",
+    )
+    webhook_certificates: Literal["operator", "cert-manager"] = Field(
+        default="operator",
+        description="Who issues the webhook's certificate: the operator (its own CA, kept in "
+        "`webhook_secret`, rotated before expiry) or cert-manager (files mounted in "
+        "`webhook_cert_dir`, caBundle injected by its cainjector).",
+    )
+    webhook_secret: str = Field(
+        default="routemesh-webhook-certs",
+        description="The Secret in `namespace` holding operator-issued webhook certificates.",
+    )
+    webhook_cert_dir: str = Field(
+        default="/tmp/routemesh-webhook",  # noqa: S108 (the chart mounts an emptyDir here)
+        description="Directory of the serving `tls.crt` and `tls.key`: where cert-manager's "
+        "Secret is mounted, or where operator-issued ones are written (the root filesystem is "
+        "read-only, so the chart mounts a writable volume here).",
+    )
+    webhook_ca_validity_days: float = Field(
+        default=3650.0, gt=0, description="Lifetime of an operator-issued webhook CA, in days."
+    )
+    webhook_serving_validity_days: float = Field(
+        default=365.0,
+        gt=0,
+        description="Lifetime of an operator-issued serving certificate, in days (never past "
+        "its CA's expiry).",
+    )
+    webhook_rotate_before_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="Renew an operator-issued certificate (serving or CA) this many days "
+        "before it expires; shorter than both lifetimes.",
+    )
