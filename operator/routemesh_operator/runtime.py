@@ -21,6 +21,9 @@ from typing import Any
 
 from aiohttp import web
 
+from routemesh_operator.admission.certstore import WebhookCertificates
+from routemesh_operator.admission.server import AdmissionServer, NamespaceLabelCache
+from routemesh_operator.admission.serving import serve_webhook
 from routemesh_operator.api.v1alpha1.kinds import GROUP_VERSION
 from routemesh_operator.distribution.auth import PodLabels, TokenReviewer
 from routemesh_operator.distribution.board import Board
@@ -73,6 +76,7 @@ class Runtime:
             ),
         )
         self.distribution_port: int | None = None  # once listening
+        self.webhook_port: int | None = None  # once listening
         self.elector: LeaseElector | None = None
         if not settings.standalone:
             self.reconciler.writing = False
@@ -97,6 +101,8 @@ class Runtime:
             if self.elector is not None:
                 self._spawn("routemesh-leader-election", self.elector.run())
             await self._serve_distribution()
+            if self.settings.webhook_enabled:
+                self._spawn("routemesh-webhook", self._serve_webhook())
         except BaseException:
             # kopf retries a failed startup with a new runtime; leave nothing open behind.
             logger.exception("operator runtime failed to start")
@@ -136,6 +142,21 @@ class Runtime:
         sockets = getattr(server, "sockets", None) or ()
         self.distribution_port = sockets[0].getsockname()[1] if sockets else None
         logger.info("route-table distribution listening on port %s", self.distribution_port)
+
+    async def _serve_webhook(self) -> None:
+        settings = self.settings
+        certificates = (
+            WebhookCertificates.from_settings(self.api, settings)
+            if settings.webhook_certificates == "operator"
+            else None
+        )
+        server = AdmissionServer(
+            self.board, lambda: settings.injection, NamespaceLabelCache(self.api)
+        )
+        await serve_webhook(server.app(), settings, certificates, self._webhook_listening)
+
+    def _webhook_listening(self, port: int) -> None:
+        self.webhook_port = port
 
     async def _expire_sidecars(self) -> None:
         interval = min(30.0, self.settings.sidecar_forget_seconds / 2)

@@ -83,6 +83,11 @@ class OperatorSettings(BaseSettings):
     lease_seconds: float = Field(
         default=15.0, gt=0, description="How long a leader's lease lasts without renewal."
     )
+    webhook_enabled: bool = Field(
+        default=True,
+        description="Serve the sidecar-injection webhook (off only for tests and for clusters "
+        "that inject by other means).",
+    )
     webhook_port: int = Field(
         default=8443, ge=0, le=65535, description="Port the admission webhook serves TLS on."
     )

@@ -28,7 +28,13 @@ from routemesh_testing.waiting import poll_until
 def running_operator(plane: LocalControlPlane, **settings: Any) -> Iterator[KopfRunner]:
     """The operator, running in a thread until the block ends."""
     operator_settings = OperatorSettings(
-        **{"kubeconfig": str(plane.kubeconfig), "standalone": True, **settings}
+        **{
+            "kubeconfig": str(plane.kubeconfig),
+            "standalone": True,
+            # Tests that want the webhook turn it on, with a Secret in a namespace of theirs.
+            "webhook_enabled": False,
+            **settings,
+        }
     )
     kopf_settings = kopf.OperatorSettings()
     kopf_settings.watching.server_timeout = 30

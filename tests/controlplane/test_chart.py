@@ -113,7 +113,8 @@ def installed_rbac(helm: Helm, kubectl: Kubectl, namespace: str) -> Iterator[tup
     docs = [
         doc
         for doc in helm.template(release, namespace)
-        if doc["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")
+        if doc["kind"]
+        in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
     ]
     kubectl.apply(yaml.safe_dump_all(docs))
     try:
@@ -141,8 +142,11 @@ def token_kubeconfig(plane: LocalControlPlane, token: str, path: Path) -> Path:
 
 
 def can_i(kubectl: Kubectl, account: str, verb: str, resource: str, namespace: str) -> bool:
-    resource, _, subresource = resource.partition("/")
-    extra = [f"--subresource={subresource}"] if subresource else []
+    # "kind/status" asks about a subresource; "kind/name" about one object.
+    kind, _, rest = resource.partition("/")
+    extra: list[str] = []
+    if rest == "status":
+        resource, extra = kind, ["--subresource=status"]
     result = kubectl.run(
         "auth", "can-i", verb, resource, *extra, "-n", namespace, f"--as={account}", check=False
     )
@@ -205,15 +209,25 @@ def test_the_operator_does_its_whole_job_with_exactly_the_charts_rbac(
         ("create", "tokenreviews.authentication.k8s.io"),
         ("patch", "routingpolicies.routemesh.dev/status"),
         ("watch", "secrets"),
+        ("update", "secrets/routemesh-webhook-certs"),  # the webhook's own certificates
+        (
+            "patch",
+            "mutatingwebhookconfigurations.admissionregistration.k8s.io/routemesh-sidecar-injector",
+        ),
+        ("get", "namespaces"),
     ):
         assert can_i(kubectl, who, verb, resource, namespace), (verb, resource)
     for verb, resource in (
         ("get", "secrets"),  # key names come from the watch; no single Secret is ever read
-        ("create", "secrets"),
         ("delete", "configmaps"),
         ("patch", "routingpolicies.routemesh.dev"),  # never the spec, only the status
         ("create", "pods"),
         ("delete", "deployments.apps"),
         ("create", "clusterroles.rbac.authorization.k8s.io"),
+        ("update", "secrets/another-secret"),
+        ("patch", "mutatingwebhookconfigurations.admissionregistration.k8s.io/someone-elses"),
     ):
         assert not can_i(kubectl, who, verb, resource, namespace), (verb, resource)
+    # It creates its certificate Secret in its own namespace, and nowhere else.
+    assert can_i(kubectl, who, "create", "secrets", namespace)
+    assert not can_i(kubectl, who, "create", "secrets", "default")

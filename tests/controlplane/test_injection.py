@@ -1,0 +1,627 @@
+"""Sidecar injection end to end: the real kube-apiserver calls the operator's webhook over TLS.
+
+The operator runs in-process with its webhook on 127.0.0.1; it issues its own CA and serving
+certificate, keeps them in a Secret and patches the caBundle of a webhook configuration this
+module creates (with `clientConfig.url`, and a namespace selector that only lets this module's
+namespaces through). Each case creates a Pod with the real kubectl and checks the stored Pod
+field by field. No kubelet runs, so the last test starts the sidecar as a process with exactly
+the environment and files the stored Pod describes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import yaml
+
+from routemesh_operator.injection.settings import InjectionSettings
+from routemesh_testing.controlplane import LocalControlPlane, free_port
+from routemesh_testing.fakes import OPENAI_KEY, FakeOpenAI
+from routemesh_testing.kubectl import Kubectl, KubectlError
+from routemesh_testing.operator import running_operator
+from routemesh_testing.pytest_plugin import TEST_NAMESPACE_LABEL
+from routemesh_testing.serving import ServerThread
+from routemesh_testing.waiting import poll_until
+
+pytestmark = pytest.mark.timeout(240)
+
+SIDECAR = "routemesh-sidecar"
+BASE_URL_VARS = ("OPENAI_BASE_URL", "OPENAI_API_BASE", "ANTHROPIC_BASE_URL")
+
+
+@dataclass
+class Injecting:
+    """What the module set up: namespaces, ports and the operator's own namespace."""
+
+    labelled: str
+    plain: str
+    operator_namespace: str
+    webhook_port: int
+    distribution_port: int
+    configuration: str
+
+
+def make_namespace(kubectl: Kubectl, name: str, labels: dict[str, str]) -> None:
+    body = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "labels": {TEST_NAMESPACE_LABEL: "true", **labels}},
+    }
+    kubectl.apply(yaml.safe_dump(body))
+    poll_until(
+        lambda: kubectl.run("get", "serviceaccount", "default", "-n", name, check=False),
+        lambda result: result.returncode == 0,
+    )
+
+
+def webhook_configuration(name: str, port: int, namespaces: list[str]) -> dict[str, Any]:
+    """Like the chart's, but calling 127.0.0.1, and only for this module's namespaces."""
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name, "labels": {TEST_NAMESPACE_LABEL: "true"}},
+        "webhooks": [
+            {
+                "name": "inject.routemesh.dev",
+                "clientConfig": {"url": f"https://127.0.0.1:{port}/mutate-pods"},
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE"],
+                        "resources": ["pods"],
+                    }
+                ],
+                "namespaceSelector": {
+                    "matchExpressions": [
+                        {
+                            "key": "kubernetes.io/metadata.name",
+                            "operator": "In",
+                            "values": namespaces,
+                        }
+                    ]
+                },
+                "failurePolicy": "Fail",
+                "reinvocationPolicy": "IfNeeded",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 10,
+            }
+        ],
+    }
+
+
+def operator_settings(setup: Injecting, cert_dir: Path, **overrides: Any) -> dict[str, Any]:
+    return {
+        "namespace": setup.operator_namespace,
+        "webhook_enabled": True,
+        "webhook_host": "127.0.0.1",
+        "webhook_port": setup.webhook_port,
+        "webhook_extra_hosts": ["127.0.0.1"],
+        "webhook_configuration": setup.configuration,
+        "webhook_cert_dir": str(cert_dir),
+        "distribution_host": "127.0.0.1",
+        "distribution_port": setup.distribution_port,
+        "injection": InjectionSettings(
+            operator_namespace=setup.operator_namespace,
+            discovery_url=f"http://127.0.0.1:{setup.distribution_port}",
+        ),
+        **overrides,
+    }
+
+
+def wait_for_ca_bundle(kubectl: Kubectl, name: str) -> str:
+    def bundle() -> str:
+        found = kubectl.get("mutatingwebhookconfiguration", name)
+        return str(found["webhooks"][0]["clientConfig"].get("caBundle") or "")
+
+    found = poll_until(bundle, bool, timeout=60)
+    assert found, "the operator never patched the caBundle"
+    return found
+
+
+@contextmanager
+def injecting_operator(
+    plane: LocalControlPlane, kubectl: Kubectl, workdir: Path, **overrides: Any
+) -> Iterator[Injecting]:
+    suffix = secrets.token_hex(3)
+    setup = Injecting(
+        labelled=f"t-inj-{suffix}",
+        plain=f"t-plain-{suffix}",
+        operator_namespace=f"t-ops-{suffix}",
+        webhook_port=free_port(),
+        distribution_port=free_port(),
+        configuration=f"routemesh-injector-{suffix}",
+    )
+    make_namespace(kubectl, setup.labelled, {"routemesh.dev/inject": "enabled"})
+    make_namespace(kubectl, setup.plain, {})
+    make_namespace(kubectl, setup.operator_namespace, {})
+    namespaces = [setup.labelled, setup.plain, setup.operator_namespace]
+    kubectl.apply(
+        yaml.safe_dump(webhook_configuration(setup.configuration, setup.webhook_port, namespaces))
+    )
+    try:
+        with running_operator(plane, **operator_settings(setup, workdir, **overrides)):
+            wait_for_ca_bundle(kubectl, setup.configuration)
+            yield setup
+    finally:
+        # Never leave a Fail webhook pointing at a port nobody serves.
+        kubectl.run("delete", "mutatingwebhookconfiguration", setup.configuration, check=False)
+        for namespace in namespaces:
+            kubectl.run("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def injecting(
+    control_plane: LocalControlPlane, kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Injecting]:
+    with injecting_operator(control_plane, kubectl, tmp_path_factory.mktemp("webhook")) as setup:
+        yield setup
+
+
+def create_pod(
+    kubectl: Kubectl,
+    namespace: str,
+    *,
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+    env: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    name = f"app-{secrets.token_hex(3)}"
+    container: dict[str, Any] = {"name": "app", "image": "example/app:1"}
+    if env is not None:
+        container["env"] = env
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "labels": labels or {},
+            "annotations": annotations or {},
+        },
+        "spec": {"containers": [container]},
+    }
+    kubectl.apply(yaml.safe_dump(body), namespace=namespace)
+    stored: dict[str, Any] = kubectl.get("pod", name, namespace=namespace)
+    return stored
+
+
+def sidecar_of(pod: dict[str, Any]) -> dict[str, Any] | None:
+    found = [c for c in pod["spec"].get("initContainers") or () if c["name"] == SIDECAR]
+    return found[0] if found else None
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env") or ()}
+
+
+def assert_not_injected(pod: dict[str, Any]) -> None:
+    assert sidecar_of(pod) is None
+    assert "routemesh.dev/injected" not in (pod["metadata"].get("annotations") or {})
+    app = pod["spec"]["containers"][0]
+    assert not set(env_of(app)) & set(BASE_URL_VARS)
+
+
+def assert_injected(pod: dict[str, Any], port: int = 4000) -> dict[str, Any]:
+    init = pod["spec"]["initContainers"]
+    sidecar = init[0]  # first: it starts before the app and any other init container
+    assert sidecar["name"] == SIDECAR
+    assert sidecar["restartPolicy"] == "Always"  # a native sidecar
+    assert pod["metadata"]["annotations"]["routemesh.dev/injected"]
+    app_env = env_of(pod["spec"]["containers"][0])
+    assert app_env["OPENAI_BASE_URL"] == f"http://127.0.0.1:{port}/v1"
+    assert app_env["OPENAI_API_BASE"] == f"http://127.0.0.1:{port}/v1"
+    assert app_env["ANTHROPIC_BASE_URL"] == f"http://127.0.0.1:{port}"
+    security = sidecar["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert sidecar["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert sidecar["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    sidecar_env = env_of(sidecar)
+    assert sidecar_env["ROUTEMESH_SIDECAR_LISTEN_PORT"] == str(port)
+    assert "k8s.pod.name=" in sidecar_env["OTEL_RESOURCE_ATTRIBUTES"]
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    # Not the API-access token the ServiceAccount admission plugin adds: ours, for RouteMesh.
+    token = next(
+        v
+        for n, v in volumes.items()
+        if n.startswith("routemesh-") and "projected" in v and _has_token(v)
+    )
+    source = next(s for s in token["projected"]["sources"] if "serviceAccountToken" in s)
+    assert source["serviceAccountToken"]["audience"] == "routemesh"
+    return sidecar
+
+
+def _has_token(volume: dict[str, Any]) -> bool:
+    return any("serviceAccountToken" in s for s in volume["projected"]["sources"])
+
+
+def test_a_pod_in_a_labelled_namespace_is_injected(kubectl: Kubectl, injecting: Injecting):
+    pod = create_pod(kubectl, injecting.labelled)
+    sidecar = assert_injected(pod)
+    assert env_of(sidecar)["ROUTEMESH_SIDECAR_DISCOVERY_URL"] == (
+        f"http://127.0.0.1:{injecting.distribution_port}"
+    )
+
+
+def test_an_annotated_pod_in_an_unlabelled_namespace_is_injected(
+    kubectl: Kubectl, injecting: Injecting
+):
+    assert_injected(
+        create_pod(kubectl, injecting.plain, annotations={"routemesh.dev/inject": "enabled"})
+    )
+    assert_not_injected(create_pod(kubectl, injecting.plain))
+
+
+def test_an_opted_out_pod_is_left_alone(kubectl: Kubectl, injecting: Injecting):
+    opted_out = create_pod(
+        kubectl, injecting.labelled, annotations={"routemesh.dev/inject": "disabled"}
+    )
+    assert_not_injected(opted_out)
+
+
+def test_system_and_operator_namespaces_are_never_touched(kubectl: Kubectl, injecting: Injecting):
+    # The operator's own namespace reaches the webhook here (the chart never sends it), and the
+    # webhook still leaves it alone.
+    own = create_pod(
+        kubectl, injecting.operator_namespace, annotations={"routemesh.dev/inject": "enabled"}
+    )
+    assert_not_injected(own)
+    system = create_pod(kubectl, "kube-system", annotations={"routemesh.dev/inject": "enabled"})
+    try:
+        assert_not_injected(system)
+    finally:
+        kubectl.run("delete", "pod", system["metadata"]["name"], "-n", "kube-system", check=False)
+
+
+def test_a_pod_that_sets_its_own_base_url_keeps_it(kubectl: Kubectl, injecting: Injecting):
+    own = [{"name": "OPENAI_BASE_URL", "value": "https://proxy.internal/v1"}]
+    pod = create_pod(kubectl, injecting.labelled, env=own)
+    assert sidecar_of(pod) is not None
+    app_env = env_of(pod["spec"]["containers"][0])
+    assert app_env["OPENAI_BASE_URL"] == "https://proxy.internal/v1"
+    assert app_env["ANTHROPIC_BASE_URL"] == "http://127.0.0.1:4000"
+    assert [e["name"] for e in pod["spec"]["containers"][0]["env"]].count("OPENAI_BASE_URL") == 1
+
+
+def test_an_injected_pod_is_not_injected_again(kubectl: Kubectl, injecting: Injecting):
+    first = create_pod(kubectl, injecting.labelled)
+    again: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": first["metadata"]["name"] + "-again",
+            "annotations": first["metadata"]["annotations"],
+        },
+        "spec": {key: first["spec"][key] for key in ("containers", "initContainers", "volumes")},
+    }
+    kubectl.apply(yaml.safe_dump(again), namespace=injecting.labelled)
+    stored = kubectl.get("pod", again["metadata"]["name"], namespace=injecting.labelled)
+    assert [c["name"] for c in stored["spec"]["initContainers"]] == [SIDECAR]
+    assert stored["spec"]["containers"][0]["env"] == first["spec"]["containers"][0]["env"]
+    ours = [v["name"] for v in stored["spec"]["volumes"] if v["name"].startswith("routemesh-")]
+    assert sorted(ours) == sorted(set(ours))
+
+
+def test_annotations_override_the_port_resources_and_log_level(
+    kubectl: Kubectl, injecting: Injecting
+):
+    pod = create_pod(
+        kubectl,
+        injecting.labelled,
+        annotations={
+            "routemesh.dev/sidecar-port": "4100",
+            "routemesh.dev/sidecar-log-level": "debug",
+            "routemesh.dev/sidecar-memory-limit": "256Mi",
+            "routemesh.dev/sidecar-cpu-request": "50m",
+        },
+    )
+    sidecar = assert_injected(pod, port=4100)
+    assert env_of(sidecar)["ROUTEMESH_SIDECAR_LOG_LEVEL"] == "debug"
+    assert sidecar["resources"]["limits"]["memory"] == "256Mi"
+    assert sidecar["resources"]["requests"]["cpu"] == "50m"
+
+
+def test_a_nonsense_override_refuses_the_pod_with_the_reason(
+    kubectl: Kubectl, injecting: Injecting
+):
+    with pytest.raises(KubectlError, match=r"routemesh\.dev/sidecar-port"):
+        create_pod(kubectl, injecting.labelled, annotations={"routemesh.dev/sidecar-port": "http"})
+
+
+def policy_docs(secret: str, provider_url: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": secret},
+            "stringData": {"api-key": OPENAI_KEY},
+        },
+        {
+            "apiVersion": "routemesh.dev/v1alpha1",
+            "kind": "ModelBackend",
+            "metadata": {"name": "provider"},
+            "spec": {
+                "provider": "OpenAICompatible",
+                "endpoint": {"url": provider_url},
+                "credentials": {"secretRef": {"name": secret, "key": "api-key"}},
+                "models": [
+                    {
+                        "name": "small",
+                        "contextWindow": 8000,
+                        "pricing": {"inputPerMillion": "1", "outputPerMillion": "2"},
+                        "qualityTier": "Standard",
+                    }
+                ],
+            },
+        },
+        {
+            "apiVersion": "routemesh.dev/v1alpha1",
+            "kind": "RoutingPolicy",
+            "metadata": {"name": "chat"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "chat"}},
+                "routes": [
+                    {
+                        "name": "r",
+                        "strategy": {"type": "Fallback"},
+                        "targets": [{"backend": "provider", "model": "small"}],
+                    }
+                ],
+            },
+        },
+    ]
+
+
+def programmed(kubectl: Kubectl, namespace: str) -> None:
+    status = poll_until(
+        lambda: kubectl.get("routingpolicy", "chat", namespace=namespace).get("status", {}),
+        lambda s: "routeTableVersion" in s,
+        timeout=30,
+    )
+    assert "routeTableVersion" in status
+
+
+def test_the_app_container_never_sees_the_provider_secret(kubectl: Kubectl, injecting: Injecting):
+    secret = f"key-{secrets.token_hex(3)}"
+    kubectl.apply(
+        yaml.safe_dump_all(policy_docs(secret, "http://127.0.0.1:9/v1")),
+        namespace=injecting.labelled,
+    )
+    programmed(kubectl, injecting.labelled)
+    pod = create_pod(kubectl, injecting.labelled, labels={"app": "chat"})
+    sidecar = assert_injected(pod)
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    holding = {
+        name
+        for name, volume in volumes.items()
+        if secret in json.dumps(volume)  # the volume that projects the provider's Secret
+    }
+    assert holding, "the sidecar gets the Secret"
+    assert holding <= {m["name"] for m in sidecar["volumeMounts"]}
+    app = pod["spec"]["containers"][0]
+    assert not holding & {m["name"] for m in app.get("volumeMounts") or ()}
+    assert secret not in json.dumps(app)
+    assert not app.get("envFrom")
+
+
+def served_certificate(port: int) -> bytes:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return der
+
+
+def test_a_rotated_certificate_keeps_the_webhook_working(
+    control_plane: LocalControlPlane, kubectl: Kubectl, tmp_path: Path
+):
+    # A serving certificate of 40 s, renewed 30 s before it ends: one rotation every ~10 s.
+    day = 86400.0
+    with injecting_operator(
+        control_plane,
+        kubectl,
+        tmp_path,
+        webhook_serving_validity_days=40 / day,
+        webhook_rotate_before_days=30 / day,
+    ) as setup:
+        assert_injected(create_pod(kubectl, setup.labelled))
+        before = served_certificate(setup.webhook_port)
+        after = poll_until(
+            lambda: served_certificate(setup.webhook_port), lambda der: der != before, timeout=60
+        )
+        assert after != before, "the certificate never rotated"
+        stored = kubectl.get(
+            "secret", "routemesh-webhook-certs", namespace=setup.operator_namespace
+        )
+        assert after in _ders(base64.b64decode(stored["data"]["tls.crt"]))
+        # The API server still trusts the webhook: the same CA signed the new certificate.
+        assert_injected(create_pod(kubectl, setup.labelled))
+
+
+def _ders(pem: bytes) -> list[bytes]:
+    blocks = pem.decode().split("-----END CERTIFICATE-----")
+    return [
+        ssl.PEM_cert_to_DER_cert(block + "-----END CERTIFICATE-----\n")
+        for block in blocks
+        if "BEGIN CERTIFICATE" in block
+    ]
+
+
+def fields_of(pod: dict[str, Any]) -> dict[str, str]:
+    return {
+        "metadata.name": pod["metadata"]["name"],
+        "metadata.namespace": pod["metadata"]["namespace"],
+        "spec.nodeName": "node-1",  # no scheduler here: say where it would run
+    }
+
+
+def write_volume(
+    kubectl: Kubectl, pod: dict[str, Any], volume: dict[str, Any], directory: Path
+) -> None:
+    """What the kubelet would put in the volume, written into `directory`."""
+    namespace = pod["metadata"]["namespace"]
+    directory.mkdir(parents=True, exist_ok=True)
+    for source in (volume.get("projected") or {}).get("sources") or ():
+        if "serviceAccountToken" in source:
+            token = source["serviceAccountToken"]
+            minted = kubectl.run(
+                "create",
+                "token",
+                pod["spec"].get("serviceAccountName") or "default",
+                "-n",
+                namespace,
+                "--audience",
+                token["audience"],
+                "--bound-object-kind",
+                "Pod",
+                "--bound-object-name",
+                pod["metadata"]["name"],
+                "--bound-object-uid",
+                pod["metadata"]["uid"],
+            ).stdout.strip()
+            (directory / token["path"]).write_text(minted)
+        if "secret" in source:
+            secret = kubectl.get("secret", source["secret"]["name"], namespace=namespace)
+            for item in source["secret"]["items"]:
+                target = directory / item["path"]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(base64.b64decode(secret["data"][item["key"]]))
+    if "downwardAPI" in volume:
+        for item in volume["downwardAPI"]["items"]:
+            assert item["fieldRef"]["fieldPath"] == "metadata.labels"
+            labels = pod["metadata"].get("labels") or {}
+            lines = [f"{key}={json.dumps(value)}" for key, value in sorted(labels.items())]
+            (directory / item["path"]).write_text("\n".join(lines) + "\n")
+    if "configMap" in volume:
+        found = kubectl.get("configmap", volume["configMap"]["name"], namespace=namespace)
+        for key, value in (found.get("data") or {}).items():
+            (directory / key).write_text(value)
+
+
+def sidecar_process_env(
+    pod: dict[str, Any], sidecar: dict[str, Any], remap: dict[str, Path]
+) -> dict[str, str]:
+    """The container's environment as the kubelet builds it, with mount paths remapped."""
+    env: dict[str, str] = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(next(iter(remap.values()))),
+    }
+    fields = fields_of(pod)
+    for entry in sidecar["env"]:
+        if "valueFrom" in entry:
+            value = fields[entry["valueFrom"]["fieldRef"]["fieldPath"]]
+        else:
+            value = entry["value"]
+            for name, known in env.items():
+                value = value.replace(f"$({name})", known)
+        for mount, local in remap.items():
+            value = value.replace(mount, str(local))
+        env[entry["name"]] = value
+    return env
+
+
+def test_the_injected_sidecar_runs_as_a_process_loads_its_table_and_answers(
+    kubectl: Kubectl, injecting: Injecting, tmp_path: Path
+):
+    with ServerThread(FakeOpenAI(name="upstream", api_key=OPENAI_KEY).app) as provider:
+        secret = f"key-{secrets.token_hex(3)}"
+        kubectl.apply(
+            yaml.safe_dump_all(policy_docs(secret, provider.url + "/v1")),
+            namespace=injecting.labelled,
+        )
+        programmed(kubectl, injecting.labelled)
+        port, admin = free_port(), free_port()
+        pod = create_pod(
+            kubectl,
+            injecting.labelled,
+            labels={"app": "chat"},
+            annotations={
+                "routemesh.dev/sidecar-port": str(port),
+                "routemesh.dev/sidecar-admin-port": str(admin),
+            },
+        )
+        sidecar = sidecar_of(pod)
+        assert sidecar is not None
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        remap: dict[str, Path] = {}
+        written: list[Path] = []
+        for mount in sidecar["volumeMounts"]:
+            if not mount["name"].startswith("routemesh-"):
+                continue  # the API-access token every container gets; the sidecar never uses it
+            volume = volumes[mount["name"]]
+            if any("secret" in s for s in (volume.get("projected") or {}).get("sources") or ()):
+                # The route table names the credentials' absolute paths: write them there.
+                target = Path(mount["mountPath"])
+                written.append(target)
+            else:
+                target = tmp_path / mount["name"]
+                remap[mount["mountPath"]] = target
+            write_volume(kubectl, pod, volume, target)
+        env = sidecar_process_env(pod, sidecar, remap)
+        log = tmp_path / "sidecar.log"
+        try:
+            with log.open("wb") as out:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "routemesh_sidecar"],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            try:
+                ready = poll_until(lambda: _ready(admin), bool, timeout=60)
+                assert ready, log.read_text()[-3000:]
+                app_env = env_of(pod["spec"]["containers"][0])
+                with openai.OpenAI(
+                    base_url=app_env["OPENAI_BASE_URL"], api_key="app", max_retries=0, timeout=20
+                ) as client:
+                    raw = client.chat.completions.with_raw_response.create(
+                        model="small", messages=[{"role": "user", "content": "hi"}]
+                    )
+                answer = raw.parse()
+                assert "upstream" in (answer.choices[0].message.content or "")
+                assert raw.headers["x-routemesh-backend"] == "provider"
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{admin}/config_dump", timeout=5
+                ) as response:
+                    dump = json.loads(response.read())
+                status = kubectl.get("routingpolicy", "chat", namespace=injecting.labelled)[
+                    "status"
+                ]
+                assert dump["route_table"]["version"] == status["routeTableVersion"]
+            finally:
+                process.terminate()
+                process.wait(timeout=10)
+        finally:
+            for path in written:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _ready(admin: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
