@@ -24,8 +24,6 @@ import ssl
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +35,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from routemesh_testing.kubectl import Kubectl
 from routemesh_testing.pki import CertificateAuthority, generate_service_account_signer
+from routemesh_testing.waiting import http_ok
 
 log = logging.getLogger(__name__)
 
@@ -481,11 +480,7 @@ def _terminate(popen: subprocess.Popen[bytes], grace: float = 10.0) -> None:
 
 
 def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2, context=context) as response:  # noqa: S310
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError, ssl.SSLError):
-        return False
+    return http_ok(url, 2.0, context)
 
 
 def _has_flag(binary: Path, flag: str) -> bool:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -30,7 +28,7 @@ from routemesh_sidecar.settings import SidecarSettings
 from routemesh_sidecar.upstream.retry import Clock
 from routemesh_testing.controlplane import free_port
 from routemesh_testing.serving import LoopThread
-from routemesh_testing.waiting import poll_until
+from routemesh_testing.waiting import http_ok, poll_until
 
 T = TypeVar("T")
 
@@ -169,11 +167,7 @@ class SidecarProcess:
     def _ready(self) -> bool:
         if self.process is None or self.process.poll() is not None:
             raise RuntimeError(f"sidecar exited: {self.log_path.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{self.admin_url}/readyz", timeout=1) as response:  # noqa: S310
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+        return http_ok(f"{self.admin_url}/readyz", 1.0)
 
     @property
     def base_url(self) -> str:
