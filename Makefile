@@ -70,10 +70,8 @@ cluster-down: ## Stop the local control plane started with cluster-up
 	bash hack/localcluster.sh down
 
 .PHONY: demo
-demo: install controlplane ## Run the demo on the embedded default (not built yet: says so)
-	@echo "The demo (operator, sidecars, fake providers and traces on the local control plane)"
-	@echo "is not built yet. 'make cluster-up' starts the local control plane it will run on."
-	@exit 1
+demo: install controlplane ## Run the demo: control plane, operator, webhook, a sidecar, fake providers, traces
+	PYTHONPATH=testing $(PY) -m routemesh_testing.demo $(DEMO_ARGS)
 
 .PHONY: bench
 bench: install ## Run the benchmarks in bench/ and print results for docs/benchmarks.md

@@ -12,13 +12,9 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
-import shutil
 import socket
 import ssl
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +31,7 @@ from routemesh_testing.controlplane import LocalControlPlane, free_port
 from routemesh_testing.fakes import OPENAI_KEY, FakeOpenAI
 from routemesh_testing.kubectl import Kubectl, KubectlError
 from routemesh_testing.operator import running_operator
+from routemesh_testing.podrun import InjectedSidecar
 from routemesh_testing.pytest_plugin import TEST_NAMESPACE_LABEL
 from routemesh_testing.serving import ServerThread
 from routemesh_testing.waiting import poll_until
@@ -470,79 +467,6 @@ def _ders(pem: bytes) -> list[bytes]:
     ]
 
 
-def fields_of(pod: dict[str, Any]) -> dict[str, str]:
-    return {
-        "metadata.name": pod["metadata"]["name"],
-        "metadata.namespace": pod["metadata"]["namespace"],
-        "spec.nodeName": "node-1",  # no scheduler here: say where it would run
-    }
-
-
-def write_volume(
-    kubectl: Kubectl, pod: dict[str, Any], volume: dict[str, Any], directory: Path
-) -> None:
-    """What the kubelet would put in the volume, written into `directory`."""
-    namespace = pod["metadata"]["namespace"]
-    directory.mkdir(parents=True, exist_ok=True)
-    for source in (volume.get("projected") or {}).get("sources") or ():
-        if "serviceAccountToken" in source:
-            token = source["serviceAccountToken"]
-            minted = kubectl.run(
-                "create",
-                "token",
-                pod["spec"].get("serviceAccountName") or "default",
-                "-n",
-                namespace,
-                "--audience",
-                token["audience"],
-                "--bound-object-kind",
-                "Pod",
-                "--bound-object-name",
-                pod["metadata"]["name"],
-                "--bound-object-uid",
-                pod["metadata"]["uid"],
-            ).stdout.strip()
-            (directory / token["path"]).write_text(minted)
-        if "secret" in source:
-            secret = kubectl.get("secret", source["secret"]["name"], namespace=namespace)
-            for item in source["secret"]["items"]:
-                target = directory / item["path"]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(base64.b64decode(secret["data"][item["key"]]))
-    if "downwardAPI" in volume:
-        for item in volume["downwardAPI"]["items"]:
-            assert item["fieldRef"]["fieldPath"] == "metadata.labels"
-            labels = pod["metadata"].get("labels") or {}
-            lines = [f"{key}={json.dumps(value)}" for key, value in sorted(labels.items())]
-            (directory / item["path"]).write_text("\n".join(lines) + "\n")
-    if "configMap" in volume:
-        found = kubectl.get("configmap", volume["configMap"]["name"], namespace=namespace)
-        for key, value in (found.get("data") or {}).items():
-            (directory / key).write_text(value)
-
-
-def sidecar_process_env(
-    pod: dict[str, Any], sidecar: dict[str, Any], remap: dict[str, Path]
-) -> dict[str, str]:
-    """The container's environment as the kubelet builds it, with mount paths remapped."""
-    env: dict[str, str] = {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": str(next(iter(remap.values()))),
-    }
-    fields = fields_of(pod)
-    for entry in sidecar["env"]:
-        if "valueFrom" in entry:
-            value = fields[entry["valueFrom"]["fieldRef"]["fieldPath"]]
-        else:
-            value = entry["value"]
-            for name, known in env.items():
-                value = value.replace(f"$({name})", known)
-        for mount, local in remap.items():
-            value = value.replace(mount, str(local))
-        env[entry["name"]] = value
-    return env
-
-
 def test_the_injected_sidecar_runs_as_a_process_loads_its_table_and_answers(
     kubectl: Kubectl, injecting: Injecting, tmp_path: Path
 ):
@@ -563,65 +487,22 @@ def test_the_injected_sidecar_runs_as_a_process_loads_its_table_and_answers(
                 "routemesh.dev/sidecar-admin-port": str(admin),
             },
         )
-        sidecar = sidecar_of(pod)
-        assert sidecar is not None
-        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
-        remap: dict[str, Path] = {}
-        written: list[Path] = []
-        for mount in sidecar["volumeMounts"]:
-            if not mount["name"].startswith("routemesh-"):
-                continue  # the API-access token every container gets; the sidecar never uses it
-            volume = volumes[mount["name"]]
-            if any("secret" in s for s in (volume.get("projected") or {}).get("sources") or ()):
-                # The route table names the credentials' absolute paths: write them there.
-                target = Path(mount["mountPath"])
-                written.append(target)
-            else:
-                target = tmp_path / mount["name"]
-                remap[mount["mountPath"]] = target
-            write_volume(kubectl, pod, volume, target)
-        env = sidecar_process_env(pod, sidecar, remap)
-        log = tmp_path / "sidecar.log"
-        try:
-            with log.open("wb") as out:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "routemesh_sidecar"],
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
+        with InjectedSidecar(kubectl, pod, tmp_path) as sidecar:
+            with openai.OpenAI(
+                base_url=sidecar.app_env()["OPENAI_BASE_URL"],
+                api_key="app",
+                max_retries=0,
+                timeout=20,
+            ) as client:
+                raw = client.chat.completions.with_raw_response.create(
+                    model="small", messages=[{"role": "user", "content": "hi"}]
                 )
-            try:
-                ready = poll_until(lambda: _ready(admin), bool, timeout=60)
-                assert ready, log.read_text()[-3000:]
-                app_env = env_of(pod["spec"]["containers"][0])
-                with openai.OpenAI(
-                    base_url=app_env["OPENAI_BASE_URL"], api_key="app", max_retries=0, timeout=20
-                ) as client:
-                    raw = client.chat.completions.with_raw_response.create(
-                        model="small", messages=[{"role": "user", "content": "hi"}]
-                    )
-                answer = raw.parse()
-                assert "upstream" in (answer.choices[0].message.content or "")
-                assert raw.headers["x-routemesh-backend"] == "provider"
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{admin}/config_dump", timeout=5
-                ) as response:
-                    dump = json.loads(response.read())
-                status = kubectl.get("routingpolicy", "chat", namespace=injecting.labelled)[
-                    "status"
-                ]
-                assert dump["route_table"]["version"] == status["routeTableVersion"]
-            finally:
-                process.terminate()
-                process.wait(timeout=10)
-        finally:
-            for path in written:
-                shutil.rmtree(path, ignore_errors=True)
-
-
-def _ready(admin: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=1) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
+            answer = raw.parse()
+            assert "upstream" in (answer.choices[0].message.content or "")
+            assert raw.headers["x-routemesh-backend"] == "provider"
+            with urllib.request.urlopen(f"{sidecar.admin_url}/config_dump", timeout=5) as response:  # noqa: S310
+                dump = json.loads(response.read())
+            status = kubectl.get("routingpolicy", "chat", namespace=injecting.labelled)["status"]
+            assert dump["route_table"]["version"] == status["routeTableVersion"]
+            assert sidecar.admin_url == f"http://127.0.0.1:{admin}"
+            assert sidecar.app_env()["OPENAI_BASE_URL"] == f"http://127.0.0.1:{port}/v1"

@@ -1,0 +1,186 @@
+"""Run an injected Pod's sidecar as a process, as a kubelet would, on a control plane with none.
+
+No kubelet runs here, so `InjectedSidecar` does its part for the sidecar container of a stored
+Pod: it writes each RouteMesh volume (the projected ServiceAccount token, minted with the real
+TokenRequest API and bound to the Pod; the pod's labels; the route-table ConfigMap; the
+credentials Secrets), resolves the container's environment (fieldRefs and `$(VAR)` references),
+and starts `python -m routemesh_sidecar` with it. Volumes are written under a work directory and
+the environment is remapped to them, except the credentials, which go where the route table says
+they are (the operator's compiler names absolute paths), and are removed afterwards.
+
+Test and demo support only: product code never imports it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from routemesh_testing.kubectl import Kubectl
+from routemesh_testing.waiting import http_ok, poll_until
+
+SIDECAR = "routemesh-sidecar"
+
+
+def sidecar_container(pod: dict[str, Any]) -> dict[str, Any]:
+    """The injected sidecar container of a stored Pod."""
+    for container in pod["spec"].get("initContainers") or ():
+        if container["name"] == SIDECAR:
+            found: dict[str, Any] = container
+            return found
+    raise LookupError(f"pod {pod['metadata']['name']} has no {SIDECAR} container")
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    """A container's env by name (value, or valueFrom)."""
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env") or ()}
+
+
+class InjectedSidecar:
+    """The sidecar of a stored Pod, running as a process until the block ends."""
+
+    def __init__(self, kubectl: Kubectl, pod: dict[str, Any], workdir: Path) -> None:
+        self.kubectl = kubectl
+        self.pod = pod
+        self.workdir = workdir
+        self.container = sidecar_container(pod)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / "sidecar.log"
+        self._written: list[Path] = []
+
+    @property
+    def admin_url(self) -> str:
+        """The admin listener, from the container's environment."""
+        port = env_of(self.container)["ROUTEMESH_SIDECAR_ADMIN_PORT"]
+        return f"http://127.0.0.1:{port}"
+
+    def app_env(self) -> dict[str, Any]:
+        """The environment the app container got (its base URLs)."""
+        return env_of(self.pod["spec"]["containers"][0])
+
+    def __enter__(self) -> InjectedSidecar:
+        remap = self._write_volumes()
+        env = self._environment(remap)
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "routemesh_sidecar"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        ready = poll_until(lambda: http_ok(f"{self.admin_url}/readyz", 1.0), bool, timeout=60)
+        if not ready:
+            self.__exit__(None, None, None)
+            raise RuntimeError(f"sidecar not ready: {self.log_path.read_text()[-3000:]}")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for path in self._written:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def _write_volumes(self) -> dict[str, Path]:
+        volumes = {v["name"]: v for v in self.pod["spec"]["volumes"]}
+        remap: dict[str, Path] = {}
+        for mount in self.container["volumeMounts"]:
+            if not mount["name"].startswith("routemesh-"):
+                continue  # the API-access token every container gets; the sidecar never uses it
+            volume = volumes[mount["name"]]
+            if _holds_secrets(volume):
+                target = Path(mount["mountPath"])
+                self._written.append(target)
+            else:
+                target = self.workdir / mount["name"]
+                remap[mount["mountPath"]] = target
+            self._write_volume(volume, target)
+        return remap
+
+    def _write_volume(self, volume: dict[str, Any], directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        for source in (volume.get("projected") or {}).get("sources") or ():
+            if "serviceAccountToken" in source:
+                self._write_token(source["serviceAccountToken"], directory)
+            if "secret" in source:
+                self._write_secret(source["secret"], directory)
+        if "downwardAPI" in volume:
+            labels = self.pod["metadata"].get("labels") or {}
+            for item in volume["downwardAPI"]["items"]:
+                lines = [f"{k}={json.dumps(v)}" for k, v in sorted(labels.items())]
+                (directory / item["path"]).write_text("\n".join(lines) + "\n")
+        if "configMap" in volume:
+            found = self.kubectl.get(
+                "configmap", volume["configMap"]["name"], namespace=self._namespace
+            )
+            for key, value in (found.get("data") or {}).items():
+                (directory / key).write_text(value)
+
+    def _write_token(self, token: dict[str, Any], directory: Path) -> None:
+        metadata = self.pod["metadata"]
+        minted = self.kubectl.run(
+            "create",
+            "token",
+            self.pod["spec"].get("serviceAccountName") or "default",
+            "-n",
+            self._namespace,
+            "--audience",
+            token["audience"],
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            metadata["name"],
+            "--bound-object-uid",
+            metadata["uid"],
+        ).stdout.strip()
+        (directory / token["path"]).write_text(minted)
+
+    def _write_secret(self, source: dict[str, Any], directory: Path) -> None:
+        secret = self.kubectl.get("secret", source["name"], namespace=self._namespace)
+        for item in source["items"]:
+            target = directory / item["path"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(base64.b64decode(secret["data"][item["key"]]))
+
+    def _environment(self, remap: dict[str, Path]) -> dict[str, str]:
+        fields = {
+            "metadata.name": self.pod["metadata"]["name"],
+            "metadata.namespace": self._namespace,
+            "spec.nodeName": "node-1",  # no scheduler here: say where it would run
+        }
+        env = {"PATH": os.environ.get("PATH", ""), "HOME": str(self.workdir)}  # noqa: TID251
+        for entry in self.container["env"]:
+            if "valueFrom" in entry:
+                value = fields[entry["valueFrom"]["fieldRef"]["fieldPath"]]
+            else:
+                value = entry["value"]
+                for name, known in env.items():
+                    value = value.replace(f"$({name})", known)
+            for mount, local in remap.items():
+                value = value.replace(mount, str(local))
+            env[entry["name"]] = value
+        return env
+
+    @property
+    def _namespace(self) -> str:
+        return str(self.pod["metadata"]["namespace"])
+
+
+def _holds_secrets(volume: dict[str, Any]) -> bool:
+    return any("secret" in s for s in (volume.get("projected") or {}).get("sources") or ())
