@@ -195,6 +195,11 @@ class BackendBalancer:
         ejected, transition = self.outlier.ejected(endpoint.url, now)
         if transition is not None:
             self.emit.append(transition)
+            if not ejected:
+                # Back from an ejection: what it measured before it failed says nothing now.
+                # A zero estimate wins the next comparison, so it gets a request at once and
+                # shows its latency, instead of waiting behind siblings measured since.
+                endpoint.latency.estimate, endpoint.latency.stamp = 0.0, now
         return not ejected and endpoint.health.status != "unhealthy"
 
     def local_first(self, endpoints: list[EndpointState]) -> list[EndpointState]:

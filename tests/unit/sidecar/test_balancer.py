@@ -267,6 +267,18 @@ def test_usable_ends_an_ejection_whose_time_is_over_and_queues_its_transition():
     ]
 
 
+def test_an_endpoint_back_from_ejection_gets_the_next_request_whatever_it_measured_before():
+    slow, fast = state("http://slow/v1", latency=2.0), state("http://fast/v1", latency=0.001)
+    bal = balancer([slow, fast], panic_threshold_percent=0)
+    eject(bal, slow.url)
+    back = T0 + 30
+    fast.latency.observe(0.001, back)  # its sibling kept serving, fast
+    assert slow.latency.value(back) > fast.latency.value(back)  # the stale estimate would lose
+    assert bal.pick(back, random.Random(0)) is slow
+    slow.latency.observe(0.5, back)  # then its own new sample decides, as for any endpoint
+    assert bal.pick(back, random.Random(0)) is fast
+
+
 # ---------------------------------------------------------------- locality
 
 
