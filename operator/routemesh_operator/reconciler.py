@@ -48,6 +48,7 @@ from routemesh_sidecar.routetable import RouteTable
 
 logger = logging.getLogger(__name__)
 
+CA_CONFIGMAP = "routemesh-ca"
 PLURALS = {"RoutingPolicy": "routingpolicies", "ModelBackend": "modelbackends"}
 
 
@@ -89,6 +90,10 @@ class Reconciler:
         # Only the leader writes (status, ConfigMaps, workloads, Events); a follower compiles and
         # keeps its board warm, to take over at once.
         self.writing = True
+        # The CA that signed the distribution server's certificate, when it serves TLS: published
+        # in every namespace with policies, for the injected sidecars to trust.
+        self.ca_bundle: Callable[[], bytes | None] = lambda: None
+        self._published_ca: dict[str, bytes] = {}
         self.compiles = 0  # for tests and metrics: how many namespace compiles ran
 
     def set_writing(self, writing: bool) -> None:
@@ -166,6 +171,7 @@ class Reconciler:
         )
         self.compiles += 1
         await self._apply_workloads(namespace)
+        await self._publish_ca(namespace)
         policies = self._inventory.namespace(namespace).policies
         for name, outcome in result.policies.items():
             await self._publish(policies[name], outcome)
@@ -184,6 +190,26 @@ class Reconciler:
                 fields["replicas"], fields["readyReplicas"] = deployments[name]
             await self._write_status(namespace, "ModelBackend", name, conditions, **fields)
         return result
+
+    async def _publish_ca(self, namespace: str) -> None:
+        """Keep the ConfigMap `routemesh-ca` of a namespace with policies on the current CA."""
+        bundle = self.ca_bundle()
+        if not self.writing or not bundle or not self._inventory.namespace(namespace).policies:
+            return
+        if self._published_ca.get(namespace) == bundle:
+            return
+        body = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": CA_CONFIGMAP,
+                "namespace": namespace,
+                "labels": {workloads.MANAGED_BY_LABEL: workloads.MANAGED_BY},
+            },
+            "data": {"ca.crt": bundle.decode()},
+        }
+        await self._api.apply(namespaced("v1", namespace, "configmaps", CA_CONFIGMAP), body)
+        self._published_ca[namespace] = bundle
 
     async def refresh_status(self, namespace: str) -> None:
         """Write policy statuses from the last compile, with fresh sync counts; no compile."""

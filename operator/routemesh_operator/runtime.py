@@ -17,6 +17,7 @@ import ssl
 import uuid
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -100,7 +101,8 @@ class Runtime:
             self._spawn("routemesh-sidecar-expiry", self._expire_sidecars())
             if self.elector is not None:
                 self._spawn("routemesh-leader-election", self.elector.run())
-            await self._serve_distribution()
+            if not self.settings.distribution_tls:
+                await self._serve_distribution()
             if self.settings.webhook_enabled:
                 self._spawn("routemesh-webhook", self._serve_webhook())
         except BaseException:
@@ -125,13 +127,13 @@ class Runtime:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._stack.aclose()
 
-    async def _serve_distribution(self) -> None:
+    async def _serve_distribution(self, shared: ssl.SSLContext | None = None) -> None:
         settings = self.settings
         runner = web.AppRunner(self.distribution.app(), access_log=None)
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)
-        context = None
-        if settings.distribution_cert_file and settings.distribution_key_file:
+        context = shared
+        if shared is None and settings.distribution_cert_file and settings.distribution_key_file:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(settings.distribution_cert_file, settings.distribution_key_file)
         site = web.TCPSite(
@@ -153,7 +155,31 @@ class Runtime:
         server = AdmissionServer(
             self.board, lambda: settings.injection, NamespaceLabelCache(self.api)
         )
-        await serve_webhook(server.app(), settings, certificates, self._webhook_listening)
+        if certificates is not None:
+            self.reconciler.ca_bundle = lambda: certificates.ca_bundle or None
+            if settings.distribution_tls:
+                self._spawn("routemesh-ca-publisher", self._follow_ca(certificates))
+        else:  # cert-manager writes the CA beside the certificate
+            self.reconciler.ca_bundle = lambda: _read_bytes(
+                Path(settings.webhook_cert_dir) / "ca.crt"
+            )
+        await serve_webhook(
+            server.app(),
+            settings,
+            certificates,
+            self._webhook_listening,
+            self._serve_distribution if settings.distribution_tls else None,
+        )
+
+    async def _follow_ca(self, certificates: WebhookCertificates) -> None:
+        """Republish the CA into every namespace when it changes (rare: a CA lasts years)."""
+        seen = certificates.ca_bundle
+        while True:
+            await asyncio.sleep(60)
+            if certificates.ca_bundle != seen:
+                seen = certificates.ca_bundle
+                for namespace in self.inventory.namespaces():
+                    self.reconciler.mark(namespace)
 
     def _webhook_listening(self, port: int) -> None:
         self.webhook_port = port
@@ -219,6 +245,13 @@ class Runtime:
         task = asyncio.create_task(work, name=name)
         task.add_done_callback(_log_exit)
         self._tasks.append(task)
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def _owned(body: Mapping[str, Any]) -> bool:

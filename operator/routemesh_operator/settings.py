@@ -47,6 +47,13 @@ class OperatorSettings(BaseSettings):
         "(only for tests and the local demo: tokens then cross the network in clear).",
     )
     distribution_key_file: str | None = Field(default=None, description="Its private key.")
+    distribution_tls: bool = Field(
+        default=False,
+        description="Serve the distribution server over TLS with the webhook's certificate "
+        "(the same Service names it), and publish the CA that signed it as the ConfigMap "
+        "`routemesh-ca` (key ca.crt) in every namespace with RoutingPolicies, where injected "
+        "sidecars mount it. Needs the webhook.",
+    )
     token_audiences: list[str] = Field(
         default_factory=lambda: ["routemesh"],
         description="Audiences a sidecar's ServiceAccount token must carry (the projected "

@@ -16,8 +16,7 @@ happens to be running then: with GC timing, under load, a unit test.
 from __future__ import annotations
 
 import gc
-import urllib.error
-import urllib.request
+import ssl
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +28,7 @@ from kopf.testing import KopfRunner
 from routemesh_operator.handlers import build_registry
 from routemesh_operator.settings import OperatorSettings
 from routemesh_testing.controlplane import LocalControlPlane
-from routemesh_testing.waiting import poll_until
+from routemesh_testing.waiting import http_ok, poll_until
 
 
 @contextmanager
@@ -57,7 +56,9 @@ def running_operator(plane: LocalControlPlane, **settings: Any) -> Iterator[Kopf
         with runner:
             if operator_settings.distribution_port:
                 _wait_until_serving(
-                    operator_settings.distribution_host, operator_settings.distribution_port
+                    operator_settings.distribution_host,
+                    operator_settings.distribution_port,
+                    operator_settings.distribution_tls,
                 )
             yield runner
     finally:
@@ -72,17 +73,14 @@ def _collect_runtime_leftovers() -> None:
         gc.collect()
 
 
-def _wait_until_serving(host: str, port: int) -> None:
-    """The runtime starts its distribution server last: once it answers, the operator is up."""
+def _wait_until_serving(host: str, port: int, tls: bool) -> None:
+    """Once the distribution server answers, the operator is up (with TLS: its webhook too)."""
     address = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104
-    url = f"http://{address}:{port}/healthz"
-
-    def answers() -> bool:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
-
-    if not poll_until(answers, bool, timeout=60, interval=0.1):
+    url = f"{'https' if tls else 'http'}://{address}:{port}/healthz"
+    context = None
+    if tls:  # a liveness poll: which CA signed it is the tests' business
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if not poll_until(lambda: http_ok(url, 2.0, context), bool, timeout=60, interval=0.1):
         raise RuntimeError(f"the operator's distribution server never answered at {url}")

@@ -120,6 +120,8 @@ class InjectedSidecar:
                 self._write_token(source["serviceAccountToken"], directory)
             if "secret" in source:
                 self._write_secret(source["secret"], directory)
+            if "configMap" in source:
+                self._write_configmap_items(source["configMap"], directory)
         if "downwardAPI" in volume:
             labels = self.pod["metadata"].get("labels") or {}
             for item in volume["downwardAPI"]["items"]:
@@ -150,6 +152,12 @@ class InjectedSidecar:
             metadata["uid"],
         ).stdout.strip()
         (directory / token["path"]).write_text(minted)
+
+    def _write_configmap_items(self, source: dict[str, Any], directory: Path) -> None:
+        found = self.kubectl.get("configmap", source["name"], namespace=self._namespace)
+        data = found.get("data") or {}
+        for item in source.get("items") or [{"key": k, "path": k} for k in data]:
+            (directory / item["path"]).write_text(data[item["key"]])
 
     def _write_secret(self, source: dict[str, Any], directory: Path) -> None:
         secret = self.kubectl.get("secret", source["name"], namespace=self._namespace)

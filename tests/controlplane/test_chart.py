@@ -8,6 +8,7 @@ does its whole job, and that the role refuses what the operator never needs.
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +53,12 @@ def test_the_chart_renders_its_crds_rbac_and_operator(helm: Helm):
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["ROUTEMESH_OPERATOR_STANDALONE"] == "true"
     assert env["ROUTEMESH_OPERATOR_TOKEN_AUDIENCES"] == '["routemesh"]'
+    # Sidecars reach the operator over TLS and trust the CA it publishes in their namespace.
+    assert env["ROUTEMESH_OPERATOR_DISTRIBUTION_TLS"] == "true"
+    injection = json.loads(env["ROUTEMESH_OPERATOR_INJECTION"])
+    assert injection["discovery_url"] == "https://rm-operator.routemesh-system.svc:9443"
+    assert injection["discovery_ca_configmap"] == "routemesh-ca"
+    assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "routemesh-operator"
     # One replica needs no Lease: its only Role is for the webhook's certificate Secret.

@@ -15,6 +15,7 @@ import json
 import secrets
 import socket
 import ssl
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -104,7 +105,10 @@ def webhook_configuration(name: str, port: int, namespaces: list[str]) -> dict[s
     }
 
 
-def operator_settings(setup: Injecting, cert_dir: Path, **overrides: Any) -> dict[str, Any]:
+def operator_settings(
+    setup: Injecting, cert_dir: Path, *, tls: bool = False, **overrides: Any
+) -> dict[str, Any]:
+    scheme = "https" if tls else "http"
     return {
         "namespace": setup.operator_namespace,
         "webhook_enabled": True,
@@ -115,9 +119,11 @@ def operator_settings(setup: Injecting, cert_dir: Path, **overrides: Any) -> dic
         "webhook_cert_dir": str(cert_dir),
         "distribution_host": "127.0.0.1",
         "distribution_port": setup.distribution_port,
+        "distribution_tls": tls,
         "injection": InjectionSettings(
             operator_namespace=setup.operator_namespace,
-            discovery_url=f"http://127.0.0.1:{setup.distribution_port}",
+            discovery_url=f"{scheme}://127.0.0.1:{setup.distribution_port}",
+            discovery_ca_configmap="routemesh-ca" if tls else None,
         ),
         **overrides,
     }
@@ -135,7 +141,12 @@ def wait_for_ca_bundle(kubectl: Kubectl, name: str) -> str:
 
 @contextmanager
 def injecting_operator(
-    plane: LocalControlPlane, kubectl: Kubectl, workdir: Path, **overrides: Any
+    plane: LocalControlPlane,
+    kubectl: Kubectl,
+    workdir: Path,
+    *,
+    tls: bool = False,
+    **overrides: Any,
 ) -> Iterator[Injecting]:
     suffix = secrets.token_hex(3)
     setup = Injecting(
@@ -154,7 +165,7 @@ def injecting_operator(
         yaml.safe_dump(webhook_configuration(setup.configuration, setup.webhook_port, namespaces))
     )
     try:
-        with running_operator(plane, **operator_settings(setup, workdir, **overrides)):
+        with running_operator(plane, **operator_settings(setup, workdir, tls=tls, **overrides)):
             wait_for_ca_bundle(kubectl, setup.configuration)
             yield setup
     finally:
@@ -506,3 +517,62 @@ def test_the_injected_sidecar_runs_as_a_process_loads_its_table_and_answers(
             assert dump["route_table"]["version"] == status["routeTableVersion"]
             assert sidecar.admin_url == f"http://127.0.0.1:{admin}"
             assert sidecar.app_env()["OPENAI_BASE_URL"] == f"http://127.0.0.1:{port}/v1"
+
+
+def test_over_tls_the_injected_sidecar_trusts_the_ca_the_operator_published(
+    control_plane: LocalControlPlane, kubectl: Kubectl, tmp_path: Path
+):
+    with (
+        injecting_operator(control_plane, kubectl, tmp_path / "operator", tls=True) as setup,
+        ServerThread(FakeOpenAI(name="upstream", api_key=OPENAI_KEY).app) as provider,
+    ):
+        kubectl.apply(
+            yaml.safe_dump_all(policy_docs("provider-key", provider.url + "/v1")),
+            namespace=setup.labelled,
+        )
+        programmed(kubectl, setup.labelled)
+        published = poll_until(
+            lambda: kubectl.run(
+                "get", "configmap", "routemesh-ca", "-n", setup.labelled, "-o", "json", check=False
+            ),
+            lambda result: result.returncode == 0,
+            timeout=30,
+        )
+        assert published.returncode == 0, "the CA was never published in the namespace"
+        ca = json.loads(published.stdout)["data"]["ca.crt"]
+        secret = kubectl.get(
+            "secret", "routemesh-webhook-certs", namespace=setup.operator_namespace
+        )
+        assert ca == base64.b64decode(secret["data"]["ca-bundle.crt"]).decode()
+        # Without the CA, the operator's certificate is not trusted.
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            urllib.request.urlopen(
+                f"https://127.0.0.1:{setup.distribution_port}/healthz", timeout=5
+            )
+        pod = create_pod(
+            kubectl,
+            setup.labelled,
+            labels={"app": "chat"},
+            annotations={
+                "routemesh.dev/sidecar-port": str(free_port()),
+                "routemesh.dev/sidecar-admin-port": str(free_port()),
+            },
+        )
+        sidecar_env = env_of(pod["spec"]["initContainers"][0])
+        assert sidecar_env["ROUTEMESH_SIDECAR_DISCOVERY_URL"].startswith("https://")
+        assert "ROUTEMESH_SIDECAR_DISCOVERY_CA_PATH" in sidecar_env
+        with InjectedSidecar(kubectl, pod, tmp_path / "pod") as running:
+            with openai.OpenAI(
+                base_url=running.app_env()["OPENAI_BASE_URL"],
+                api_key="app",
+                max_retries=0,
+                timeout=20,
+            ) as client:
+                answer = client.chat.completions.create(
+                    model="small", messages=[{"role": "user", "content": "hi"}]
+                )
+            assert "upstream" in (answer.choices[0].message.content or "")
+            with urllib.request.urlopen(f"{running.admin_url}/config_dump", timeout=5) as response:  # noqa: S310
+                dump = json.loads(response.read())
+            status = kubectl.get("routingpolicy", "chat", namespace=setup.labelled)["status"]
+            assert dump["route_table"]["version"] == status["routeTableVersion"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -41,8 +41,13 @@ async def serve_webhook(
     settings: OperatorSettings,
     certificates: WebhookCertificates | None,
     on_listening: Callable[[int], None] = lambda port: None,
+    with_context: Callable[[ssl.SSLContext], Awaitable[None]] | None = None,
 ) -> None:
-    """Run the webhook server until cancelled (see the module docstring)."""
+    """Run the webhook server until cancelled (see the module docstring).
+
+    `with_context` is awaited with the server's SSL context once the webhook listens: the
+    distribution server, when it serves TLS, shares the certificate (and its rotations).
+    """
     directory = Path(settings.webhook_cert_dir)
     if certificates is not None:
         pair = await _first_pair(certificates)
@@ -62,6 +67,8 @@ async def serve_webhook(
         port = sockets[0].getsockname()[1] if sockets else settings.webhook_port
         logger.info("sidecar injection webhook listening on port %s (TLS)", port)
         on_listening(port)
+        if with_context is not None:
+            await with_context(context)
         if certificates is not None:
             await certificates.run(
                 lambda pair: _reload(context, pair, directory),
