@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from routemesh_operator.injection.settings import InjectionSettings
@@ -148,3 +148,11 @@ class OperatorSettings(BaseSettings):
         description="Renew an operator-issued certificate (serving or CA) this many days "
         "before it expires; shorter than both lifetimes.",
     )
+
+    @model_validator(mode="after")
+    def _tls_needs_the_webhook(self) -> OperatorSettings:
+        # The distribution server borrows the webhook's certificate; without the webhook it
+        # would never start.
+        if self.distribution_tls and not self.webhook_enabled:
+            raise ValueError("distribution_tls needs webhook_enabled (it uses its certificate)")
+        return self
