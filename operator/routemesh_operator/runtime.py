@@ -155,11 +155,11 @@ class Runtime:
         server = AdmissionServer(
             self.board, lambda: settings.injection, NamespaceLabelCache(self.api)
         )
-        if certificates is not None:
+        # The CA is published only for a distribution server that serves with its certificate.
+        if settings.distribution_tls and certificates is not None:
             self.reconciler.ca_bundle = lambda: certificates.ca_bundle or None
-            if settings.distribution_tls:
-                self._spawn("routemesh-ca-publisher", self._follow_ca(certificates))
-        else:  # cert-manager writes the CA beside the certificate
+            self._spawn("routemesh-ca-publisher", self._follow_ca(certificates))
+        elif settings.distribution_tls:  # cert-manager writes the CA beside the certificate
             self.reconciler.ca_bundle = lambda: _read_bytes(
                 Path(settings.webhook_cert_dir) / "ca.crt"
             )
