@@ -129,7 +129,7 @@ class DistributionServer:
             if published is not None and published.table.version_label != have:
                 return _table_response(published)
             remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0 or self._closing.is_set():
+            if remaining <= 0:
                 return web.Response(status=304)
             if not await self._changed_within(revision, remaining):
                 return web.Response(status=304)
@@ -157,12 +157,8 @@ class DistributionServer:
         wait = min(float(request.query.get("wait", self._default_wait)), MAX_WAIT_SECONDS)
         shared = self.shared_health
         revision = shared.revision(namespace)
-        if revision == have and wait > 0 and not self._closing.is_set():
-            waiting = asyncio.ensure_future(shared.wait_for_change(namespace, have, wait))
-            closing = asyncio.ensure_future(self._closing.wait())
-            await asyncio.wait({waiting, closing}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (waiting, closing):
-                task.cancel()
+        if revision == have and wait > 0:
+            await self._until(lambda: shared.wait_for_change(namespace, have, wait), wait)
             revision = shared.revision(namespace)
         if revision == have:
             return web.Response(status=304)
@@ -171,14 +167,20 @@ class DistributionServer:
 
     async def _changed_within(self, revision: int, seconds: float) -> bool:
         """Whether the board moved past `revision` in time (False on timeout or shutdown)."""
-        change = asyncio.ensure_future(self._board.wait_for_change(revision))
+        return await self._until(lambda: self._board.wait_for_change(revision), seconds)
+
+    async def _until(self, change: Callable[[], Awaitable[object]], seconds: float) -> bool:
+        """Wait for `change()`, at most `seconds`, and never past shutdown; whether it came."""
+        if self._closing.is_set():
+            return False
+        waiting = asyncio.ensure_future(change())
         closing = asyncio.ensure_future(self._closing.wait())
         done, pending = await asyncio.wait(
-            {change, closing}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+            {waiting, closing}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
         )
         for task in pending:
             task.cancel()
-        return change in done
+        return waiting in done
 
     async def _identify(self, request: web.Request) -> Identity:
         header = request.headers.get("Authorization", "")
