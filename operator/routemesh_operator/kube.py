@@ -176,3 +176,9 @@ def namespaced(group_version: str, namespace: str, plural: str, name: str | None
     prefix = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
     path = f"{prefix}/namespaces/{quote(namespace)}/{plural}"
     return f"{path}/{quote(name)}" if name else path
+
+
+def labels_of(body: dict[str, Any] | None) -> dict[str, str]:
+    """An object's labels (none for an object that is not there)."""
+    labels = ((body or {}).get("metadata") or {}).get("labels") or {}
+    return {str(key): str(value) for key, value in labels.items()}

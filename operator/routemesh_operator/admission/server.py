@@ -24,12 +24,13 @@ from aiohttp import web
 
 from routemesh_operator.compiler.inputs import CompilerSettings
 from routemesh_operator.distribution.board import Board
+from routemesh_operator.expiring import ExpiringCache
 from routemesh_operator.injection.context import InjectionContext, SecretKey
 from routemesh_operator.injection.decide import decide
 from routemesh_operator.injection.options import InjectionError
 from routemesh_operator.injection.patch import build_patch
 from routemesh_operator.injection.settings import InjectionSettings
-from routemesh_operator.kube import KubeApi
+from routemesh_operator.kube import KubeApi, labels_of
 from routemesh_sidecar.routetable import RouteTable
 
 logger = logging.getLogger(__name__)
@@ -47,23 +48,14 @@ class NamespaceLabelCache:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._api = api
-        self._cache_seconds = cache_seconds
-        self._clock = clock
-        self._cache: dict[str, tuple[float, dict[str, str]]] = {}
+        self._cache: ExpiringCache[str, dict[str, str]] = ExpiringCache(cache_seconds, clock=clock)
 
     async def __call__(self, namespace: str) -> dict[str, str]:
         """The namespace's labels (none when it cannot be read)."""
-        now = self._clock()
-        cached = self._cache.get(namespace)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        body = await self._api.get(f"/api/v1/namespaces/{namespace}")
-        labels = {
-            str(k): str(v)
-            for k, v in ((body or {}).get("metadata") or {}).get("labels", {}).items()
-        }
-        self._cache[namespace] = (now + self._cache_seconds, labels)
-        return labels
+        return await self._cache.get(namespace, lambda: self._read(namespace))
+
+    async def _read(self, namespace: str) -> dict[str, str]:
+        return labels_of(await self._api.get(f"/api/v1/namespaces/{namespace}"))
 
 
 def secrets_of(table: RouteTable, credentials_dir: PurePosixPath) -> frozenset[SecretKey]:

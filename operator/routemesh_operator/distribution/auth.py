@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from routemesh_operator.kube import KubeApi, namespaced
+from routemesh_operator.expiring import ExpiringCache
+from routemesh_operator.kube import KubeApi, labels_of, namespaced
 
 TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"  # noqa: S105 (an API path)
 SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
@@ -46,23 +47,16 @@ class TokenReviewer:
     ) -> None:
         self._api = api
         self._audiences = audiences
-        self._cache_seconds = cache_seconds
-        self._clock = clock
-        self._cache: dict[str, tuple[float, Identity | None]] = {}
+        self._cache: ExpiringCache[str, Identity | None] = ExpiringCache(
+            cache_seconds, max_entries=4096, clock=clock
+        )
 
     async def authenticate(self, token: str) -> Identity:
         """The identity behind a bearer token, or `Unauthenticated`."""
         if not token:
             raise Unauthenticated("no bearer token")
         key = hashlib.sha256(token.encode()).hexdigest()
-        cached = self._cache.get(key)
-        now = self._clock()
-        if cached is not None and cached[0] > now:
-            identity = cached[1]
-        else:
-            identity = await self._review(token)
-            self._cache[key] = (now + self._cache_seconds, identity)
-            self._drop_expired(now)
+        identity = await self._cache.get(key, lambda: self._review(token))
         if identity is None:
             raise Unauthenticated("the API server did not accept the token")
         return identity
@@ -84,10 +78,6 @@ class TokenReviewer:
         pods = (user.get("extra") or {}).get(POD_NAME_EXTRA) or []
         return Identity(namespace, account, pods[0] if pods else None)
 
-    def _drop_expired(self, now: float) -> None:
-        if len(self._cache) > 4096:
-            self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
-
 
 class PodLabels:
     """The labels of pods that watch, read from the API server and kept for a short time.
@@ -104,22 +94,13 @@ class PodLabels:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._api = api
-        self._cache_seconds = cache_seconds
-        self._clock = clock
-        self._cache: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
+        self._cache: ExpiringCache[tuple[str, str], dict[str, str]] = ExpiringCache(
+            cache_seconds, clock=clock
+        )
 
     async def __call__(self, namespace: str, pod: str) -> dict[str, str]:
         """The pod's labels (none when the pod is gone)."""
-        now = self._clock()
-        cached = self._cache.get((namespace, pod))
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        body = await self._api.get(namespaced("v1", namespace, "pods", pod))
-        labels = {
-            str(k): str(v)
-            for k, v in ((body or {}).get("metadata", {}).get("labels") or {}).items()
-        }
-        if len(self._cache) > 8192:
-            self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
-        self._cache[(namespace, pod)] = (now + self._cache_seconds, labels)
-        return labels
+        return await self._cache.get((namespace, pod), lambda: self._read(namespace, pod))
+
+    async def _read(self, namespace: str, pod: str) -> dict[str, str]:
+        return labels_of(await self._api.get(namespaced("v1", namespace, "pods", pod)))
