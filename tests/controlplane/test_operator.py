@@ -19,7 +19,7 @@ import yaml
 from routemesh_operator.api.v1alpha1 import ModelBackend, RoutingPolicy
 from routemesh_operator.compiler.compile import compile_namespace
 from routemesh_operator.compiler.inputs import ReadyAddress, Snapshot
-from routemesh_operator.distribution.configmaps import TABLE_KEY, configmap_name
+from routemesh_operator.conventions import TABLE_KEY, configmap_name
 from routemesh_sidecar.routetable import RouteTable, parse_route_table
 from routemesh_testing.controlplane import LocalControlPlane
 from routemesh_testing.kubectl import Kubectl

@@ -9,29 +9,19 @@ injection mounts the same name and key.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import Any
 
 from routemesh_operator.api.v1alpha1.kinds import GROUP_VERSION, RoutingPolicy
+from routemesh_operator.conventions import TABLE_KEY, configmap_name
 from routemesh_operator.kube import KubeApi, namespaced
 from routemesh_sidecar.routetable import RouteTable, RouteTableError, parse_route_table
 
 logger = logging.getLogger(__name__)
 
-TABLE_KEY = "route-table.json"
 TABLE_LABEL = "routemesh.dev/route-table"
 POLICY_ANNOTATION = "routemesh.dev/policy"
 VERSION_ANNOTATION = "routemesh.dev/route-table-version"
-
-
-def configmap_name(policy: str) -> str:
-    """The ConfigMap that holds a policy's table (within the 253-character name limit)."""
-    name = f"routemesh-rt-{policy}"
-    if len(name) <= 253:
-        return name
-    digest = hashlib.sha256(policy.encode()).hexdigest()[:10]
-    return f"{name[:242]}-{digest}"
 
 
 def configmap_body(policy: RoutingPolicy, table: RouteTable) -> dict[str, Any]:

@@ -8,7 +8,6 @@ should be able to move one without the other. Constants only; no I/O.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import PurePosixPath
 
 from routemesh_operator.compiler.inputs import CompilerSettings
@@ -57,18 +56,3 @@ LABELS_FILE = "labels"
 STATE_DIR = RUN_DIR / "state"
 LAST_GOOD_FILE = "last-good-route-table.json"
 ROUTE_TABLE_DIR = RUN_DIR / "route-table"
-
-# --- the operator's ConfigMap copy of a policy's route table.
-# Injection may not import routemesh_operator.distribution (an import-linter contract keeps it
-# free of the Kubernetes client), so the name and key are repeated here; a unit test holds them
-# equal to distribution.configmaps.
-TABLE_KEY = "route-table.json"
-
-
-def configmap_name(policy: str) -> str:
-    """The ConfigMap that holds a policy's route table (as distribution.configmaps names it)."""
-    name = f"routemesh-rt-{policy}"
-    if len(name) <= 253:
-        return name
-    digest = hashlib.sha256(policy.encode()).hexdigest()[:10]
-    return f"{name[:242]}-{digest}"

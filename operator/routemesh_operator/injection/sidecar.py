@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from routemesh_operator.conventions import TABLE_KEY, configmap_name
 from routemesh_operator.injection.context import InjectionContext, SecretKey
 from routemesh_operator.injection.layout import (
     CA_FILE,
@@ -29,9 +30,7 @@ from routemesh_operator.injection.layout import (
     SIDECAR_UID,
     STATE_DIR,
     STATE_VOLUME,
-    TABLE_KEY,
     TOKEN_FILE,
-    configmap_name,
 )
 from routemesh_operator.injection.options import SidecarOptions
 from routemesh_operator.injection.settings import InjectionSettings

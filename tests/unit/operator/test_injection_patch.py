@@ -17,17 +17,16 @@ import jsonpatch
 import pytest
 import yaml
 
+from routemesh_operator import conventions
 from routemesh_operator.api.v1alpha1 import ModelBackend, RoutingPolicy
 from routemesh_operator.compiler.compile import compile_namespace
 from routemesh_operator.compiler.inputs import Snapshot
-from routemesh_operator.distribution import configmaps
 from routemesh_operator.injection import (
     InjectionContext,
     InjectionSettings,
     SecretKey,
     build_patch,
     decide,
-    layout,
 )
 from routemesh_operator.injection.patch import pointer
 from routemesh_sidecar.settings import SidecarSettings
@@ -542,8 +541,8 @@ def test_the_configmap_fallback_is_the_one_distribution_writes():
     assert table == {
         "name": "routemesh-route-table",
         "configMap": {
-            "name": configmaps.configmap_name("chat-routing"),
-            "items": [{"key": configmaps.TABLE_KEY, "path": configmaps.TABLE_KEY}],
+            "name": conventions.configmap_name("chat-routing"),
+            "items": [{"key": conventions.TABLE_KEY, "path": conventions.TABLE_KEY}],
             "optional": True,
         },
     }
@@ -551,13 +550,6 @@ def test_the_configmap_fallback_is_the_one_distribution_writes():
         m for m in sidecar_of(patched)["volumeMounts"] if m["name"] == "routemesh-route-table"
     )
     assert mount["readOnly"] is True
-
-
-@pytest.mark.parametrize("policy", ["p", "chat-routing", "x" * 250])
-def test_injection_names_configmaps_as_distribution_does(policy):
-    # Injection may not import distribution (import-linter), so it repeats the name.
-    assert layout.configmap_name(policy) == configmaps.configmap_name(policy)
-    assert layout.TABLE_KEY == configmaps.TABLE_KEY
 
 
 def test_no_policy_means_no_configmap_volume_and_no_route_table_path(monkeypatch):
