@@ -21,6 +21,7 @@ import yaml
 
 from routemesh_testing.controlplane import LocalControlPlane, free_port
 from routemesh_testing.kubectl import Kubectl
+from routemesh_testing.manifests import chat_setup, wait_for_table_version
 from routemesh_testing.operator import running_operator
 from routemesh_testing.sidecar import SidecarThread
 from routemesh_testing.waiting import poll_until
@@ -43,49 +44,7 @@ def distribution_url(control_plane: LocalControlPlane) -> Iterator[str]:
 
 
 def apply_setup(kubectl: Kubectl, namespace: str, model: str = "small") -> None:
-    docs: list[dict[str, Any]] = [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app"}},
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "provider-key"},
-            "stringData": {"api-key": "k"},
-        },
-        {
-            "apiVersion": "routemesh.dev/v1alpha1",
-            "kind": "ModelBackend",
-            "metadata": {"name": "provider"},
-            "spec": {
-                "provider": "OpenAI",
-                "endpoint": {"url": "http://127.0.0.1:9/v1"},
-                "credentials": {"secretRef": {"name": "provider-key", "key": "api-key"}},
-                "models": [
-                    {
-                        "name": name,
-                        "contextWindow": 8000,
-                        "pricing": {"inputPerMillion": "1", "outputPerMillion": "2"},
-                        "qualityTier": "Standard",
-                    }
-                    for name in ("small", "big")
-                ],
-            },
-        },
-        {
-            "apiVersion": "routemesh.dev/v1alpha1",
-            "kind": "RoutingPolicy",
-            "metadata": {"name": "chat"},
-            "spec": {
-                "selector": {"matchLabels": {"app": "chat"}},
-                "routes": [
-                    {
-                        "name": "r",
-                        "strategy": {"type": "Fallback"},
-                        "targets": [{"backend": "provider", "model": model}],
-                    }
-                ],
-            },
-        },
-    ]
+    docs = chat_setup(model, service_account="app")
     kubectl.apply(yaml.safe_dump_all(docs), namespace=namespace)
 
 
@@ -131,7 +90,7 @@ def test_a_policy_change_reaches_a_running_sidecar_and_status_shows_it_synced(
     kubectl: Kubectl, namespace: str, distribution_url: str, tmp_path: Path
 ):
     apply_setup(kubectl, namespace)
-    first = wait_for_status(kubectl, namespace, lambda s: "routeTableVersion" in s)
+    first = wait_for_table_version(kubectl, namespace)
     token_file = tmp_path / "token"
     token_file.write_text(token(kubectl, namespace))
     labels_file = tmp_path / "labels"
@@ -148,7 +107,7 @@ def test_a_policy_change_reaches_a_running_sidecar_and_status_shows_it_synced(
     ) as sidecar:
         table = sidecar.running.active.current
         assert table is not None
-        assert table.version_label == first["routeTableVersion"]
+        assert table.version_label == first
         synced = wait_for_status(
             kubectl, namespace, lambda s: s.get("sidecars", {}).get("synced") == 1
         )
@@ -214,7 +173,7 @@ def test_a_token_of_another_namespace_is_refused_its_tables(
     kubectl: Kubectl, namespace: str, distribution_url: str
 ):
     apply_setup(kubectl, namespace)
-    wait_for_status(kubectl, namespace, lambda s: "routeTableVersion" in s)
+    wait_for_table_version(kubectl, namespace)
     kubectl.run("create", "namespace", f"{namespace}-other")
     try:
         kubectl.run("create", "serviceaccount", "intruder", "-n", f"{namespace}-other")
@@ -285,11 +244,7 @@ def test_a_pod_bound_token_gets_the_table_of_the_pods_real_labels(
         "spec": {"serviceAccountName": "app", "containers": [{"name": "app", "image": "app:1"}]},
     }
     kubectl.apply(yaml.safe_dump_all([batch_policy, pod]), namespace=namespace)
-    poll_until(
-        lambda: kubectl.get("routingpolicy", "batch", namespace=namespace).get("status", {}),
-        lambda s: "routeTableVersion" in s,
-        timeout=30,
-    )
+    wait_for_table_version(kubectl, namespace, "batch")
     bound = kubectl.run(
         "create",
         "token",

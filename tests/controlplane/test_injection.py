@@ -31,6 +31,7 @@ from routemesh_operator.injection.settings import InjectionSettings
 from routemesh_testing.controlplane import LocalControlPlane, free_port
 from routemesh_testing.fakes import OPENAI_KEY, FakeOpenAI
 from routemesh_testing.kubectl import Kubectl, KubectlError
+from routemesh_testing.manifests import chat_setup, wait_for_table_version
 from routemesh_testing.operator import running_operator
 from routemesh_testing.podrun import InjectedSidecar
 from routemesh_testing.pytest_plugin import TEST_NAMESPACE_LABEL
@@ -355,56 +356,13 @@ def test_a_nonsense_override_refuses_the_pod_with_the_reason(
 
 
 def policy_docs(secret: str, provider_url: str) -> list[dict[str, Any]]:
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": secret},
-            "stringData": {"api-key": OPENAI_KEY},
-        },
-        {
-            "apiVersion": "routemesh.dev/v1alpha1",
-            "kind": "ModelBackend",
-            "metadata": {"name": "provider"},
-            "spec": {
-                "provider": "OpenAICompatible",
-                "endpoint": {"url": provider_url},
-                "credentials": {"secretRef": {"name": secret, "key": "api-key"}},
-                "models": [
-                    {
-                        "name": "small",
-                        "contextWindow": 8000,
-                        "pricing": {"inputPerMillion": "1", "outputPerMillion": "2"},
-                        "qualityTier": "Standard",
-                    }
-                ],
-            },
-        },
-        {
-            "apiVersion": "routemesh.dev/v1alpha1",
-            "kind": "RoutingPolicy",
-            "metadata": {"name": "chat"},
-            "spec": {
-                "selector": {"matchLabels": {"app": "chat"}},
-                "routes": [
-                    {
-                        "name": "r",
-                        "strategy": {"type": "Fallback"},
-                        "targets": [{"backend": "provider", "model": "small"}],
-                    }
-                ],
-            },
-        },
-    ]
+    return chat_setup(
+        url=provider_url, provider="OpenAICompatible", secret=secret, api_key=OPENAI_KEY
+    )
 
 
 def programmed(kubectl: Kubectl, namespace: str) -> None:
-    status = poll_until(
-        lambda: kubectl.get("routingpolicy", "chat", namespace=namespace).get("status", {}),
-        lambda s: "routeTableVersion" in s,
-        timeout=30,
-    )
-    assert "routeTableVersion" in status
+    wait_for_table_version(kubectl, namespace)
 
 
 def test_the_app_container_never_sees_the_provider_secret(kubectl: Kubectl, injecting: Injecting):

@@ -17,6 +17,7 @@ import yaml
 
 from routemesh_testing.controlplane import LocalControlPlane, free_port
 from routemesh_testing.kubectl import Kubectl
+from routemesh_testing.manifests import chat_setup, table_version
 from routemesh_testing.operator import running_operator
 from routemesh_testing.waiting import poll_until
 
@@ -35,54 +36,7 @@ def ready(port: int) -> int:
 
 
 def setup(model: str) -> list[dict[str, Any]]:
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "provider-key"},
-            "stringData": {"api-key": "k"},
-        },
-        {
-            "apiVersion": "routemesh.dev/v1alpha1",
-            "kind": "ModelBackend",
-            "metadata": {"name": "provider"},
-            "spec": {
-                "provider": "OpenAI",
-                "endpoint": {"url": "http://127.0.0.1:9/v1"},
-                "credentials": {"secretRef": {"name": "provider-key", "key": "api-key"}},
-                "models": [
-                    {
-                        "name": name,
-                        "contextWindow": 8000,
-                        "pricing": {"inputPerMillion": "1", "outputPerMillion": "2"},
-                        "qualityTier": "Standard",
-                    }
-                    for name in ("small", "big")
-                ],
-            },
-        },
-        {
-            "apiVersion": "routemesh.dev/v1alpha1",
-            "kind": "RoutingPolicy",
-            "metadata": {"name": "chat"},
-            "spec": {
-                "selector": {},
-                "routes": [
-                    {
-                        "name": "r",
-                        "strategy": {"type": "Fallback"},
-                        "targets": [{"backend": "provider", "model": model}],
-                    }
-                ],
-            },
-        },
-    ]
-
-
-def version(kubectl: Kubectl, namespace: str) -> str | None:
-    status = kubectl.get("routingpolicy", "chat", namespace=namespace).get("status", {})
-    found: str | None = status.get("routeTableVersion")
-    return found
+    return chat_setup(model, selector={})
 
 
 def test_one_replica_leads_and_the_other_takes_over_when_it_stops(
@@ -111,7 +65,7 @@ def test_one_replica_leads_and_the_other_takes_over_when_it_stops(
             lease = kubectl.get("lease", "routemesh-operator", namespace=namespace)
             assert lease["spec"]["holderIdentity"] == "replica-a"
             kubectl.apply(yaml.safe_dump_all(setup("small")), namespace=namespace)
-            first = poll_until(lambda: version(kubectl, namespace), bool, timeout=30)
+            first = poll_until(lambda: table_version(kubectl, namespace), bool, timeout=30)
             assert first is not None
             assert first.startswith("1-")
             assert ready(second_port) == 503  # the standby compiled but wrote nothing
@@ -123,7 +77,9 @@ def test_one_replica_leads_and_the_other_takes_over_when_it_stops(
             assert lease["spec"]["leaseTransitions"] >= 1
             kubectl.apply(yaml.safe_dump_all(setup("big")[-1:]), namespace=namespace)
             second = poll_until(
-                lambda: version(kubectl, namespace), lambda v: v not in (None, first), timeout=30
+                lambda: table_version(kubectl, namespace),
+                lambda v: v not in (None, first),
+                timeout=30,
             )
             assert second is not None
             assert second.startswith("2-")

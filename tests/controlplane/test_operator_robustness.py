@@ -22,6 +22,7 @@ import yaml
 from routemesh_sidecar.routetable import RouteTable
 from routemesh_testing.controlplane import LocalControlPlane, free_port
 from routemesh_testing.kubectl import Kubectl
+from routemesh_testing.manifests import chat_setup, wait_for_table_version
 from routemesh_testing.operator import running_operator
 from routemesh_testing.sidecar import SidecarThread
 from routemesh_testing.waiting import poll_until
@@ -30,49 +31,7 @@ pytestmark = pytest.mark.timeout(240)
 
 
 def setup_docs(model: str) -> list[dict[str, Any]]:
-    return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app"}},
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "provider-key"},
-            "stringData": {"api-key": "k"},
-        },
-        {
-            "apiVersion": "routemesh.dev/v1alpha1",
-            "kind": "ModelBackend",
-            "metadata": {"name": "provider"},
-            "spec": {
-                "provider": "OpenAI",
-                "endpoint": {"url": "http://127.0.0.1:9/v1"},
-                "credentials": {"secretRef": {"name": "provider-key", "key": "api-key"}},
-                "models": [
-                    {
-                        "name": name,
-                        "contextWindow": 8000,
-                        "pricing": {"inputPerMillion": "1", "outputPerMillion": "2"},
-                        "qualityTier": "Standard",
-                    }
-                    for name in ("small", "big")
-                ],
-            },
-        },
-        {
-            "apiVersion": "routemesh.dev/v1alpha1",
-            "kind": "RoutingPolicy",
-            "metadata": {"name": "chat"},
-            "spec": {
-                "selector": {"matchLabels": {"app": "chat"}},
-                "routes": [
-                    {
-                        "name": "r",
-                        "strategy": {"type": "Fallback"},
-                        "targets": [{"backend": "provider", "model": model}],
-                    }
-                ],
-            },
-        },
-    ]
+    return chat_setup(model, service_account="app")
 
 
 def table_configmap(kubectl: Kubectl, namespace: str) -> dict[str, Any]:
@@ -81,12 +40,7 @@ def table_configmap(kubectl: Kubectl, namespace: str) -> dict[str, Any]:
 
 
 def programmed_version(kubectl: Kubectl, namespace: str) -> str:
-    status = poll_until(
-        lambda: kubectl.get("routingpolicy", "chat", namespace=namespace).get("status", {}),
-        lambda s: "routeTableVersion" in s,
-        timeout=30,
-    )
-    return str(status["routeTableVersion"])
+    return wait_for_table_version(kubectl, namespace)
 
 
 @contextmanager

@@ -1,0 +1,95 @@
+"""Small, complete setups that tests apply with kubectl, and a wait for the table they compile to.
+
+`chat_setup` is the smallest RoutingPolicy that resolves: a Secret, one ModelBackend (`provider`,
+serving `small` and `big`) and the policy `chat` over one of them. Tests change what they need
+(the model, the selector, where the provider is) by argument. Test support only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from routemesh_testing.kubectl import Kubectl
+from routemesh_testing.waiting import poll_until
+
+
+def chat_setup(
+    model: str = "small",
+    *,
+    selector: dict[str, str] | None = None,
+    url: str = "http://127.0.0.1:9/v1",
+    provider: str = "OpenAI",
+    secret: str = "provider-key",  # noqa: S107 (the Secret's name)
+    api_key: str = "k",
+    service_account: str | None = None,
+) -> list[dict[str, Any]]:
+    """A Secret, the backend `provider`, and the policy `chat` routing to `model` on it.
+
+    The selector defaults to `app: chat`; a ServiceAccount comes first when one is named (for
+    the sidecars' tokens).
+    """
+    docs: list[dict[str, Any]] = []
+    if service_account is not None:
+        docs.append(
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": service_account}}
+        )
+    docs += [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": secret},
+            "stringData": {"api-key": api_key},
+        },
+        {
+            "apiVersion": "routemesh.dev/v1alpha1",
+            "kind": "ModelBackend",
+            "metadata": {"name": "provider"},
+            "spec": {
+                "provider": provider,
+                "endpoint": {"url": url},
+                "credentials": {"secretRef": {"name": secret, "key": "api-key"}},
+                "models": [
+                    {
+                        "name": name,
+                        "contextWindow": 8000,
+                        "pricing": {"inputPerMillion": "1", "outputPerMillion": "2"},
+                        "qualityTier": "Standard",
+                    }
+                    for name in ("small", "big")
+                ],
+            },
+        },
+        {
+            "apiVersion": "routemesh.dev/v1alpha1",
+            "kind": "RoutingPolicy",
+            "metadata": {"name": "chat"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "chat"} if selector is None else selector},
+                "routes": [
+                    {
+                        "name": "r",
+                        "strategy": {"type": "Fallback"},
+                        "targets": [{"backend": "provider", "model": model}],
+                    }
+                ],
+            },
+        },
+    ]
+    return docs
+
+
+def table_version(kubectl: Kubectl, namespace: str, policy: str = "chat") -> str | None:
+    """The route-table version the policy's status shows, if any yet."""
+    status = kubectl.get("routingpolicy", policy, namespace=namespace).get("status", {})
+    found: str | None = status.get("routeTableVersion")
+    return found
+
+
+def wait_for_table_version(
+    kubectl: Kubectl, namespace: str, policy: str = "chat", timeout: float = 30
+) -> str:
+    """The policy's route-table version, once its status has one; AssertionError otherwise."""
+    found = poll_until(lambda: table_version(kubectl, namespace, policy), bool, timeout=timeout)
+    if not found:
+        raise AssertionError(f"RoutingPolicy {namespace}/{policy} never got a route table")
+    return found
