@@ -269,7 +269,7 @@ class LocalControlPlane:
     def stop(self) -> None:
         """Stop the processes in reverse order and remove etcd's data directory."""
         for proc in reversed(self._processes):
-            _terminate(proc.popen)
+            terminate(proc.popen)
         self._processes.clear()
         if self._etcd_data is not None:
             shutil.rmtree(self._etcd_data, ignore_errors=True)
@@ -314,7 +314,7 @@ class LocalControlPlane:
         if _has_flag(self.binaries.etcd, "--unsafe-no-fsync"):
             args.append("--unsafe-no-fsync=true")
         proc = self._spawn("etcd", self.binaries.etcd, args)
-        self._wait(proc, lambda: _http_ok(f"{client_url}/health"))
+        self._wait(proc, lambda: http_ok(f"{client_url}/health"))
 
     def _start_apiserver(self) -> None:
         pki = self.pki_dir
@@ -346,7 +346,7 @@ class LocalControlPlane:
         ]
         self._apiserver = self._spawn("kube-apiserver", self.binaries.kube_apiserver, args)
         context = self._admin_ssl_context()
-        self._wait(self._apiserver, lambda: _http_ok(f"{self.server}/readyz", context))
+        self._wait(self._apiserver, lambda: http_ok(f"{self.server}/readyz", context=context))
 
     def _write_kubeconfig(self) -> None:
         def b64(path: Path) -> str:
@@ -426,7 +426,7 @@ class LocalControlPlane:
         # kcm serves /healthz with a self-signed certificate of its own; only liveness is read.
         insecure.verify_mode = ssl.CERT_NONE
         url = f"https://127.0.0.1:{self.ports.controller_manager}/healthz"
-        self._wait(proc, lambda: _http_ok(url, insecure))
+        self._wait(proc, lambda: http_ok(url, context=insecure))
 
     # ------------------------------------------------------------------ helpers
 
@@ -468,7 +468,8 @@ class LocalControlPlane:
         )
 
 
-def _terminate(popen: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+def terminate(popen: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """Stop a child process: SIGTERM, then SIGKILL if it has not ended within `grace`."""
     if popen.poll() is not None:
         return
     popen.terminate()
@@ -477,10 +478,6 @@ def _terminate(popen: subprocess.Popen[bytes], grace: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         popen.kill()
         popen.wait(grace)
-
-
-def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
-    return http_ok(url, 2.0, context)
 
 
 def _has_flag(binary: Path, flag: str) -> bool:

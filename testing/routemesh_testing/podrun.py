@@ -23,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from routemesh_testing.controlplane import terminate
 from routemesh_testing.kubectl import Kubectl
 from routemesh_testing.waiting import http_ok, poll_until
 
@@ -87,13 +88,8 @@ class InjectedSidecar:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            terminate(self.process)
         for path in self._written:
             shutil.rmtree(path, ignore_errors=True)
 

@@ -26,7 +26,7 @@ from routemesh_sidecar.discovery.file import FileRouteTableSource
 from routemesh_sidecar.routetable import RouteTable
 from routemesh_sidecar.settings import SidecarSettings
 from routemesh_sidecar.upstream.retry import Clock
-from routemesh_testing.controlplane import free_port
+from routemesh_testing.controlplane import free_port, terminate
 from routemesh_testing.serving import LoopThread
 from routemesh_testing.waiting import http_ok, poll_until
 
@@ -185,10 +185,5 @@ class SidecarProcess:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            terminate(self.process)
