@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import yaml
+
+from routemesh_testing.controlplane import REPO_ROOT
 from routemesh_testing.kubectl import Kubectl
 from routemesh_testing.waiting import poll_until
 
@@ -93,3 +96,43 @@ def wait_for_table_version(
     if not found:
         raise AssertionError(f"RoutingPolicy {namespace}/{policy} never got a route table")
     return found
+
+
+def endpoint_slice(
+    service: str, port: int, addresses: list[tuple[str, str | None]], *, ready: bool = True
+) -> dict[str, Any]:
+    """The EndpointSlice a real cluster's controller would write for a Service's pods.
+
+    Each address comes with its zone (None: no zone). There is no such controller here.
+    """
+    endpoints: list[dict[str, Any]] = []
+    for ip, zone in addresses:
+        endpoint: dict[str, Any] = {"addresses": [ip], "conditions": {"ready": ready}}
+        if zone is not None:
+            endpoint["zone"] = zone
+        endpoints.append(endpoint)
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": f"{service}-abc", "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+        "endpoints": endpoints,
+    }
+
+
+def self_hosted_example(address: str) -> list[dict[str, Any]]:
+    """examples/self-hosted-vllm.yaml with what it needs to resolve.
+
+    That is the OpenAI key's Secret, and one ready vLLM pod behind the Service the operator
+    creates for `llama-8b`.
+    """
+    example = REPO_ROOT / "examples" / "self-hosted-vllm.yaml"
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "openai-api-key"},
+        "stringData": {"api-key": "k"},
+    }
+    docs = [d for d in yaml.safe_load_all(example.read_text()) if d]
+    return [secret, endpoint_slice("llama-8b", 8000, [(address, None)]), *docs]

@@ -20,12 +20,11 @@ import yaml
 from routemesh_testing.controlplane import LocalControlPlane, free_port
 from routemesh_testing.helm import Helm
 from routemesh_testing.kubectl import Kubectl
+from routemesh_testing.manifests import self_hosted_example
 from routemesh_testing.operator import running_operator
 from routemesh_testing.waiting import poll_until
 
 pytestmark = pytest.mark.timeout(240)
-
-EXAMPLES = Path(__file__).parents[2] / "examples"
 
 
 @pytest.fixture(scope="module")
@@ -170,28 +169,14 @@ def test_the_operator_does_its_whole_job_with_exactly_the_charts_rbac(
     _, account = installed_rbac
     token = kubectl.run("create", "token", account, "-n", namespace, "--duration", "1h").stdout
     kubeconfig = token_kubeconfig(control_plane, token.strip(), tmp_path / "kubeconfig")
-    docs = [d for d in yaml.safe_load_all((EXAMPLES / "self-hosted-vllm.yaml").read_text()) if d]
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "openai-api-key"},
-        "stringData": {"api-key": "k"},
-    }
-    slice_ = {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {"name": "llama-8b-x", "labels": {"kubernetes.io/service-name": "llama-8b"}},
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8000}],
-        "endpoints": [{"addresses": ["10.3.0.1"], "conditions": {"ready": True}}],
-    }
+    setup = self_hosted_example("10.3.0.1")
     with running_operator(
         control_plane,
         kubeconfig=str(kubeconfig),
         distribution_host="127.0.0.1",
         distribution_port=free_port(),
     ):
-        kubectl.apply(yaml.safe_dump_all([secret, slice_, *docs]), namespace=namespace)
+        kubectl.apply(yaml.safe_dump_all(setup), namespace=namespace)
         status = poll_until(
             lambda: kubectl.get("routingpolicy", "self-hosted-first", namespace=namespace).get(
                 "status", {}

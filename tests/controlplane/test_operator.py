@@ -23,6 +23,7 @@ from routemesh_operator.conventions import TABLE_KEY, configmap_name
 from routemesh_sidecar.routetable import RouteTable, parse_route_table
 from routemesh_testing.controlplane import LocalControlPlane
 from routemesh_testing.kubectl import Kubectl
+from routemesh_testing.manifests import endpoint_slice
 from routemesh_testing.operator import running_operator
 from routemesh_testing.waiting import poll_until
 
@@ -80,25 +81,13 @@ def service_with_endpoints(
     name: str, port: int, addresses: list[tuple[str, str]], *, ready: bool = True
 ) -> list[dict[str, Any]]:
     """A Service and the EndpointSlice a real cluster's controller would write for its pods."""
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": name},
-            "spec": {"ports": [{"name": "http", "port": port, "targetPort": port}]},
-        },
-        {
-            "apiVersion": "discovery.k8s.io/v1",
-            "kind": "EndpointSlice",
-            "metadata": {"name": f"{name}-abc", "labels": {"kubernetes.io/service-name": name}},
-            "addressType": "IPv4",
-            "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
-            "endpoints": [
-                {"addresses": [ip], "zone": zone, "conditions": {"ready": ready}}
-                for ip, zone in addresses
-            ],
-        },
-    ]
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"ports": [{"name": "http", "port": port, "targetPort": port}]},
+    }
+    return [service, endpoint_slice(name, port, list(addresses), ready=ready)]
 
 
 def conditions(kubectl: Kubectl, namespace: str, kind: str, name: str) -> dict[str, dict[str, Any]]:

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import yaml
 
 from routemesh_testing.controlplane import LocalControlPlane
 from routemesh_testing.kubectl import Kubectl
+from routemesh_testing.manifests import self_hosted_example
 from routemesh_testing.operator import running_operator
 from routemesh_testing.waiting import poll_until
 
 pytestmark = pytest.mark.timeout(180)
-
-EXAMPLES = Path(__file__).parents[2] / "examples"
 
 
 @pytest.fixture(scope="module")
@@ -29,22 +27,8 @@ def operator(control_plane: LocalControlPlane) -> Iterator[None]:
 def test_a_deleted_table_and_a_hand_scaled_deployment_are_put_back(
     kubectl: Kubectl, namespace: str
 ):
-    docs = [d for d in yaml.safe_load_all((EXAMPLES / "self-hosted-vllm.yaml").read_text()) if d]
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "openai-api-key"},
-        "stringData": {"api-key": "k"},
-    }
-    slice_ = {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {"name": "llama-8b-x", "labels": {"kubernetes.io/service-name": "llama-8b"}},
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8000}],
-        "endpoints": [{"addresses": ["10.4.0.1"], "conditions": {"ready": True}}],
-    }
-    kubectl.apply(yaml.safe_dump_all([secret, slice_, *docs]), namespace=namespace)
+    setup = self_hosted_example("10.4.0.1")
+    kubectl.apply(yaml.safe_dump_all(setup), namespace=namespace)
 
     def table_version() -> str | None:
         result = kubectl.run(
