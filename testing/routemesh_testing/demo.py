@@ -37,6 +37,7 @@ from routemesh_testing.controlplane import (
 from routemesh_testing.fakes import OPENAI_KEY, FakeOpenAI
 from routemesh_testing.faultproxy import FaultProxy, Status
 from routemesh_testing.kubectl import Kubectl
+from routemesh_testing.manifests import injection_webhook
 from routemesh_testing.operator import running_operator
 from routemesh_testing.otlp import OTLPReceiver
 from routemesh_testing.podrun import InjectedSidecar
@@ -137,34 +138,6 @@ def manifests(flaky_url: str, steady_url: str, port: int, admin: int) -> list[di
     ]
 
 
-def webhook_configuration(port: int) -> dict[str, Any]:
-    """The chart's webhook, but calling the operator on 127.0.0.1, for the demo namespace."""
-    return {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": WEBHOOK},
-        "webhooks": [
-            {
-                "name": "inject.routemesh.dev",
-                "clientConfig": {"url": f"https://127.0.0.1:{port}/mutate-pods"},
-                "rules": [
-                    {
-                        "apiGroups": [""],
-                        "apiVersions": ["v1"],
-                        "operations": ["CREATE"],
-                        "resources": ["pods"],
-                    }
-                ],
-                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": DEMO}},
-                "failurePolicy": "Fail",
-                "sideEffects": "None",
-                "admissionReviewVersions": ["v1"],
-                "timeoutSeconds": 10,
-            }
-        ],
-    }
-
-
 @contextmanager
 def control_plane(workdir: Path) -> Iterator[LocalControlPlane]:
     """The local control plane with the RouteMesh CRDs."""
@@ -239,7 +212,7 @@ def run(hold: bool) -> None:
         flaky = stack.enter_context(ServerThread(faults.app, name="flaky"))
         namespaces(kubectl)
         webhook_port, distribution_port = free_port(), free_port()
-        kubectl.apply(yaml.safe_dump(webhook_configuration(webhook_port)))
+        kubectl.apply(yaml.safe_dump(injection_webhook(WEBHOOK, webhook_port, [DEMO])))
         stack.callback(kubectl.run, "delete", "mutatingwebhookconfiguration", WEBHOOK, check=False)
         say("starting the operator (compiler, distribution, webhook with its own certificates)")
         stack.enter_context(

@@ -136,3 +136,39 @@ def self_hosted_example(address: str) -> list[dict[str, Any]]:
     }
     docs = [d for d in yaml.safe_load_all(example.read_text()) if d]
     return [secret, endpoint_slice("llama-8b", 8000, [(address, None)]), *docs]
+
+
+def injection_webhook(
+    name: str, port: int, namespaces: list[str], labels: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The chart's webhook configuration, calling the operator on 127.0.0.1.
+
+    There is no Service here. It sends only `namespaces` to the webhook, so that it never
+    intercepts another test's Pods.
+    """
+    selector = {"key": "kubernetes.io/metadata.name", "operator": "In", "values": namespaces}
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name, "labels": labels or {}},
+        "webhooks": [
+            {
+                "name": "inject.routemesh.dev",
+                "clientConfig": {"url": f"https://127.0.0.1:{port}/mutate-pods"},
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE"],
+                        "resources": ["pods"],
+                    }
+                ],
+                "namespaceSelector": {"matchExpressions": [selector]},
+                "failurePolicy": "Fail",
+                "reinvocationPolicy": "IfNeeded",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 10,
+            }
+        ],
+    }

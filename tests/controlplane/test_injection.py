@@ -31,7 +31,7 @@ from routemesh_operator.injection.settings import InjectionSettings
 from routemesh_testing.controlplane import LocalControlPlane, free_port
 from routemesh_testing.fakes import OPENAI_KEY, FakeOpenAI
 from routemesh_testing.kubectl import Kubectl, KubectlError
-from routemesh_testing.manifests import chat_setup, wait_for_table_version
+from routemesh_testing.manifests import chat_setup, injection_webhook, wait_for_table_version
 from routemesh_testing.operator import running_operator
 from routemesh_testing.podrun import InjectedSidecar
 from routemesh_testing.pytest_plugin import TEST_NAMESPACE_LABEL
@@ -67,43 +67,6 @@ def make_namespace(kubectl: Kubectl, name: str, labels: dict[str, str]) -> None:
         lambda: kubectl.run("get", "serviceaccount", "default", "-n", name, check=False),
         lambda result: result.returncode == 0,
     )
-
-
-def webhook_configuration(name: str, port: int, namespaces: list[str]) -> dict[str, Any]:
-    """Like the chart's, but calling 127.0.0.1, and only for this module's namespaces."""
-    return {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": name, "labels": {TEST_NAMESPACE_LABEL: "true"}},
-        "webhooks": [
-            {
-                "name": "inject.routemesh.dev",
-                "clientConfig": {"url": f"https://127.0.0.1:{port}/mutate-pods"},
-                "rules": [
-                    {
-                        "apiGroups": [""],
-                        "apiVersions": ["v1"],
-                        "operations": ["CREATE"],
-                        "resources": ["pods"],
-                    }
-                ],
-                "namespaceSelector": {
-                    "matchExpressions": [
-                        {
-                            "key": "kubernetes.io/metadata.name",
-                            "operator": "In",
-                            "values": namespaces,
-                        }
-                    ]
-                },
-                "failurePolicy": "Fail",
-                "reinvocationPolicy": "IfNeeded",
-                "sideEffects": "None",
-                "admissionReviewVersions": ["v1"],
-                "timeoutSeconds": 10,
-            }
-        ],
-    }
 
 
 def operator_settings(
@@ -163,7 +126,14 @@ def injecting_operator(
     make_namespace(kubectl, setup.operator_namespace, {})
     namespaces = [setup.labelled, setup.plain, setup.operator_namespace]
     kubectl.apply(
-        yaml.safe_dump(webhook_configuration(setup.configuration, setup.webhook_port, namespaces))
+        yaml.safe_dump(
+            injection_webhook(
+                setup.configuration,
+                setup.webhook_port,
+                namespaces,
+                labels={TEST_NAMESPACE_LABEL: "true"},
+            )
+        )
     )
     try:
         with running_operator(plane, **operator_settings(setup, workdir, tls=tls, **overrides)):
