@@ -73,7 +73,8 @@ class Board:
 
     def select(self, namespace: str, labels: Mapping[str, str]) -> Published | None:
         """The table a pod with these labels runs: the oldest matching policy's."""
-        matching = [p for p in self.in_namespace(namespace) if selector_matches(p.selector, labels)]
+        published = self._by_namespace.get(namespace, {}).values()
+        matching = [p for p in published if selector_matches(p.selector, labels)]
         return min(matching, key=lambda p: (p.created, p.policy), default=None)
 
     def publish(self, published: Published) -> bool:

@@ -121,18 +121,17 @@ class DistributionServer:
             labels = await self._pod_labels(namespace, identity.pod)
         have = query.get("version", "")
         wait = min(float(query.get("wait", self._default_wait)), MAX_WAIT_SECONDS)
-        self._report(namespace, pod, labels, query)
         deadline = asyncio.get_running_loop().time() + wait
-        while True:
-            revision = self._board.revision
-            published = self._select(namespace, labels)
-            if published is not None and published.table.version_label != have:
-                return _table_response(published)
+        revision = self._board.revision
+        published = self._board.select(namespace, labels)
+        self._report(namespace, pod, published, query)
+        while published is None or published.table.version_label == have:
             remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
+            if remaining <= 0 or not await self._changed_within(revision, remaining):
                 return web.Response(status=304)
-            if not await self._changed_within(revision, remaining):
-                return web.Response(status=304)
+            revision = self._board.revision
+            published = self._board.select(namespace, labels)
+        return _table_response(published)
 
     async def report_health(self, request: web.Request) -> web.Response:
         """A sidecar's breaker openings and ejections (and their ends), for shared health."""
@@ -190,13 +189,9 @@ class DistributionServer:
         except Unauthenticated as exc:
             raise _error(web.HTTPUnauthorized, str(exc)) from exc
 
-    def _select(self, namespace: str, labels: Mapping[str, str]) -> Published | None:
-        return self._board.select(namespace, labels)
-
     def _report(
-        self, namespace: str, pod: str, labels: Mapping[str, str], query: Mapping[str, str]
+        self, namespace: str, pod: str, published: Published | None, query: Mapping[str, str]
     ) -> None:
-        published = self._select(namespace, labels)
         policy = published.policy if published is not None else None
         nacked = query.get("nack")
         error = (query.get("error") or "")[:MAX_ERROR_LENGTH] or None
