@@ -40,6 +40,7 @@ def make_table(primary_url: str, spare_url: str, **overrides):
         route(
             "long", ("primary", "m"), ("spare", "m-long"), match={"models": ["long"]}, **settings
         ),
+        route("solo", ("primary", "m"), match={"models": ["solo"]}, **settings),
         route("chat", ("primary", "m"), ("spare", "m"), **settings),
     )
 
@@ -106,21 +107,40 @@ def test_5xx_is_retried_then_falls_back_and_the_client_sees_success(
     assert span.status_code != 2, "the request succeeded"
 
 
-def test_429_with_retry_after_retries_the_same_target_after_waiting(
+def test_429_with_retry_after_goes_to_the_fallback_at_once_and_cools_the_primary_down(
     sidecar: SidecarThread, upstreams, otlp: OTLPReceiver
 ):
-    primary, spare = upstreams
+    # Found from outside: this waited the full 30 s, then retried the primary.
+    primary, _spare = upstreams
     otlp.clear()
-    primary.script(Fail(429, retry_after="1"))
+    primary.always(Fail(429, retry_after="30"))
     started = time.monotonic()
     raw = ask(sidecar)
-    waited = time.monotonic() - started
-    assert raw.headers["x-routemesh-backend"] == "primary"
-    assert primary.count() == 2
-    assert spare.count() == 0
-    assert 0.9 <= waited < 3, "Retry-After: 1 was honoured"
-    _, attempts = route_span(otlp, sidecar)
+    elapsed = time.monotonic() - started
+    assert raw.headers["x-routemesh-backend"] == "spare"
+    assert raw.headers["x-routemesh-attempts"] == "2"
+    assert elapsed < 1.0, f"answered by the fallback without waiting, took {elapsed:.2f}s"
+    span, attempts = route_span(otlp, sidecar)
     assert [a.attributes.get("error.type") for a in attempts] == ["rate_limited", None]
+    decisions = [e for name, e in span.events if name == "routemesh.retry_after"]
+    assert [e["routemesh.retry_after.decision"] for e in decisions] == ["fell_back"]
+    again = ask(sidecar)
+    assert again.headers["x-routemesh-backend"] == "spare"
+    assert primary.count() == 1, "the primary stays cooled down for its Retry-After"
+
+
+def test_429_with_retry_after_on_a_lone_target_reaches_the_client_with_its_retry_after(
+    sidecar: SidecarThread, upstreams
+):
+    primary, spare = upstreams
+    primary.script(Fail(429, retry_after="2"))
+    started = time.monotonic()
+    with pytest.raises(openai.RateLimitError) as refused:
+        ask(sidecar, model="solo")
+    assert time.monotonic() - started < 1.0, "longer than the longest backoff: not waited for"
+    assert refused.value.response.headers["retry-after"] == "2"
+    assert primary.count() == 1
+    assert spare.count() == 0
 
 
 def test_429_with_retry_after_beyond_the_deadline_falls_back_at_once(
@@ -218,6 +238,7 @@ def test_connection_refused_falls_back(workdir, openai_spare, span_processor, va
         raw = ask(s)
         _, attempts = route_span(otlp, s)
     assert raw.headers["x-routemesh-backend"] == "spare"
+    assert raw.headers["x-routemesh-attempts"] == "2", "a refused connection is not retried"
     assert attempts[0].attributes["error.type"] == "connect_error"
 
 

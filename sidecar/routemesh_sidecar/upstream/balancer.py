@@ -222,12 +222,20 @@ class BackendBalancer:
         """Whether any usable endpoint has room (a saturated backend is filtered out)."""
         return bool(self.unsaturated(self.usable(now).endpoints, now))
 
-    def pick(self, now: float, rng: random.Random) -> EndpointState:
-        """The endpoint for the next attempt: local, with room, the cheaper of two."""
+    def pick(
+        self, now: float, rng: random.Random, avoid: frozenset[str] = frozenset()
+    ) -> EndpointState:
+        """The endpoint for the next attempt: local, with room, the cheaper of two.
+
+        Endpoints whose URL is in `avoid` (this request's failed ones) are passed over while
+        another is usable: a retry after a refused connection goes elsewhere.
+        """
         if self._single is not None:
             self._healthy(self.endpoints[0], now)  # ends an ejection whose time is over
             return self.endpoints[0]
         usable = self.usable(now).endpoints
+        if avoid:
+            usable = [e for e in usable if e.url not in avoid] or usable
         pool = self.local_first(self.unsaturated(usable, now) or usable)
         if len(pool) == 1:
             return pool[0]

@@ -4,7 +4,10 @@ The listener calls `Executor.execute` with the plan routing chose (targets in th
 and the route's retry and timeout settings. For each target it retries the error classes the
 route allows, with jittered backoff or the upstream's Retry-After, as long as the retry budget
 and the request's deadline allow; then it falls back to the next target if the error class
-permits. Which classes fall back is decided in `classify`; this loop reads only the class.
+permits. Waiting is the last resort: a refused connection is retried at once on another endpoint
+or given up for the next target, and a Retry-After is waited for only when no later target can
+take the request (the breaker keeps the backend cooled down meanwhile). Which classes fall back
+is decided in `classify`; this loop reads only the class.
 
 Around every attempt it asks the backend's circuit breaker for a permit (skipping a backend whose
 breaker opened since routing looked, or whose probe slots are taken), lets the balancer choose
@@ -172,6 +175,7 @@ class Executor:
                     observer=observer,
                     attempts=attempts,
                     buffer=judged and call.stream,
+                    rest=plan[position + 1 :],
                 )
             except _BreakerOpen:
                 continue
@@ -258,19 +262,22 @@ class Executor:
         observer: AttemptObserver,
         attempts: list[AttemptRecord],
         buffer: bool = False,
+        rest: list[PlannedTarget] | None = None,
     ) -> Result:
         """Attempts on one target, with retries; raise the last failure when giving up on it.
 
         With `buffer`, a stream is read whole before it is returned; if it breaks on the way,
         that attempt failed (health hears of it from the stream's own end) and may be retried.
+        `rest` are the plan's later targets, which decide whether falling back beats waiting.
         """
         retry = route.retry
         health = target.health
+        failed: frozenset[str] = frozenset()  # endpoints that failed this request
         for retry_index in range(retry.attempts):
             with self.health.capture() as transitions:
                 now = self.clock.monotonic()
                 permit = health.acquire(now)
-                endpoint = health.pick_endpoint(now, self.rng) if permit else None
+                endpoint = health.pick_endpoint(now, self.rng, failed) if permit else None
             _report(observer, transitions)
             if permit is None or endpoint is None:
                 observer.event(
@@ -313,10 +320,22 @@ class Executor:
             record.error_class, record.status = result.error_class, result.status
             record.message = result.message
             observer.attempt_ended(record)
-            delay = self._retry_delay(result, retry_index, route, deadline, budget)
+            failed |= {endpoint.url}
+            now = self.clock.monotonic()
+            choice = _RetryChoice(
+                other_endpoint=health.has_other_endpoint(now, failed),
+                fallback=any(later.health.may_take(now) for later in rest or ()),
+            )
+            delay = self._retry_delay(
+                result, retry_index, route, deadline, budget=budget, choice=choice
+            )
+            if result.retry_after is not None and retry.honor_retry_after:
+                event = _retry_after_event(target, result, delay, choice)
+                observer.event("routemesh.retry_after", event)
             if delay is None:
                 raise result
-            await self.sleep(delay)
+            if delay > 0:
+                await self.sleep(delay)
         raise AssertionError("unreachable: the last attempt either returns or raises")
 
     async def _send(
@@ -419,13 +438,29 @@ class Executor:
         retry_index: int,
         route: Route,
         deadline: float,
+        *,
         budget: RetryBudget,
+        choice: _RetryChoice,
     ) -> float | None:
-        """How long to wait before retrying this target, or None to give up on it."""
+        """How long to wait before retrying this target, or None to give up on it.
+
+        Waiting is the last resort. A refused connection cost the upstream nothing, so it is
+        retried at once on another endpoint, or else given up for the next target. A Retry-After
+        is the upstream asking for time: with another target left, the breaker keeps this one
+        cooled down and the request goes there now; alone, it waits only as long as the retry
+        policy's longest backoff allows (a longer wait reaches the downstream as its own
+        Retry-After, which the SDKs honour).
+        """
         retry = route.retry
         if retry_index + 1 >= retry.attempts or failure.error_class not in retry.retry_on:
             return None
-        if retry.honor_retry_after and failure.retry_after is not None:
+        if failure.error_class == "connect_error" and (choice.other_endpoint or choice.fallback):
+            if not choice.other_endpoint:
+                return None
+            delay = 0.0
+        elif retry.honor_retry_after and failure.retry_after is not None:
+            if choice.fallback or failure.retry_after > retry.backoff.max:
+                return None
             delay = failure.retry_after
         else:
             delay = backoff_delay(retry.backoff, retry_index, self.rng)
@@ -436,6 +471,30 @@ class Executor:
         if not budget.allow_retry():
             return None
         return delay
+
+
+@dataclass(frozen=True)
+class _RetryChoice:
+    """What else a failed attempt could turn to: this backend's other endpoints, later targets."""
+
+    other_endpoint: bool
+    fallback: bool
+
+
+def _retry_after_event(
+    target: PlannedTarget, failure: UpstreamFailure, delay: float | None, choice: _RetryChoice
+) -> dict[str, Any]:
+    """What became of a Retry-After (span event): waited for, fallen back from, or passed on.
+
+    "returned" means the downstream gets the failure and the Retry-After with it.
+    """
+    fell_back = "fell_back" if choice.fallback else "returned"
+    decision = "waited" if delay is not None else fell_back
+    return {
+        "routemesh.backend": target.backend_name,
+        "routemesh.retry_after.seconds": failure.retry_after,
+        "routemesh.retry_after.decision": decision,
+    }
 
 
 class _BreakerOpen(Exception):

@@ -101,13 +101,34 @@ class BackendHealth:
         self._emit(transition)
         return permit
 
+    def may_take(self, now: float) -> bool:
+        """Whether the breaker would let a request through now, without changing its state.
+
+        The attempt loop asks it of the targets left in a plan, to know whether falling back
+        beats waiting on this one.
+        """
+        breaker = self.breaker
+        if breaker.state != "open":
+            return True
+        return breaker.open_until is not None and now >= breaker.open_until
+
+    def has_other_endpoint(self, now: float, avoid: frozenset[str]) -> bool:
+        """Whether a usable endpoint is left outside `avoid` (URLs that failed this request)."""
+        if self.single is not None:
+            return False
+        usable = self.balancer.usable(now).endpoints
+        self._flush()
+        return any(e.url not in avoid for e in usable)
+
     def release(self, permit: Permit) -> None:
         """Give back a permit that was not used (the deadline ran out before sending)."""
         self.breaker.release(permit)
 
-    def pick_endpoint(self, now: float, rng: random.Random) -> EndpointState:
-        """The endpoint for the next attempt."""
-        endpoint = self.balancer.pick(now, rng)
+    def pick_endpoint(
+        self, now: float, rng: random.Random, avoid: frozenset[str] = frozenset()
+    ) -> EndpointState:
+        """The endpoint for the next attempt, another than those in `avoid` when one is usable."""
+        endpoint = self.balancer.pick(now, rng, avoid)
         self._flush()
         return endpoint
 

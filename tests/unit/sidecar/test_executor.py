@@ -53,9 +53,11 @@ class ScriptedClient:
         self.script = script
         self.cost = cost
         self.calls: list[tuple[str, float]] = []
+        self.urls: list[str] = []
 
     async def send(self, call, target: AttemptTarget, timeouts: AttemptTimeouts, trace_headers):
         self.calls.append((target.backend_name, timeouts.remaining))
+        self.urls.append(target.endpoint.url)
         self.clock.now += self.cost
         outcome = (
             self.script[target.backend_name].pop(0) if self.script[target.backend_name] else "ok"
@@ -85,13 +87,16 @@ def plan(
     windows: dict[str, int] | None = None,
     health: HealthRegistry | None = None,
     r: Route | None = None,
+    endpoints: dict[str, int] | None = None,
 ) -> list[PlannedTarget]:
     """Targets with their health state in `health` (a fresh registry unless given)."""
     windows = windows or {}
     health = health or HealthRegistry(VirtualClock())
     targets = []
     for name in names:
-        b = backend(f"http://{name}/v1")
+        count = (endpoints or {}).get(name, 1)
+        urls = [f"http://{name}-{i}/v1" for i in range(count)] if count > 1 else []
+        b = backend(urls or f"http://{name}/v1")
         state = health.backend(name, b, r or a_route())
         targets.append(PlannedTarget(name, b, "m", model_info(windows.get(name, 8000)), state))
     return targets
@@ -116,7 +121,13 @@ def fail(
     return UpstreamFailure(error_class, "scripted", status=status, retry_after=retry_after)  # type: ignore[arg-type]
 
 
-async def run(script: dict[str, list[Any]], targets: list[PlannedTarget], r: Route, seed: int = 1):
+async def run(
+    script: dict[str, list[Any]],
+    targets: list[PlannedTarget],
+    r: Route,
+    seed: int = 1,
+    observer: Observer | None = None,
+):
     clock = VirtualClock()
     client = ScriptedClient(clock, script)
     executor = Executor(
@@ -127,7 +138,7 @@ async def run(script: dict[str, list[Any]], targets: list[PlannedTarget], r: Rou
         sleep=clock.sleep,
     )
     try:
-        outcome = await executor.execute(CALL, targets, r, Observer())
+        outcome = await executor.execute(CALL, targets, r, observer or Observer())
     except RequestFailed as failed:
         return clock, client, failed
     return clock, client, outcome
@@ -151,12 +162,82 @@ async def test_full_jitter_waits_a_seeded_random_part_of_the_backoff():
 
 
 @pytest.mark.asyncio
-async def test_retry_after_is_honoured_exactly():
+async def test_retry_after_is_honoured_exactly_when_no_other_target_can_take_the_request():
+    observer = Observer()
     clock, client, _ = await run(
-        {"a": [fail("rate_limited", retry_after=7.0)]}, plan("a"), a_route()
+        {"a": [fail("rate_limited", retry_after=0.7)]}, plan("a"), a_route(), observer=observer
     )
-    assert clock.slept == [7.0]
+    assert clock.slept == [0.7]
     assert len(client.calls) == 2
+    assert _retry_after_decisions(observer) == ["waited"]
+
+
+@pytest.mark.asyncio
+async def test_a_retry_after_with_a_fallback_goes_to_the_fallback_at_once():
+    # The bug: a 429 with Retry-After: 30 slept the full 30 s, then retried the same primary.
+    targets = plan("a", "b")
+    observer = Observer()
+    clock, client, outcome = await run(
+        {"a": [fail("rate_limited", retry_after=30.0)], "b": []},
+        targets,
+        a_route(),
+        observer=observer,
+    )
+    assert clock.slept == []
+    assert [name for name, _ in client.calls] == ["a", "b"]
+    assert outcome.target.backend_name == "b"
+    assert _retry_after_decisions(observer) == ["fell_back"]
+    assert targets[0].health.breaker.state == "open", "the primary stays cooled down"
+
+
+@pytest.mark.asyncio
+async def test_a_retry_after_longer_than_the_longest_backoff_is_passed_to_the_downstream():
+    observer = Observer()
+    clock, client, failed = await run(
+        {"a": [fail("rate_limited", retry_after=7.0)]}, plan("a"), a_route(), observer=observer
+    )
+    assert isinstance(failed, RequestFailed)
+    assert clock.slept == []
+    assert len(client.calls) == 1
+    assert failed.failure.retry_after == 7.0, "the downstream's SDK waits, not the sidecar"
+    assert _retry_after_decisions(observer) == ["returned"]
+
+
+@pytest.mark.asyncio
+async def test_a_refused_connection_falls_back_at_once_without_a_backoff():
+    clock, client, outcome = await run(
+        {"a": [fail("connect_error")], "b": []}, plan("a", "b"), a_route()
+    )
+    assert clock.slept == []
+    assert [name for name, _ in client.calls] == ["a", "b"]
+    assert outcome.target.backend_name == "b"
+
+
+@pytest.mark.asyncio
+async def test_a_refused_connection_is_retried_at_once_on_another_endpoint():
+    targets = plan("a", "b", endpoints={"a": 2})
+    clock, client, outcome = await run(
+        {"a": [fail("connect_error")], "b": []}, targets, a_route(), seed=4
+    )
+    assert clock.slept == []
+    assert [name for name, _ in client.calls] == ["a", "a"]
+    assert client.urls[0] != client.urls[1], "the retry avoids the endpoint that refused"
+    assert outcome.target.backend_name == "a"
+
+
+@pytest.mark.asyncio
+async def test_a_refused_connection_with_nowhere_else_to_go_backs_off():
+    clock, client, _ = await run({"a": [fail("connect_error")]}, plan("a"), a_route())
+    assert clock.slept == [0.1]
+    assert len(client.calls) == 2
+
+
+def _retry_after_decisions(observer: Observer) -> list[str]:
+    return [
+        attributes["routemesh.retry_after.decision"]
+        for name, attributes in observer.events
+        if name == "routemesh.retry_after"
+    ]
 
 
 @pytest.mark.asyncio

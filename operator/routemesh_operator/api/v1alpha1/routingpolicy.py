@@ -100,8 +100,11 @@ class Retry(ApiModel):
     backoff: Backoff | None = None
     """Wait between attempts."""
     honor_retry_after: bool | None = None
-    """Wait as long as an upstream's Retry-After header asks, when it fits in the deadline.
-    Absent means true."""
+    """Respect an upstream's Retry-After header. With another target left, the request goes there
+    at once and the backend stays cooled down for that long; with none, the sidecar waits when the
+    wait fits in the deadline and in backoff.maxInterval, and otherwise passes the 429 and its
+    Retry-After to the app. A refused connection is never waited on while another endpoint or
+    target is left. Absent means true."""
     retry_on: (
         Annotated[list[ErrorClass], Field(max_length=10, json_schema_extra=SET_LIST)] | None
     ) = None
