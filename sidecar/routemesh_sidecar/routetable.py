@@ -9,9 +9,10 @@ policy's defaults into each route, so the sidecar never has to know what "absent
 `ActiveRouteTable` holds the table in use. A swap is one assignment: a request reads the table
 once at its start and keeps it, so a request in flight finishes on the table it started with.
 
-Fields added after the first release (a route's `cascade`, a match's `categories`) are left out
-of the serialized table when unused, so a table that does not use them dumps, hashes and parses
-exactly as before: an older sidecar still accepts it, and an upgraded operator republishes nothing.
+Fields added after the first release (a route's `cascade` and `budget`, a match's `categories`)
+are left out of the serialized table when unused, so a table that does not use them dumps, hashes
+and parses exactly as before: an older sidecar still accepts it, and an upgraded operator
+republishes nothing.
 
 Nothing here does I/O except `load_route_table_file`, which reads one file.
 """
@@ -332,6 +333,34 @@ class Cascade(WireModel):
     quality_gate: QualityGate = QualityGate()
 
 
+class TierLatency(WireModel):
+    """The latency promised to callers of one tier: it bounds their whole request."""
+
+    tier: str = Field(min_length=1)
+    first_token: Seconds | None = None  # from the request's arrival to the answer's first byte
+    total: Seconds | None = None  # from its arrival to its end, retries and fallbacks included
+
+
+class Budget(WireModel):
+    """Limits per request, across every attempt it makes (retries, fallbacks, cascades).
+
+    Before each attempt the sidecar estimates what it would spend: the prompt's tokens plus the
+    most output it may produce (the request's own maximum, else the model's `max_output_tokens`),
+    priced at the target's prices. A target that would go past what is left is skipped. Failed
+    attempts count what they may have cost (see `upstream.budget`).
+    """
+
+    max_cost_usd: float | None = Field(default=None, ge=0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    latency_per_tier: tuple[TierLatency, ...] = ()
+
+    def tier_latency(self, tier: str | None) -> TierLatency | None:
+        """The latency budget of a caller's tier, if the policy gives it one."""
+        if tier is None:
+            return None
+        return next((t for t in self.latency_per_tier if t.tier == tier), None)
+
+
 class Route(WireModel):
     """One compiled rule of a policy, with every setting resolved."""
 
@@ -346,6 +375,7 @@ class Route(WireModel):
     outlier_detection: OutlierDetection = OutlierDetection()
     score_weights: ScoreWeights | None = None  # required by ScoreBased, ignored by the others
     cascade: Cascade | None = None  # Cascade's quality gate (the default gate when absent)
+    budget: Budget | None = None  # None: no cost, token or latency limit per request
 
     @model_validator(mode="after")
     def _score_weights_for_score_based(self) -> Route:
@@ -362,16 +392,17 @@ class Route(WireModel):
 
     @model_serializer(mode="wrap")
     def _omit_unused(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return _without_empty(handler(self), "cascade")
+        return _without_empty(handler(self), "cascade", "budget")
 
 
-def _without_empty(data: dict[str, Any], key: str) -> dict[str, Any]:
-    """The serialized model without `key` when it holds nothing (None or empty).
+def _without_empty(data: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """The serialized model without those `keys` that hold nothing (None or empty).
 
     Keeps fields added after the first release out of tables that do not use them.
     """
-    if not data.get(key):
-        data.pop(key, None)
+    for key in keys:
+        if not data.get(key):
+            data.pop(key, None)
     return data
 
 

@@ -1,8 +1,8 @@
 """Compile one RoutingPolicy route into the route table's `Route`, with every default applied.
 
-Called by `compiler.compile`. A route's retry, timeouts, circuitBreaker and outlierDetection
-replace the policy's defaults of the same name as a whole (the API says so); what is absent in
-both gets the value the API documents, so the sidecar never has to know what "absent" means.
+Called by `compiler.compile`. A route's retry, timeouts, circuitBreaker, outlierDetection and
+budget replace the policy's defaults of the same name as a whole (the API says so); what is absent
+in both gets the value the API documents, so the sidecar never has to know what "absent" means.
 Durations become seconds and decimal strings become numbers (a category's threshold, absent
 meaning 0.5); a Cascade route gets its quality gate with the API's defaults (at least one output
 token, refusals and cut-off answers rejected). Pure: no I/O.
@@ -11,6 +11,7 @@ token, refusals and cut-off answers rejected). Pure: no I/O.
 from __future__ import annotations
 
 from routemesh_operator.api.v1alpha1.common import parse_duration
+from routemesh_operator.api.v1alpha1.routingpolicy import Budget as ApiBudget
 from routemesh_operator.api.v1alpha1.routingpolicy import Category as ApiCategory
 from routemesh_operator.api.v1alpha1.routingpolicy import CircuitBreaker as ApiBreaker
 from routemesh_operator.api.v1alpha1.routingpolicy import OutlierDetection as ApiOutlier
@@ -55,7 +56,29 @@ def compile_route(policy: str, route: ApiRoute, defaults: Resilience | None) -> 
             else None
         ),
         cascade=_cascade(route.strategy),
+        budget=_budget(route.budget or defaults.budget),
     )
+
+
+def _budget(budget: ApiBudget | None) -> wire.Budget | None:
+    """A route's budget: dollars as a number, durations in seconds; None when it sets none."""
+    if budget is None:
+        return None
+    compiled = wire.Budget(
+        max_cost_usd=float(budget.max_cost_per_request)
+        if budget.max_cost_per_request is not None
+        else None,
+        max_tokens=budget.max_tokens_per_request,
+        latency_per_tier=tuple(
+            wire.TierLatency(
+                tier=tier.tier,
+                first_token=seconds(tier.first_token, 0) or None,
+                total=seconds(tier.total, 0) or None,
+            )
+            for tier in budget.latency_per_tier or ()
+        ),
+    )
+    return None if compiled == wire.Budget() else compiled
 
 
 def _cascade(strategy: ApiStrategy) -> wire.Cascade | None:

@@ -31,7 +31,7 @@ from routemesh_sidecar.protocol.openai import (
 )
 from routemesh_sidecar.protocol.sse import encode_event
 from routemesh_sidecar.protocol.usage import Usage
-from routemesh_sidecar.routetable import ActiveRouteTable, Api, ModelInfo, RouteTable
+from routemesh_sidecar.routetable import ActiveRouteTable, Api, ModelInfo, Route, RouteTable
 from routemesh_sidecar.routing.contracts import RoutingRequest
 from routemesh_sidecar.routing.pipeline import (
     Decision,
@@ -44,10 +44,12 @@ from routemesh_sidecar.telemetry.accounting import request_cost
 from routemesh_sidecar.telemetry.metrics import Metrics
 from routemesh_sidecar.telemetry.records import AttemptRecord
 from routemesh_sidecar.telemetry.tracing import RequestTrace, SpanRecorder
+from routemesh_sidecar.upstream.budget import RequestBudget
 from routemesh_sidecar.upstream.cascade import BufferedStream
 from routemesh_sidecar.upstream.classify import UpstreamFailure
 from routemesh_sidecar.upstream.client import DownstreamCall, Operation, UpstreamStream
 from routemesh_sidecar.upstream.executor import (
+    BudgetExceeded,
     Executor,
     Outcome,
     PlannedTarget,
@@ -218,11 +220,14 @@ class Listener:
             PlannedTarget(c.target.backend, c.backend, c.target.model, c.model_info, c.health)
             for c in decision.plan
         ]
+        limits = _request_budget(table, decision.route, routing_request)
         try:
-            outcome = await self.parts.executor.execute(call, plan, decision.route, trace)
+            outcome = await self.parts.executor.execute(call, plan, decision.route, trace, limits)
         except RequestFailed as failed:
-            return self._failed(call, decision, trace, failed, started)
+            self._record_skips(decision, limits)
+            return self._failed(call, decision, trace, failed, started, limits=limits)
         self._record_attempts(outcome.attempts)
+        self._record_skips(decision, limits)
         self.parts.metrics.of(
             self.parts.metrics.time_to_first_token,
             outcome.target.backend_name,
@@ -237,6 +242,7 @@ class Listener:
                 trace=trace,
                 outcome=outcome,
                 started=started,
+                limits=limits,
             )
         reply = outcome.result
         cost = self._account(outcome, reply.usage)
@@ -246,7 +252,7 @@ class Listener:
             usage=reply.usage,
             response_model=reply.response_model,
             error_class=None,
-            attributes=_outcome_attributes(outcome, cost),
+            attributes=_outcome_attributes(outcome, cost) | _budget_attributes(limits),
         )
         return web.Response(
             body=reply.body, status=reply.status, content_type="application/json", headers=headers
@@ -262,6 +268,7 @@ class Listener:
         trace: RequestTrace,
         outcome: Outcome,
         started: float,
+        limits: RequestBudget | None,
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             status=200,
@@ -302,7 +309,7 @@ class Listener:
             response_model=stream.response_model,
             error_class="stream_broken" if error_class else None,
             message=message,
-            attributes=_outcome_attributes(outcome, cost),
+            attributes=_outcome_attributes(outcome, cost) | _budget_attributes(limits),
         )
         await response.write_eof()
         return response
@@ -314,9 +321,13 @@ class Listener:
         trace: RequestTrace,
         failed: RequestFailed,
         started: float,
+        *,
+        limits: RequestBudget | None,
     ) -> web.Response:
         self._record_attempts(failed.attempts)
         failure = failed.failure
+        if isinstance(failed, BudgetExceeded):
+            return self._over_budget(call, decision, trace, failed, started, limits=limits)
         if not failed.attempts:  # every breaker opened between routing and the first attempt
             trace.finish(
                 attributes={"routemesh.attempts": 0},
@@ -334,7 +345,7 @@ class Listener:
             time.perf_counter() - started
         )
         trace.finish(
-            attributes={"routemesh.attempts": len(failed.attempts)},
+            attributes={"routemesh.attempts": len(failed.attempts)} | _budget_attributes(limits),
             usage=None,
             response_model=None,
             error_class=failure.error_class,
@@ -350,6 +361,51 @@ class Listener:
             status, f"{failure.error_class}: {failure.message}", code=failure.error_class
         )
         return error_response(call.api, error, headers)
+
+    def _over_budget(
+        self,
+        call: DownstreamCall,
+        decision: Decision,
+        trace: RequestTrace,
+        failed: BudgetExceeded,
+        started: float,
+        *,
+        limits: RequestBudget | None,
+    ) -> web.Response:
+        """400, naming the budget: the official clients do not retry it.
+
+        Nothing that would have broken the budget was sent.
+        """
+        metrics = self.parts.metrics
+        metrics.of(metrics.requests, decision.route.name, "", "", "400").inc()
+        metrics.of(metrics.duration, decision.route.name).observe(time.perf_counter() - started)
+        trace.finish(
+            attributes={"routemesh.attempts": len(failed.attempts)} | _budget_attributes(limits),
+            usage=None,
+            response_model=None,
+            error_class="budget_exceeded",
+            message=failed.failure.message,
+        )
+        headers = {
+            "x-routemesh-route": decision.route.name,
+            "x-routemesh-attempts": str(len(failed.attempts)),
+            "x-routemesh-error-class": "budget_exceeded",
+        }
+        error = ApiError(
+            400,
+            failed.failure.message,
+            type="invalid_request_error",
+            code="budget_exceeded",
+            param=failed.budget,
+        )
+        return error_response(call.api, error, headers)
+
+    def _record_skips(self, decision: Decision, limits: RequestBudget | None) -> None:
+        if limits is None:
+            return
+        metrics = self.parts.metrics
+        for skip in limits.skipped:
+            metrics.of(metrics.budget_skips, decision.route.name, skip.budget).inc()
 
     def _record_attempts(self, attempts: list[AttemptRecord]) -> None:
         for record in attempts:
@@ -392,6 +448,39 @@ class Listener:
             metrics.requests, decision.route.name, target.backend_name, target.model, str(status)
         ).inc()
         metrics.of(metrics.duration, decision.route.name).observe(time.perf_counter() - started)
+
+
+def _request_budget(
+    table: RouteTable, route: Route, request: RoutingRequest
+) -> RequestBudget | None:
+    """The request's own budget, when its route has one (signals are read only then)."""
+    budget = route.budget
+    if budget is None:
+        return None
+    signals = request.signals
+    return RequestBudget.for_request(
+        budget,
+        tier=request.headers.get(table.tier_header),
+        prompt_tokens=signals.prompt_tokens,
+        requested_output=signals.max_output_tokens,
+        now=request.now,
+    )
+
+
+def _budget_attributes(limits: RequestBudget | None) -> dict[str, Any]:
+    """The route span's budget attributes: its limits, what was spent, what it skipped."""
+    if limits is None:
+        return {}
+    attributes: dict[str, Any] = {"routemesh.budget.spent_before_answer_usd": limits.spent_cost}
+    if limits.max_cost is not None:
+        attributes["routemesh.budget.max_cost_usd"] = limits.max_cost
+    if limits.max_tokens is not None:
+        attributes["routemesh.budget.max_tokens"] = limits.max_tokens
+    if limits.tier is not None:
+        attributes["routemesh.budget.tier"] = limits.tier
+    if limits.skipped:
+        attributes["routemesh.budget.skipped"] = [str(skip) for skip in limits.skipped]
+    return attributes
 
 
 def _no_healthy_upstream(api: Api, message: str, retry_after: float | None) -> web.Response:

@@ -53,6 +53,13 @@ class Metrics:
             ["backend", "model"],
             registry=self.registry,
         )
+        self.budget_skips = Counter(
+            "routemesh_budget_skips",
+            "Targets a request's budget kept it from trying, by route and budget "
+            "(maxCostPerRequest, maxTokensPerRequest, latencyPerTier).",
+            ["route", "budget"],
+            registry=self.registry,
+        )
         self.duration = Histogram(
             "routemesh_request_duration_seconds",
             "Time from the downstream request to the end of the response.",

@@ -36,6 +36,7 @@ from routemesh_sidecar.routetable import Backend, ModelInfo, QualityGate, Route
 from routemesh_sidecar.telemetry.records import AttemptRecord
 from routemesh_sidecar.upstream.balancer import EndpointState
 from routemesh_sidecar.upstream.breaker import Permit, Transition
+from routemesh_sidecar.upstream.budget import RequestBudget, Skip
 from routemesh_sidecar.upstream.cascade import (
     BufferedStream,
     Escalation,
@@ -113,6 +114,28 @@ class RequestFailed(Exception):
         self.attempts = attempts
 
 
+class BudgetExceeded(RequestFailed):
+    """No attempt succeeded, and the request's cost or token budget kept it from trying more.
+
+    `skips` says which targets were passed over and by which budget; `failure` is the last
+    upstream failure when some attempt was made.
+    """
+
+    def __init__(
+        self, skips: list[Skip], last: UpstreamFailure | None, attempts: list[AttemptRecord]
+    ) -> None:
+        names = ", ".join(dict.fromkeys(skip.budget for skip in skips))
+        tried = f"; the last attempt failed with {last}" if last is not None else ""
+        message = (
+            f"the request's budget ({names}) leaves no target that fits: "
+            + "; ".join(str(skip) for skip in skips)
+            + tried
+        )
+        super().__init__(UpstreamFailure("client_error", message), attempts)
+        self.skips = skips
+        self.budget = skips[0].budget
+
+
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -144,12 +167,18 @@ class Executor:
         plan: list[PlannedTarget],
         route: Route,
         observer: AttemptObserver,
+        limits: RequestBudget | None = None,
     ) -> Outcome:
         """Try the plan; return the first success (for a cascade, the first good enough one).
 
-        Raise `RequestFailed` when no attempt succeeded.
+        `limits` is the request's own budget (cost, tokens, its tier's latency), when its route
+        has one: every attempt must fit what is left of it. Raise `RequestFailed` when no attempt
+        succeeded (`BudgetExceeded` when the budget kept targets from being tried).
         """
         deadline = self.clock.monotonic() + route.timeouts.total
+        if limits is not None:
+            deadline = limits.deadline(deadline)
+            plan = _fitting_first(plan, limits, self.clock.monotonic())
         budget = self.budget_for(route)
         budget.record_request()
         attempts: list[AttemptRecord] = []
@@ -176,8 +205,9 @@ class Executor:
                     attempts=attempts,
                     buffer=judged and call.stream,
                     rest=plan[position + 1 :],
+                    limits=limits,
                 )
-            except _BreakerOpen:
+            except (_BreakerOpen, _Skipped):
                 continue
             except UpstreamFailure as failure:
                 last = failure
@@ -196,16 +226,12 @@ class Executor:
             if self._accepts(gate, call, outcome, observer):
                 outcome.cascade = "accepted"
                 return outcome
+            if limits is not None:
+                limits.charge_usage(outcome.escalations[-1].usage, target.model_info)
             kept = outcome
         if kept is not None:
             return self._keep(kept, last, observer)
-        if last is None and not attempts:
-            last = UpstreamFailure(
-                "overloaded", "no healthy upstream: the circuit breaker of every target is open"
-            )
-        if last is None:
-            last = UpstreamFailure("context_length", "no target has a larger context window")
-        raise RequestFailed(last, attempts)
+        raise _no_success(last, attempts, limits)
 
     @staticmethod
     def _accepts(
@@ -263,6 +289,7 @@ class Executor:
         attempts: list[AttemptRecord],
         buffer: bool = False,
         rest: list[PlannedTarget] | None = None,
+        limits: RequestBudget | None = None,
     ) -> Result:
         """Attempts on one target, with retries; raise the last failure when giving up on it.
 
@@ -273,7 +300,10 @@ class Executor:
         retry = route.retry
         health = target.health
         failed: frozenset[str] = frozenset()  # endpoints that failed this request
+        failure: UpstreamFailure | None = None  # this target's last, once it has one
         for retry_index in range(retry.attempts):
+            if limits is not None:
+                self._check_limits(limits, target, attempts, observer, failure)
             with self.health.capture() as transitions:
                 now = self.clock.monotonic()
                 permit = health.acquire(now)
@@ -301,9 +331,10 @@ class Executor:
             remaining = deadline - self.clock.monotonic()
             if retry.per_try_timeout is not None:
                 remaining = min(remaining, retry.per_try_timeout)
-            timeouts = AttemptTimeouts(
-                route.timeouts.connect, route.timeouts.first_token, remaining
-            )
+            first_byte = route.timeouts.first_token
+            if limits is not None:
+                first_byte = limits.first_byte_timeout(first_byte, self.clock.monotonic())
+            timeouts = AttemptTimeouts(route.timeouts.connect, first_byte, remaining)
             result = await self._send(
                 call,
                 target,
@@ -320,12 +351,15 @@ class Executor:
             record.error_class, record.status = result.error_class, result.status
             record.message = result.message
             observer.attempt_ended(record)
+            if limits is not None:
+                limits.charge_failure(result.error_class, target.model_info)
             failed |= {endpoint.url}
             now = self.clock.monotonic()
             choice = _RetryChoice(
                 other_endpoint=health.has_other_endpoint(now, failed),
                 fallback=any(later.health.may_take(now) for later in rest or ()),
             )
+            failure = result
             delay = self._retry_delay(
                 result, retry_index, route, deadline, budget=budget, choice=choice
             )
@@ -337,6 +371,42 @@ class Executor:
             if delay > 0:
                 await self.sleep(delay)
         raise AssertionError("unreachable: the last attempt either returns or raises")
+
+    def _check_limits(
+        self,
+        limits: RequestBudget,
+        target: PlannedTarget,
+        attempts: list[AttemptRecord],
+        observer: AttemptObserver,
+        failure: UpstreamFailure | None,
+    ) -> None:
+        """Raise when an attempt on `target` would break the request's budget.
+
+        `_Skipped` moves on to the next target; a retry the budget stops raises instead the
+        target's own `failure`, which stands. A target too slow for the caller's tier is skipped
+        only as a fallback or retry: the first attempt goes ahead (the deadline still bounds it),
+        since an estimate is not proof.
+        """
+        label = f"{target.backend_name}/{target.model}"
+        skip = limits.admits(label, target.model_info)
+        if skip is None and attempts:
+            now = self.clock.monotonic()
+            skip = limits.in_time(label, target.health.balancer.latency(now), now)
+        if skip is None:
+            return
+        limits.skipped.append(skip)
+        observer.event(
+            "routemesh.budget.skipped",
+            {
+                "routemesh.backend": target.backend_name,
+                "routemesh.model": target.model,
+                "routemesh.budget.name": skip.budget,
+                "routemesh.budget.reason": skip.reason,
+            },
+        )
+        if failure is not None:
+            raise failure
+        raise _Skipped(skip)
 
     async def _send(
         self,
@@ -495,6 +565,46 @@ def _retry_after_event(
         "routemesh.retry_after.seconds": failure.retry_after,
         "routemesh.retry_after.decision": decision,
     }
+
+
+def _no_success(
+    last: UpstreamFailure | None, attempts: list[AttemptRecord], limits: RequestBudget | None
+) -> RequestFailed:
+    """Why the plan ran out: the budget, the last failure, or why nothing was tried."""
+    if limits is not None and limits.budget_skips:
+        return BudgetExceeded(limits.budget_skips, last, attempts)
+    if last is None and not attempts:
+        last = UpstreamFailure(
+            "overloaded", "no healthy upstream: the circuit breaker of every target is open"
+        )
+    if last is None:
+        last = UpstreamFailure("context_length", "no target has a larger context window")
+    return RequestFailed(last, attempts)
+
+
+class _Skipped(Exception):
+    """The request's budget does not allow an attempt on this target: go on to the next."""
+
+    def __init__(self, skip: Skip) -> None:
+        super().__init__(str(skip))
+        self.skip = skip
+
+
+def _fitting_first(
+    plan: list[PlannedTarget], limits: RequestBudget, now: float
+) -> list[PlannedTarget]:
+    """The plan with the targets whose usual latency fits the caller's tier first, in order.
+
+    Nothing moves when the tier has no latency budget, or when every target fits or none does.
+    """
+    if limits.first_token_by is None and limits.total_by is None:
+        return plan
+    fits = [limits.in_time("", target.health.balancer.latency(now), now) is None for target in plan]
+    if all(fits) or not any(fits):
+        return plan
+    return [t for t, ok in zip(plan, fits, strict=True) if ok] + [
+        t for t, ok in zip(plan, fits, strict=True) if not ok
+    ]
 
 
 class _BreakerOpen(Exception):

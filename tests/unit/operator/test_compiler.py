@@ -420,3 +420,33 @@ def test_a_table_carries_only_the_backends_its_routes_use():
     docs[-1]["spec"]["routes"][0]["targets"] = docs[-1]["spec"]["routes"][0]["targets"][:1]
     table = only_table(compile_namespace(snapshot(docs)))
     assert set(table.backends) == {"openai"}
+
+
+def test_budgets_compile_onto_their_routes_and_no_note_says_they_are_ignored():
+    result = compile_namespace(snapshot(example("tiered-free-paid")))
+    table = only_table(result)
+    assert table.tier_header == "x-user-tier"
+    paid, free = table.routes
+    assert paid.budget is not None  # the policy's default budget
+    paid_latency = paid.budget.tier_latency("paid")
+    assert paid_latency is not None
+    assert (paid_latency.first_token, paid_latency.total) == (2.0, 60.0)
+    assert paid.budget.max_cost_usd is None
+    # The free route's own budget replaces the default as a whole.
+    assert free.budget is not None
+    assert (free.budget.max_cost_usd, free.budget.max_tokens) == (0.005, 32000)
+    assert free.budget.tier_latency("paid") is None
+    free_latency = free.budget.tier_latency("free")
+    assert free_latency is not None
+    assert free_latency.first_token == 10.0
+    assert not any("budget" in note for note in result.policies["tiered"].notes)
+
+    cost = only_table(compile_namespace(snapshot(example("cost-saving-router"))))
+    default = next(r for r in cost.routes if r.name == "default")
+    assert default.budget == wire.Budget(max_cost_usd=0.02)
+    assert all(r.budget is None for r in cost.routes if r.name != "default")
+
+
+def test_a_table_without_budgets_serializes_as_before_they_existed():
+    table = only_table(compile_namespace(snapshot(example("canary-split"))))
+    assert all("budget" not in route for route in json.loads(table.model_dump_json())["routes"])

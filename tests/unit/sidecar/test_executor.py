@@ -59,9 +59,8 @@ class ScriptedClient:
         self.calls.append((target.backend_name, timeouts.remaining))
         self.urls.append(target.endpoint.url)
         self.clock.now += self.cost
-        outcome = (
-            self.script[target.backend_name].pop(0) if self.script[target.backend_name] else "ok"
-        )
+        queue = self.script.get(target.backend_name)
+        outcome = queue.pop(0) if queue else "ok"
         if isinstance(outcome, UpstreamFailure):
             raise outcome
         return UpstreamReply(200, b"{}", None, target.model)

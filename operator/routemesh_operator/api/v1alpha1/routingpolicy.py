@@ -208,19 +208,28 @@ class TierLatency(ApiModel):
     tier: ShortString
     """Tier name, as sent in the policy's tier header (for example free or paid)."""
     first_token: Duration | None = None
-    """Time to first token the tier is promised; routing avoids targets that miss it."""
+    """Time from the request's arrival to the first byte of its answer, retries and fallbacks
+    included: each attempt waits at most what is left, targets whose observed time to first
+    token fits are tried first, and a fallback or retry that would not fit is skipped."""
     total: Duration | None = None
-    """Whole-request time the tier is promised."""
+    """Whole-request time the tier is promised, retries and fallbacks included; the sooner of
+    this and timeouts.total applies."""
 
 
 class Budget(ApiModel):
     """Limits per request: what it may cost and how long it may take."""
 
     max_cost_per_request: Decimal | None = None
-    """Most a request may cost in US dollars, estimated before it is sent (for example "0.05").
-    Targets that would exceed it are filtered out."""
+    """Most a request may cost in US dollars, across all of its attempts (for example "0.05").
+    Before each attempt the sidecar estimates its cost from the prompt's tokens and the most
+    output it may produce (the request's max_tokens, else the model's maxOutputTokens) at the
+    target's prices, and skips a target that would go past what is left. A failed attempt counts
+    its prompt when the upstream may have processed it, and a cascade's rejected answer what it
+    used. When no target fits, the request fails with HTTP 400 and the code budget_exceeded,
+    which the official clients do not retry; it is never sent to a cheaper model instead."""
     max_tokens_per_request: Annotated[int, Field(ge=1)] | None = None
-    """Most tokens (prompt plus completion) a request may use."""
+    """Most tokens (prompt plus completion) a request may use, across all of its attempts;
+    estimated and enforced as maxCostPerRequest is."""
     latency_per_tier: (
         Annotated[list[TierLatency], Field(max_length=16, json_schema_extra=map_list("tier"))]
         | None
