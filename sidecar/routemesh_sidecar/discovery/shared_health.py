@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 
+from routemesh_sidecar.backoff import full_jitter
 from routemesh_sidecar.discovery.watch import WatchTarget, auth_headers, open_session
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,7 @@ class SharedHealthChannel:
         return self._session
 
     async def _back_off(self, failures: int, what: str, exc: Exception) -> None:
-        delay = self.rng.uniform(0, min(self.backoff_max, 0.5 * 2 ** (failures - 1)))
+        delay = full_jitter(0.5, self.backoff_max, failures - 1, self.rng)
         log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
         await self.sleep(delay)
 

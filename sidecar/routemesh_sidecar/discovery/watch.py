@@ -27,6 +27,7 @@ from typing import Any
 
 import aiohttp
 
+from routemesh_sidecar.backoff import full_jitter
 from routemesh_sidecar.discovery.file import FileRouteTableSource
 from routemesh_sidecar.routetable import ActiveRouteTable, RouteTable, RouteTableError
 
@@ -170,8 +171,8 @@ class WatchRouteTableSource:
         return self._session
 
     def _backoff(self, failures: int) -> float:
-        ceiling = min(self.backoff_max, self.backoff_base * 2 ** (failures - 1))
-        return self.rng.uniform(0, ceiling)  # full jitter: sidecars do not reconnect in step
+        # Full jitter: sidecars that lost the operator together do not reconnect in step.
+        return full_jitter(self.backoff_base, self.backoff_max, failures - 1, self.rng)
 
     async def _load_fallback(self) -> None:
         for path in ([self.last_good] if self.last_good else []) + self.fallbacks:

@@ -12,7 +12,6 @@ It owns no routing, retry or classification logic; it wires them to HTTP.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import random
 import time
@@ -23,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from routemesh_sidecar.protocol.anthropic import parse_messages_request
+from routemesh_sidecar.protocol.codec import dumps_json
 from routemesh_sidecar.protocol.errors import ApiError, anthropic_error, openai_error
 from routemesh_sidecar.protocol.openai import (
     parse_chat_request,
@@ -503,18 +503,14 @@ async def _write_terminal_error(response: web.StreamResponse, api: Api, message:
     text = f"upstream stream broke: {message}"
     if api == "anthropic":
         body = anthropic_error(502, text, type="api_error")
-        payload = encode_event(_json(body), "error")
+        payload = encode_event(dumps_json(body), "error")
     else:
         body = openai_error(502, text, type="server_error", code="stream_broken")
-        payload = encode_event(_json(body))
+        payload = encode_event(dumps_json(body))
     try:
         await response.write(payload)
     except (ConnectionError, RuntimeError):
         log.info("downstream went away before the stream error could be sent")
-
-
-def _json(data: Any) -> str:
-    return json.dumps(data, separators=(",", ":"))
 
 
 def _routing_headers(decision: Decision, outcome: Outcome) -> dict[str, str]:

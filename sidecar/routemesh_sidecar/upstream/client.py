@@ -24,6 +24,7 @@ from typing import Any, Literal
 import aiohttp
 import orjson
 
+from routemesh_sidecar.protocol.codec import dumps_json, encode_json
 from routemesh_sidecar.protocol.sse import SSEEvent, SSEParser, encode_event
 from routemesh_sidecar.protocol.translate import (
     AnthropicToOpenAIStream,
@@ -136,10 +137,6 @@ class CredentialStore:
         return key
 
 
-def _encode(body: dict[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def upstream_body(call: DownstreamCall, target: AttemptTarget) -> dict[str, Any]:
     """The request body in the backend's API, for the target's model."""
     api = target.backend.api
@@ -171,7 +168,7 @@ def upstream_bytes(call: DownstreamCall, target: AttemptTarget) -> bytes:
         and call.body.get("model") == target.model
     ):
         return call.raw
-    return _encode(upstream_body(call, target))
+    return encode_json(upstream_body(call, target))
 
 
 def upstream_headers(
@@ -323,7 +320,7 @@ def _reply(call: DownstreamCall, target: AttemptTarget, status: int, raw: bytes)
             data = openai_response_to_anthropic(data, model=requested)
     except (KeyError, TypeError, ValueError) as exc:
         raise UpstreamFailure("bad_response", f"cannot translate upstream body: {exc}") from exc
-    return UpstreamReply(status, _encode(data), usage, response_model)
+    return UpstreamReply(status, encode_json(data), usage, response_model)
 
 
 class StreamBroken(Exception):
@@ -448,7 +445,9 @@ class UpstreamStream:
         if event.data == "[DONE]":
             self._done = True
             if isinstance(self._translator, OpenAIToAnthropicStream):
-                return b"".join(encode_event(_dumps(d), e) for e, d in self._translator.finish())
+                return b"".join(
+                    encode_event(dumps_json(d), e) for e, d in self._translator.finish()
+                )
             return encode_event("[DONE]")
         chunk = orjson.loads(event.data)
         if isinstance(chunk.get("model"), str):
@@ -457,7 +456,7 @@ class UpstreamStream:
         if chunk.get("usage"):
             self.usage = usage_from_openai(chunk)
         if isinstance(self._translator, OpenAIToAnthropicStream):
-            return b"".join(encode_event(_dumps(d), e) for e, d in self._translator.feed(chunk))
+            return b"".join(encode_event(dumps_json(d), e) for e, d in self._translator.feed(chunk))
         if usage_only and not self.call.wants_stream_usage:
             return b""
         return encode_event(event.data)
@@ -471,7 +470,7 @@ class UpstreamStream:
             chunks = self._translator.feed(name, data)
             self.usage = self._translator.usage
             out = b"".join(
-                encode_event(_dumps(c))
+                encode_event(dumps_json(c))
                 for c in chunks
                 if c.get("choices") or self.call.wants_stream_usage
             )
@@ -492,10 +491,6 @@ class UpstreamStream:
                     output_tokens=int(delta_usage["output_tokens"]),
                     cached_input_tokens=self.usage.cached_input_tokens,
                 )
-
-
-def _dumps(data: Any) -> str:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
 def _stream_error(data: str) -> tuple[ErrorClass, str, int | None]:

@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from routemesh_sidecar.backoff import capped_exponential, full_jitter
 from routemesh_sidecar.routetable import Backoff
 from routemesh_sidecar.routetable import RetryBudget as RetryBudgetSettings
 
@@ -43,13 +44,11 @@ class SystemClock:
 def backoff_delay(settings: Backoff, retry_index: int, rng: random.Random) -> float:
     """Wait before retry number `retry_index` (0 for the first retry).
 
-    Full jitter (a uniform draw up to the exponential cap) spreads retries of many clients that
-    failed together, so that they do not arrive in step.
+    Full jitter unless the route asks for none (see `routemesh_sidecar.backoff`).
     """
-    cap = min(settings.max, settings.base * (2.0**retry_index))
     if settings.jitter == "None":
-        return cap
-    return rng.uniform(0.0, cap)
+        return capped_exponential(settings.base, settings.max, retry_index)
+    return full_jitter(settings.base, settings.max, retry_index, rng)
 
 
 @dataclass
