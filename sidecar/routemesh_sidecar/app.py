@@ -248,6 +248,7 @@ class Sidecar:
             self.spans,
             self.settings.max_body_bytes,
             self.rng,
+            self.settings.content_capture_max_bytes,
         )
         self.listen_port = await self._serve(
             Listener(parts).app(), self.settings.listen_host, self.settings.listen_port

@@ -85,6 +85,13 @@ class SidecarSettings(BaseSettings):
         ge=1024,
         description="Largest downstream request body; larger ones get 413 and go nowhere.",
     )
+    content_capture_max_bytes: int = Field(
+        default=16 * 1024,
+        ge=256,
+        description="Largest prompt or completion attribute (JSON bytes) recorded in a span when "
+        "a policy's telemetry.captureContent is on; longer content is cut and marked "
+        "routemesh.content.truncated.",
+    )
     zone: str | None = Field(
         default=None,
         description="The zone the pod runs in (topology.kubernetes.io/zone of its node); "

@@ -41,6 +41,14 @@ from routemesh_sidecar.routing.pipeline import (
     Router,
 )
 from routemesh_sidecar.telemetry.accounting import request_cost
+from routemesh_sidecar.telemetry.content import (
+    Message,
+    Part,
+    StreamCapture,
+    content_attributes,
+    input_content,
+    output_messages,
+)
 from routemesh_sidecar.telemetry.metrics import Metrics
 from routemesh_sidecar.telemetry.records import AttemptRecord
 from routemesh_sidecar.telemetry.tracing import RequestTrace, SpanRecorder
@@ -87,6 +95,28 @@ class ListenerParts:
     spans: SpanRecorder
     max_body_bytes: int
     rng: random.Random
+    content_capture_max_bytes: int = 16 * 1024
+
+
+@dataclass
+class Capture:
+    """A request's content for its spans, when its route table opts in (and it is sampled)."""
+
+    limit: int
+    system: list[Part]
+    inputs: list[Message]
+
+    def attributes(
+        self, outputs: list[Message] | None = None, truncated: bool = False
+    ) -> dict[str, Any]:
+        """The GenAI content attributes, with the answer's messages when there is one."""
+        return content_attributes(
+            self.limit,
+            system=self.system,
+            inputs=self.inputs,
+            outputs=outputs,
+            truncated=truncated,
+        )
 
 
 def error_response(
@@ -212,6 +242,7 @@ class Listener:
             call.operation,
             _decision_attributes(table, decision, call),
         )
+        capture = self._capture(table, trace, call)
         for transition in decision.transitions:
             trace.event(*transition_event(transition))
         if decision.degraded:
@@ -225,6 +256,8 @@ class Listener:
             outcome = await self.parts.executor.execute(call, plan, decision.route, trace, limits)
         except RequestFailed as failed:
             self._record_skips(decision, limits)
+            if capture is not None:  # no answer: the route span keeps what was asked
+                trace.route_span.attributes.update(capture.attributes())
             return self._failed(call, decision, trace, failed, started, limits=limits)
         self._record_attempts(outcome.attempts)
         self._record_skips(decision, limits)
@@ -243,6 +276,7 @@ class Listener:
                 outcome=outcome,
                 started=started,
                 limits=limits,
+                capture=capture,
             )
         reply = outcome.result
         cost = self._account(outcome, reply.usage)
@@ -253,6 +287,7 @@ class Listener:
             response_model=reply.response_model,
             error_class=None,
             attributes=_outcome_attributes(outcome, cost) | _budget_attributes(limits),
+            content=capture.attributes(output_messages(call.api, reply.body)) if capture else None,
         )
         return web.Response(
             body=reply.body, status=reply.status, content_type="application/json", headers=headers
@@ -269,6 +304,7 @@ class Listener:
         outcome: Outcome,
         started: float,
         limits: RequestBudget | None,
+        capture: Capture | None,
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             status=200,
@@ -285,12 +321,15 @@ class Listener:
             raise
         error_class: str | None = None
         message: str | None = None
+        streamed = StreamCapture(call.api, capture.limit) if capture is not None else None
         try:
             # Closed at once when the loop stops (a downstream that went away), not when
             # the generator is collected: its end tells health how the stream ended.
             async with contextlib.aclosing(stream.relay()) as relayed:
                 async for data in relayed:
                     await response.write(data)
+                    if streamed is not None:
+                        streamed.feed(data)
         except Exception as exc:  # any failure after the first byte ends the stream
             error_class = getattr(exc, "error_class", "stream_broken")
             message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
@@ -310,6 +349,9 @@ class Listener:
             error_class="stream_broken" if error_class else None,
             message=message,
             attributes=_outcome_attributes(outcome, cost) | _budget_attributes(limits),
+            content=capture.attributes(streamed.messages(), streamed.truncated)
+            if capture is not None and streamed is not None
+            else None,
         )
         await response.write_eof()
         return response
@@ -399,6 +441,15 @@ class Listener:
             param=failed.budget,
         )
         return error_response(call.api, error, headers)
+
+    def _capture(
+        self, table: RouteTable, trace: RequestTrace, call: DownstreamCall
+    ) -> Capture | None:
+        """The request's content, read only when its table captures content and it is traced."""
+        if not table.telemetry.capture_content or not trace.sampled:
+            return None
+        system, inputs = input_content(call.api, call.body)
+        return Capture(self.parts.content_capture_max_bytes, system, inputs)
 
     def _record_skips(self, decision: Decision, limits: RequestBudget | None) -> None:
         if limits is None:

@@ -3,8 +3,9 @@
 The listener opens a `RequestTrace` per request, with the W3C trace context taken from the
 downstream's headers; the attempt loop reports attempts to it and sends the attempt span's
 context upstream. Attempt spans follow the OpenTelemetry GenAI conventions; the route span carries
-the decision under `routemesh.*`. Content is never recorded here unless the route table's
-telemetry opts in. It reads results and never influences routing.
+the decision under `routemesh.*`. Content is never recorded unless the route table's telemetry
+opts in: the listener then passes the content attributes (`telemetry.content`) in. It reads
+results and never influences routing.
 
 Spans are kept as plain records while the request runs and handed to the OpenTelemetry SDK's
 span processor (batching, OTLP export) as finished `ReadableSpan`s when it ends. The SDK's live
@@ -210,11 +211,17 @@ class RequestTrace:
         error_class: str | None,
         message: str | None = None,
         attributes: Mapping[str, Any] | None = None,
+        content: Mapping[str, Any] | None = None,
     ) -> None:
-        """End the open attempt span and the route span, with usage or the error."""
+        """End the open attempt span and the route span, with usage or the error.
+
+        `content` (the GenAI content attributes, only when a policy opts in) goes on the attempt
+        that answered: in the conventions, it belongs to the inference span.
+        """
         usage_attributes = _usage_attributes(usage)
         for span in self._attempts.values():
             span.attributes.update(usage_attributes)
+            span.attributes.update(content or {})
             if response_model:
                 span.attributes["gen_ai.response.model"] = response_model
             if error_class:
