@@ -9,10 +9,10 @@ policy's defaults into each route, so the sidecar never has to know what "absent
 `ActiveRouteTable` holds the table in use. A swap is one assignment: a request reads the table
 once at its start and keeps it, so a request in flight finishes on the table it started with.
 
-Fields added after the first release (a route's `cascade` and `budget`, a match's `categories`)
-are left out of the serialized table when unused, so a table that does not use them dumps, hashes
-and parses exactly as before: an older sidecar still accepts it, and an upgraded operator
-republishes nothing.
+Fields added after the first release (a route's `cascade`, `budget` and `retention`, a backend's
+`retention`, a match's `categories`) are left out of the serialized table when unused, so a table
+that does not use them dumps, hashes and parses exactly as before: an older sidecar still accepts
+it, and an upgraded operator republishes nothing.
 
 Nothing here does I/O except `load_route_table_file`, which reads one file.
 """
@@ -57,6 +57,9 @@ StrategyType = Literal[
     "Fallback", "Weighted", "CheapestCapable", "Fastest", "Cascade", "ScoreBased"
 ]
 Seconds = Annotated[float, Field(gt=0)]
+# What an upstream keeps of request data, strictest first: "None" is zero data retention.
+Retention = Literal["None", "Limited", "Standard"]
+RETENTION_ORDER: dict[Retention, int] = {"None": 0, "Limited": 1, "Standard": 2}
 
 
 def _sorted_list(values: frozenset[Any]) -> list[Any]:
@@ -178,6 +181,16 @@ class Backend(WireModel):
     max_concurrency: int | None = Field(default=None, ge=1)
     locality: Locality = Locality()
     health_check: HealthCheck | None = None
+    retention: Retention | None = None  # None: not declared, which counts as Standard
+
+    @property
+    def retention_rank(self) -> int:
+        """How much the backend retains (0 nothing); an undeclared one counts as Standard."""
+        return RETENTION_ORDER[self.retention or "Standard"]
+
+    @model_serializer(mode="wrap")
+    def _omit_unused(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_empty(handler(self), "retention")
 
 
 class HeaderMatch(WireModel):
@@ -376,6 +389,8 @@ class Route(WireModel):
     score_weights: ScoreWeights | None = None  # required by ScoreBased, ignored by the others
     cascade: Cascade | None = None  # Cascade's quality gate (the default gate when absent)
     budget: Budget | None = None  # None: no cost, token or latency limit per request
+    retention: Retention | None = None  # the loosest retention its backends may have
+    retention_header: str | None = None  # a header through which a request may require stricter
 
     @model_validator(mode="after")
     def _score_weights_for_score_based(self) -> Route:
@@ -392,7 +407,7 @@ class Route(WireModel):
 
     @model_serializer(mode="wrap")
     def _omit_unused(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return _without_empty(handler(self), "cascade", "budget")
+        return _without_empty(handler(self), "cascade", "budget", "retention", "retention_header")
 
 
 def _without_empty(data: dict[str, Any], *keys: str) -> dict[str, Any]:

@@ -88,6 +88,7 @@ def compile_backend(
             zone=spec.locality.zone if spec.locality else None,
         ),
         health_check=_health_check(spec.health_check, spec.provider == "VLLM"),
+        retention=spec.data_policy.retention if spec.data_policy else None,
     )
 
 

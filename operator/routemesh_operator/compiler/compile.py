@@ -9,10 +9,10 @@ so a restarted operator republishes nothing that did not change.
 What the schema cannot check is checked here and reported as a `Problem` that becomes a status
 condition: references to missing backends, models a backend does not serve, missing Secrets,
 backends without ready endpoints, a cascade that escalates to a cheaper model, targets that
-cannot serve what their route matches (tools, images, prompt size), routes that can never be
-taken, strategies the sidecars cannot run (none, in this version), and selectors that overlap
-another policy's. A policy with a problem gets no table, so nothing invalid ever reaches a
-sidecar. Pure: no I/O.
+cannot serve what their route matches (tools, images, prompt size), a route whose required data
+retention none of its targets meets, routes that can never be taken, strategies the sidecars
+cannot run (none, in this version), and selectors that overlap another policy's. A policy with a
+problem gets no table, so nothing invalid ever reaches a sidecar. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from pydantic import ValidationError
 from routemesh_operator.api.v1alpha1.common import LabelSelector
 from routemesh_operator.api.v1alpha1.kinds import ModelBackend, RoutingPolicy
 from routemesh_operator.api.v1alpha1.modelbackend import Model as ApiModelSpec
+from routemesh_operator.api.v1alpha1.routingpolicy import Privacy
 from routemesh_operator.api.v1alpha1.routingpolicy import Route as ApiRoute
 from routemesh_operator.compiler.backends import Problem, backend_name, compile_backend
 from routemesh_operator.compiler.inputs import CompilerSettings, Snapshot
-from routemesh_operator.compiler.routes import compile_route
+from routemesh_operator.compiler.routes import compile_route, required_retention
 from routemesh_sidecar import routetable as wire
 
 # Strategies in the API that no sidecar of this version can run; a policy using one is refused
@@ -103,6 +104,7 @@ def _compile_policy(
     spec = policy.spec
     for route in spec.routes:
         _check_route(route, backends, backend_problems, outcome)
+        _check_retention(route, spec.privacy, backends, outcome)
     _check_reachable(spec.routes, outcome)
     if spec.shadow is not None:
         outcome.notes.append("shadow routes are not evaluated by this version's sidecars")
@@ -168,6 +170,53 @@ def _check_route(
                         f"costs less than {first!r} before it; order the targets cheapest first",
                     )
                 )
+
+
+def _check_retention(
+    route: ApiRoute,
+    privacy: Privacy | None,
+    backends: Mapping[str, ModelBackend],
+    outcome: PolicyOutcome,
+) -> None:
+    """A route that requires a retention level needs a target that meets it.
+
+    Targets that do not are kept out of its requests by the sidecar; the status says which.
+    """
+    required = required_retention(route, privacy)
+    if required is None:
+        return
+    rank = wire.RETENTION_ORDER[required]
+    retained = {
+        target.backend: _retention_of(backends[target.backend])
+        for target in route.targets
+        if target.backend in backends
+    }
+    too_loose = {
+        name: level for name, level in retained.items() if wire.RETENTION_ORDER[level] > rank
+    }
+    if not retained or len(too_loose) < len(retained):
+        if too_loose:
+            outcome.notes.append(
+                f"route {route.name!r} requires retention {required}, so it never sends to "
+                + ", ".join(f"{name} ({level})" for name, level in sorted(too_loose.items()))
+            )
+        return
+    outcome.not_accepted.append(
+        Problem(
+            "RetentionNotMet",
+            f"route {route.name!r} requires data retention {required} or stricter, but none of "
+            "its targets meets it ("
+            + ", ".join(f"{name} retains {level}" for name, level in sorted(too_loose.items()))
+            + "); add a target whose ModelBackend declares spec.dataPolicy.retention "
+            f"{required}, or relax privacy.retention",
+        )
+    )
+
+
+def _retention_of(backend: ModelBackend) -> wire.Retention:
+    """What a backend retains; one that does not say counts as Standard."""
+    policy = backend.spec.data_policy
+    return policy.retention if policy is not None else "Standard"
 
 
 def _check_target_fits(
@@ -237,7 +286,7 @@ def _table(
 ) -> wire.RouteTable:
     spec = policy.spec
     name = policy_name(policy)
-    routes = [compile_route(name, route, spec.defaults) for route in spec.routes]
+    routes = [compile_route(name, route, spec.defaults, spec.privacy) for route in spec.routes]
     used = {t.backend for r in routes for t in r.targets}
     telemetry = spec.telemetry
     return wire.RouteTable(

@@ -15,6 +15,7 @@ from routemesh_operator.api.v1alpha1.routingpolicy import Budget as ApiBudget
 from routemesh_operator.api.v1alpha1.routingpolicy import Category as ApiCategory
 from routemesh_operator.api.v1alpha1.routingpolicy import CircuitBreaker as ApiBreaker
 from routemesh_operator.api.v1alpha1.routingpolicy import OutlierDetection as ApiOutlier
+from routemesh_operator.api.v1alpha1.routingpolicy import Privacy as ApiPrivacy
 from routemesh_operator.api.v1alpha1.routingpolicy import Resilience
 from routemesh_operator.api.v1alpha1.routingpolicy import Retry as ApiRetry
 from routemesh_operator.api.v1alpha1.routingpolicy import Route as ApiRoute
@@ -29,7 +30,9 @@ def seconds(duration: str | None, default: float) -> float:
     return parse_duration(duration).total_seconds() if duration else default
 
 
-def compile_route(policy: str, route: ApiRoute, defaults: Resilience | None) -> wire.Route:
+def compile_route(
+    policy: str, route: ApiRoute, defaults: Resilience | None, privacy: ApiPrivacy | None = None
+) -> wire.Route:
     """The route with the policy's defaults merged in and every absent field resolved."""
     defaults = defaults or Resilience()
     score = route.strategy.score
@@ -57,7 +60,24 @@ def compile_route(policy: str, route: ApiRoute, defaults: Resilience | None) -> 
         ),
         cascade=_cascade(route.strategy),
         budget=_budget(route.budget or defaults.budget),
+        retention=required_retention(route, privacy),
+        retention_header=privacy.request_header.lower()
+        if privacy is not None and privacy.request_header
+        else None,
     )
+
+
+def required_retention(route: ApiRoute, privacy: ApiPrivacy | None) -> wire.Retention | None:
+    """The stricter of the policy's and the route's retention levels; None when neither sets one."""
+    levels: list[wire.Retention] = []
+    if privacy is not None and privacy.retention is not None:
+        levels.append(privacy.retention)
+    if route.privacy is not None:
+        levels.append(route.privacy.retention)
+    if not levels:
+        return None
+    strictest: wire.Retention = min(levels, key=wire.RETENTION_ORDER.__getitem__)
+    return strictest
 
 
 def _budget(budget: ApiBudget | None) -> wire.Budget | None:

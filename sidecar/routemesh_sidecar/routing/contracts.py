@@ -180,6 +180,13 @@ class RoutingRequest:
         return []
 
 
+class RequestRefused(Exception):
+    """A filter found the request itself invalid (a routing header with a value it cannot take).
+
+    The runner turns it into a refusal of the request (400), never into another route.
+    """
+
+
 class Filter(Protocol):
     """Removes candidates that cannot or should not serve the request."""
 

@@ -35,6 +35,7 @@ from routemesh_sidecar.routing.contracts import (
     Filter,
     HealthSnapshot,
     Picker,
+    RequestRefused,
     RoutingRequest,
     Scorer,
     SnapshotScorer,
@@ -56,6 +57,7 @@ from routemesh_sidecar.routing.plugins import (
     OrderedPicker,
     PowerOfTwoPicker,
     QualityScorer,
+    RetentionFilter,
     SaturationFilter,
     WeightedPicker,
 )
@@ -147,6 +149,7 @@ STRATEGIES: dict[StrategyType, StrategyPlugins] = {
     ),
 }
 FILTERS: tuple[Filter, ...] = (
+    RetentionFilter(),
     OperationFilter(),
     CapabilityFilter(),
     ContextWindowFilter(),
@@ -303,7 +306,10 @@ class Router:
     def decide(self, table: RouteTable, request: RoutingRequest) -> Decision:
         """Match a route and order its targets into a plan."""
         with self.health.capture() as transitions:
-            decision = self._decide(table, request)
+            try:
+                decision = self._decide(table, request)
+            except RequestRefused as refused:
+                raise NoCandidate(str(refused)) from refused
         decision.transitions = transitions
         return decision
 
@@ -371,9 +377,15 @@ class Router:
             healthy = []
         if not healthy:
             removed = "; ".join(f"{k}: {', '.join(v)}" for k, v in decision.removed.items())
+            private = (
+                " (or may see its data)"
+                if "retention" in decision.removed or ("retention" in scratch.removed)
+                else ""
+            )
             raise NoHealthyUpstream(
                 f"route {route.name!r}: no healthy upstream: every target is open or saturated "
-                f"({removed}) and no other backend in the route table can serve the request",
+                f"({removed}) and no other backend in the route table can serve the request"
+                f"{private}",
                 self._earliest_reopening(decision.candidates, request.now),
             )
         tier = _TIERS[decision.candidates[0].model_info.quality_tier]

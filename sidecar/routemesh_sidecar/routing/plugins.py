@@ -1,6 +1,7 @@
 """The built-in filter, scorer and picker plugins.
 
-Filters: the operation the backend's API supports, the capabilities the request needs (tools,
+Filters: the data retention the route (or the request) allows, the operation the backend's API
+supports, the capabilities the request needs (tools,
 vision), the context window, the circuit breaker, and saturation (every usable endpoint full).
 Scorers, each in [0, 1] with 1 the best: cost, quality tier, peak-EWMA latency, load (requests
 in flight, model-server queue and KV cache, rate-limit headroom), connect errors and locality.
@@ -20,23 +21,63 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from routemesh_sidecar.routetable import QualityTier, Route
+from routemesh_sidecar.routetable import RETENTION_ORDER, QualityTier, Route
 from routemesh_sidecar.routing.contracts import (
     Candidate,
     Candidates,
     HealthSnapshot,
+    RequestRefused,
     RoutingRequest,
     any_scraped,
     smallest_context_window,
 )
 
 _OPENAI_ONLY_OPERATIONS = frozenset({"completions", "embeddings"})
+_RETENTION_RANKS: dict[str, int] = {str(k): v for k, v in RETENTION_ORDER.items()}  # by header text
 _QUALITY: dict[QualityTier, float] = {
     "Economy": 0.0,
     "Standard": 1 / 3,
     "Premium": 2 / 3,
     "Frontier": 1.0,
 }
+
+
+@dataclass(frozen=True)
+class RetentionFilter:
+    """Only backends that keep no more of the request's data than its route (or it) allows.
+
+    A hard requirement, unlike the health filters: graceful degradation runs it too, so a request
+    that requires zero retention never reaches a backend that retains data, healthy or not.
+    """
+
+    type: str = "filter"
+    name: str = "retention"
+
+    def filter(
+        self, request: RoutingRequest, route: Route, candidates: list[Candidate]
+    ) -> list[Candidate]:
+        """Keep backends at the required retention level or stricter."""
+        allowed = _allowed_retention(request, route)
+        if allowed is None:
+            return candidates
+        return _kept(candidates, [c for c in candidates if c.backend.retention_rank <= allowed])
+
+
+def _allowed_retention(request: RoutingRequest, route: Route) -> int | None:
+    """The loosest retention rank the request may go to: the route's, or stricter if it asks."""
+    allowed = RETENTION_ORDER[route.retention] if route.retention is not None else None
+    header = route.retention_header
+    if header is None:
+        return allowed
+    asked = request.headers.get(header)
+    if asked is None:
+        return allowed
+    rank = _RETENTION_RANKS.get(asked.strip())
+    if rank is None:
+        raise RequestRefused(
+            f"header {header}: {asked!r} is not a retention level; use None, Limited or Standard"
+        )
+    return rank if allowed is None else min(rank, allowed)
 
 
 @dataclass(frozen=True)

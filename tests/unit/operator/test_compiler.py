@@ -450,3 +450,45 @@ def test_budgets_compile_onto_their_routes_and_no_note_says_they_are_ignored():
 def test_a_table_without_budgets_serializes_as_before_they_existed():
     table = only_table(compile_namespace(snapshot(example("canary-split"))))
     assert all("budget" not in route for route in json.loads(table.model_dump_json())["routes"])
+
+
+def _private(docs: list[dict[str, Any]], **privacy: Any) -> list[dict[str, Any]]:
+    policy = next(d for d in docs if d["kind"] == "RoutingPolicy")
+    policy["spec"]["privacy"] = privacy
+    return docs
+
+
+def test_a_retention_level_compiles_onto_every_route_with_each_backends_level():
+    # The failover example: openai retains Limited, anthropic and together declare nothing.
+    docs = _private(
+        example("multi-provider-failover"), retention="Limited", requestHeader="X-Retention"
+    )
+    result = compile_namespace(snapshot(docs))
+    table = only_table(result)
+    (route,) = table.routes
+    assert route.retention == "Limited"
+    assert route.retention_header == "x-retention"
+    assert table.backends["openai"].retention == "Limited"
+    assert table.backends["anthropic"].retention is None  # undeclared: counts as Standard
+    (note,) = [n for n in result.policies["failover"].notes if "retention" in n]
+    assert "anthropic (Standard)" in note
+    assert "together (Standard)" in note
+
+
+def test_a_route_whose_required_retention_no_target_meets_is_refused_with_its_fix():
+    docs = _private(example("multi-provider-failover"), retention="None")
+    result = compile_namespace(snapshot(docs))
+    assert reasons(result, "failover") == ["RetentionNotMet"]
+    (problem,) = result.policies["failover"].not_accepted
+    assert "openai retains Limited" in problem.message
+    assert "spec.dataPolicy.retention None" in problem.message
+
+
+def test_a_route_may_require_a_stricter_level_than_its_policy_never_a_looser_one():
+    docs = _private(example("multi-provider-failover"), retention="Limited")
+    policy = next(d for d in docs if d["kind"] == "RoutingPolicy")
+    policy["spec"]["routes"][0]["privacy"] = {"retention": "Standard"}
+    (route,) = only_table(compile_namespace(snapshot(docs))).routes
+    assert route.retention == "Limited"
+    policy["spec"]["routes"][0]["privacy"] = {"retention": "None"}
+    assert reasons(compile_namespace(snapshot(docs)), "failover") == ["RetentionNotMet"]

@@ -113,12 +113,17 @@ class Locality(ApiModel):
     """Zone within the region, for example us-east-1a."""
 
 
+Retention = Literal["None", "Limited", "Standard"]
+
+
 class DataPolicy(ApiModel):
     """What the provider does with request data. Policies can require a retention level."""
 
-    retention: Literal["None", "Limited", "Standard"]
+    retention: Retention
     """None: nothing is stored (zero data retention). Limited: stored briefly for abuse checks,
-    never for training. Standard: the provider's default terms."""
+    never for training. Standard: the provider's default terms. A policy's privacy.retention
+    sends its requests only to backends at that level or stricter; a backend without a
+    dataPolicy counts as Standard."""
 
 
 class Toleration(ApiModel):

@@ -27,6 +27,7 @@ from routemesh_operator.api.v1alpha1.common import (
     map_list,
     validations,
 )
+from routemesh_operator.api.v1alpha1.modelbackend import Retention
 
 ErrorClass = Literal[
     "connect_error",
@@ -472,6 +473,30 @@ _TARGETS_RULES = validations(
 )
 
 
+class RoutePrivacy(ApiModel):
+    """The retention level a route's requests require, beside the policy's."""
+
+    retention: Retention
+    """Send this route's requests only to backends whose dataPolicy.retention is this level or
+    stricter (None is the strictest, then Limited, then Standard). The stricter of this and the
+    policy's privacy.retention applies."""
+
+
+class Privacy(ApiModel):
+    """Which backends may see the requests' data, by what they retain."""
+
+    retention: Retention | None = None
+    """Send every request only to backends whose dataPolicy.retention is this level or stricter
+    (None, the strictest, means zero data retention; then Limited, then Standard). A backend
+    without a dataPolicy counts as Standard. A route that no target of that level can serve is
+    refused; when the targets that meet it are all down, the request fails with 503 and is never
+    sent to a backend that does not. Absent means no requirement."""
+    request_header: HeaderName | None = None
+    """A request header through which a request may require a stricter level for itself (for
+    example x-routemesh-retention: None), never a looser one. A value other than None, Limited or
+    Standard is refused with 400. Absent means requests cannot ask."""
+
+
 class Route(Resilience):
     """One rule: the requests it takes, how it chooses, where it sends, and its overrides.
 
@@ -491,6 +516,8 @@ class Route(Resilience):
     """How the route picks among its targets."""
     targets: Annotated[list[Target], Field(min_length=1, max_length=16)]
     """Where requests may go. For Fallback and Cascade, order matters."""
+    privacy: RoutePrivacy | None = None
+    """A retention level this route's requests require. Absent means the policy's alone."""
 
 
 class Shadow(ApiModel):
@@ -525,6 +552,9 @@ class RoutingPolicySpec(ApiModel):
     """Routes in order: a request takes the first whose match holds."""
     shadow: Shadow | None = None
     """Routes evaluated but not executed, to try a change on live traffic safely."""
+    privacy: Privacy | None = None
+    """The data-retention level every request requires, and whether a request may ask for a
+    stricter one."""
     telemetry: Telemetry | None = None
     """Tracing settings."""
 
