@@ -9,10 +9,10 @@ policy's defaults into each route, so the sidecar never has to know what "absent
 `ActiveRouteTable` holds the table in use. A swap is one assignment: a request reads the table
 once at its start and keeps it, so a request in flight finishes on the table it started with.
 
-Fields added after the first release (a route's `cascade`, `budget` and `retention`, a backend's
-`retention`, a match's `categories`) are left out of the serialized table when unused, so a table
-that does not use them dumps, hashes and parses exactly as before: an older sidecar still accepts
-it, and an upgraded operator republishes nothing.
+Fields added after the first release (a route's `cascade`, `budget`, `retention` and
+`content_policy_fallbacks`, a backend's `retention`, a match's `categories`) are left out of the
+serialized table when unused, so a table that does not use them dumps, hashes and parses exactly
+as before: an older sidecar still accepts it, and an upgraded operator republishes nothing.
 
 Nothing here does I/O except `load_route_table_file`, which reads one file.
 """
@@ -391,6 +391,8 @@ class Route(WireModel):
     budget: Budget | None = None  # None: no cost, token or latency limit per request
     retention: Retention | None = None  # the loosest retention its backends may have
     retention_header: str | None = None  # a header through which a request may require stricter
+    # Where a request refused for its content policy may go instead (empty: nowhere).
+    content_policy_fallbacks: tuple[Target, ...] = ()
 
     @model_validator(mode="after")
     def _score_weights_for_score_based(self) -> Route:
@@ -407,7 +409,14 @@ class Route(WireModel):
 
     @model_serializer(mode="wrap")
     def _omit_unused(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return _without_empty(handler(self), "cascade", "budget", "retention", "retention_header")
+        return _without_empty(
+            handler(self),
+            "cascade",
+            "budget",
+            "retention",
+            "retention_header",
+            "content_policy_fallbacks",
+        )
 
 
 def _without_empty(data: dict[str, Any], *keys: str) -> dict[str, Any]:
@@ -444,7 +453,7 @@ class RouteTable(WireModel):
         if len(set(names)) != len(names):
             raise ValueError(f"route names must be unique: {names}")
         for route in self.routes:
-            for target in route.targets:
+            for target in (*route.targets, *route.content_policy_fallbacks):
                 backend = self.backends.get(target.backend)
                 if backend is None:
                     raise ValueError(f"route {route.name!r}: unknown backend {target.backend!r}")

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from routemesh_operator.api.v1alpha1.common import LabelSelector
 from routemesh_operator.api.v1alpha1.kinds import ModelBackend, RoutingPolicy
 from routemesh_operator.api.v1alpha1.modelbackend import Model as ApiModelSpec
-from routemesh_operator.api.v1alpha1.routingpolicy import Privacy
+from routemesh_operator.api.v1alpha1.routingpolicy import ModelRef, Privacy
 from routemesh_operator.api.v1alpha1.routingpolicy import Route as ApiRoute
 from routemesh_operator.compiler.backends import Problem, backend_name, compile_backend
 from routemesh_operator.compiler.inputs import CompilerSettings, Snapshot
@@ -128,6 +128,8 @@ def _check_route(
                 "sidecars; use another strategy",
             )
         )
+    for ref in route.content_policy_fallbacks or ():
+        _check_reference(where, ref, backends, backend_problems, outcome)
     prices: list[tuple[float, str]] = []
     for target in route.targets:
         backend = backends.get(target.backend)
@@ -170,6 +172,45 @@ def _check_route(
                         f"costs less than {first!r} before it; order the targets cheapest first",
                     )
                 )
+
+
+def _check_reference(
+    where: str,
+    ref: ModelRef,
+    backends: Mapping[str, ModelBackend],
+    backend_problems: Mapping[str, Problem | None],
+    outcome: PolicyOutcome,
+) -> None:
+    """A model named outside the targets (a content-policy fallback) must exist and be usable."""
+    backend_name, model = ref.backend, ref.model
+    backend = backends.get(backend_name)
+    if backend is None:
+        outcome.unresolved.append(
+            Problem(
+                "BackendNotFound",
+                f"{where}: contentPolicyFallbacks names ModelBackend {backend_name!r}, which does "
+                "not exist in this namespace",
+            )
+        )
+        return
+    served = {m.name for m in backend.spec.models}
+    if model not in served:
+        outcome.unresolved.append(
+            Problem(
+                "ModelNotServed",
+                f"{where}: contentPolicyFallbacks names model {model!r}, which ModelBackend "
+                f"{backend_name!r} does not serve; it serves {', '.join(sorted(served))}",
+            )
+        )
+        return
+    problem = backend_problems.get(backend_name)
+    if problem is not None:
+        outcome.unresolved.append(
+            Problem(
+                "BackendNotResolved",
+                f"{where}: ModelBackend {backend_name!r} cannot be used: {problem.message}",
+            )
+        )
 
 
 def _check_retention(
@@ -287,7 +328,7 @@ def _table(
     spec = policy.spec
     name = policy_name(policy)
     routes = [compile_route(name, route, spec.defaults, spec.privacy) for route in spec.routes]
-    used = {t.backend for r in routes for t in r.targets}
+    used = {t.backend for r in routes for t in (*r.targets, *r.content_policy_fallbacks)}
     telemetry = spec.telemetry
     return wire.RouteTable(
         version=0,

@@ -60,6 +60,10 @@ def compile_route(
         ),
         cascade=_cascade(route.strategy),
         budget=_budget(route.budget or defaults.budget),
+        content_policy_fallbacks=tuple(
+            wire.Target(backend=ref.backend, model=ref.model)
+            for ref in route.content_policy_fallbacks or ()
+        ),
         retention=required_retention(route, privacy),
         retention_header=privacy.request_header.lower()
         if privacy is not None and privacy.request_header

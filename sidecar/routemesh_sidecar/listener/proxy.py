@@ -252,8 +252,19 @@ class Listener:
             for c in decision.plan
         ]
         limits = _request_budget(table, decision.route, routing_request)
+        content_fallbacks = [
+            PlannedTarget(c.target.backend, c.backend, c.target.model, c.model_info, c.health)
+            for c in self.parts.router.content_policy_plan(table, decision.route, routing_request)
+        ]
         try:
-            outcome = await self.parts.executor.execute(call, plan, decision.route, trace, limits)
+            outcome = await self.parts.executor.execute(
+                call,
+                plan,
+                decision.route,
+                trace,
+                limits=limits,
+                content_fallbacks=content_fallbacks,
+            )
         except RequestFailed as failed:
             self._record_skips(decision, limits)
             if capture is not None:  # no answer: the route span keeps what was asked

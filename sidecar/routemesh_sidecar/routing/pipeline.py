@@ -262,6 +262,7 @@ class Router:
     snapshot_scoring: bool = True
     _table: RouteTable | None = field(default=None, repr=False)
     _candidates: dict[int, Candidates] = field(default_factory=dict, repr=False)
+    _content_policy: dict[int, Candidates] = field(default_factory=dict, repr=False)
     _everything: Candidates | None = field(default=None, repr=False)
     _scoring: dict[int, Scoring] = field(default_factory=dict, repr=False)
     _table_scores: dict[tuple[int, ...], dict[str, list[float]]] = field(
@@ -284,6 +285,7 @@ class Router:
     def _follow(self, table: RouteTable) -> None:
         if table is not self._table:
             self._table, self._candidates, self._everything = table, {}, None
+            self._content_policy = {}
             self._scoring, self._table_scores = {}, {}
             self._categories = CategoryIndex()
 
@@ -291,6 +293,29 @@ class Router:
         backend = table.backends[target.backend]
         health = self.health.backend(target.backend, backend, route)
         return Candidate(index, target, backend, backend.models[target.model], health)
+
+    def content_policy_plan(
+        self, table: RouteTable, route: Route, request: RoutingRequest
+    ) -> list[Candidate]:
+        """Where a request refused for its content policy may go, in the route's order.
+
+        The route's content-policy fallbacks that every filter keeps: retention, capabilities
+        and context window hold for them as for the route's own targets, and an open breaker
+        leaves one out. Empty when the route names none (the default: never).
+        """
+        if not route.content_policy_fallbacks:
+            return []
+        self._follow(table)
+        candidates = self._content_policy.get(id(route))
+        if candidates is None:
+            candidates = self._content_policy[id(route)] = Candidates(
+                self._candidate(table, route, i, target)
+                for i, target in enumerate(route.content_policy_fallbacks)
+            )
+        try:
+            return list(self._filter(request, route, candidates, Decision(route, [], candidates)))
+        except (NoCandidate, RequestRefused):
+            return []
 
     def everything(self, table: RouteTable) -> list[Candidate]:
         """Every (backend, model) any route targets, once each, for graceful degradation."""

@@ -167,9 +167,14 @@ class Executor:
         plan: list[PlannedTarget],
         route: Route,
         observer: AttemptObserver,
+        *,
         limits: RequestBudget | None = None,
+        content_fallbacks: list[PlannedTarget] | None = None,
     ) -> Outcome:
         """Try the plan; return the first success (for a cascade, the first good enough one).
+
+        A content_policy refusal falls back only to `content_fallbacks` (the route's, already
+        filtered by routing), which take the place of the plan's remaining targets.
 
         `limits` is the request's own budget (cost, tokens, its tier's latency), when its route
         has one: every attempt must fit what is left of it. Raise `RequestFailed` when no attempt
@@ -182,16 +187,13 @@ class Executor:
         budget = self.budget_for(route)
         budget.record_request()
         attempts: list[AttemptRecord] = []
-        last: UpstreamFailure | None = None
-        context_too_small: int | None = None
+        walk = _Walk(list(plan), deadline, content_fallbacks or [])
+        plan = walk.plan
         gate = route.quality_gate
         escalations: list[Escalation] = []
         kept: Outcome | None = None  # a cascade's last rejected answer
         for position, target in enumerate(plan):
-            if (
-                context_too_small is not None
-                and target.model_info.context_window <= context_too_small
-            ):
+            if walk.ruled_out(target):
                 continue
             judged = gate is not None and position < len(plan) - 1
             try:
@@ -210,13 +212,9 @@ class Executor:
             except (_BreakerOpen, _Skipped):
                 continue
             except UpstreamFailure as failure:
-                last = failure
-                out_of_time = self.clock.monotonic() >= deadline
-                if not _falls_back(failure) or out_of_time:
-                    break
-                if failure.error_class == "context_length":
-                    context_too_small = target.model_info.context_window
-                continue
+                if walk.goes_on(failure, position, self.clock.monotonic(), observer):
+                    continue
+                break
             outcome = Outcome(result, target, attempts, escalations)
             if gate is None:
                 return outcome
@@ -230,8 +228,8 @@ class Executor:
                 limits.charge_usage(outcome.escalations[-1].usage, target.model_info)
             kept = outcome
         if kept is not None:
-            return self._keep(kept, last, observer)
-        raise _no_success(last, attempts, limits)
+            return self._keep(kept, walk.last, observer)
+        raise _no_success(walk.last, attempts, limits)
 
     @staticmethod
     def _accepts(
@@ -564,6 +562,58 @@ def _retry_after_event(
         "routemesh.backend": target.backend_name,
         "routemesh.retry_after.seconds": failure.retry_after,
         "routemesh.retry_after.decision": decision,
+    }
+
+
+@dataclass
+class _Walk:
+    """A request's way along its plan: what is left to try, and what its failures rule out.
+
+    The plan is walked by index (a list iterator), so a content-policy refusal can replace the
+    plan's tail with the route's content-policy fallbacks and have them walked next.
+    """
+
+    plan: list[PlannedTarget]
+    deadline: float
+    content_fallbacks: list[PlannedTarget]
+    last: UpstreamFailure | None = None
+    context_too_small: int | None = None  # a context_length failure's window: skip no larger
+    refused_for_content: bool = False
+
+    def ruled_out(self, target: PlannedTarget) -> bool:
+        """Whether an earlier failure already says this target cannot serve the request."""
+        small = self.context_too_small
+        return small is not None and target.model_info.context_window <= small
+
+    def goes_on(
+        self, failure: UpstreamFailure, position: int, now: float, observer: AttemptObserver
+    ) -> bool:
+        """Whether to go on to the plan's next target after this target failed."""
+        self.last = failure
+        out_of_time = now >= self.deadline
+        if failure.error_class == "content_policy" and not out_of_time:
+            if not self.refused_for_content and self.content_fallbacks:
+                self.refused_for_content = True
+                target = self.plan[position]
+                del self.plan[position + 1 :]
+                self.plan.extend(t for t in self.content_fallbacks if t is not target)
+                observer.event(*_content_policy_event(target, self.content_fallbacks))
+            if self.refused_for_content:
+                return True  # and a content-policy fallback's own refusal: the next one
+        if not _falls_back(failure) or out_of_time:
+            return False
+        if failure.error_class == "context_length":
+            self.context_too_small = self.plan[position].model_info.context_window
+        return True
+
+
+def _content_policy_event(
+    target: PlannedTarget, fallbacks: list[PlannedTarget]
+) -> tuple[str, dict[str, Any]]:
+    """The span event of a content-policy refusal that goes to the route's fallbacks for it."""
+    return "routemesh.content_policy.fallback", {
+        "routemesh.backend": target.backend_name,
+        "routemesh.content_policy.targets": [f"{t.backend_name}/{t.model}" for t in fallbacks],
     }
 
 

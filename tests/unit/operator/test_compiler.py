@@ -492,3 +492,23 @@ def test_a_route_may_require_a_stricter_level_than_its_policy_never_a_looser_one
     assert route.retention == "Limited"
     policy["spec"]["routes"][0]["privacy"] = {"retention": "None"}
     assert reasons(compile_namespace(snapshot(docs)), "failover") == ["RetentionNotMet"]
+
+
+def test_content_policy_fallbacks_compile_with_their_backends_and_unknown_ones_are_unresolved():
+    docs = example("multi-provider-failover")
+    policy = next(d for d in docs if d["kind"] == "RoutingPolicy")
+    route = policy["spec"]["routes"][0]
+    route["targets"] = [route["targets"][0]]  # openai only: the fallback's backend is extra
+    route["contentPolicyFallbacks"] = [
+        {"backend": "together", "model": "meta-llama/Llama-3.3-70B-Instruct-Turbo"}
+    ]
+    table = only_table(compile_namespace(snapshot(docs)))
+    (compiled,) = table.routes
+    assert [(t.backend, t.model) for t in compiled.content_policy_fallbacks] == [
+        ("together", "meta-llama/Llama-3.3-70B-Instruct-Turbo")
+    ]
+    assert "together" in table.backends, "a fallback's backend travels with the table"
+    route["contentPolicyFallbacks"] = [{"backend": "nowhere", "model": "m"}]
+    assert reasons(compile_namespace(snapshot(docs)), "failover") == ["BackendNotFound"]
+    route["contentPolicyFallbacks"] = [{"backend": "together", "model": "gpt-5"}]
+    assert reasons(compile_namespace(snapshot(docs)), "failover") == ["ModelNotServed"]

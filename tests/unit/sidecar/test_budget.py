@@ -172,7 +172,7 @@ async def execute(
     observer = Observer()
     result: Any
     try:
-        result = await executor.execute(CALL, targets, r or a_route(), observer, limits)
+        result = await executor.execute(CALL, targets, r or a_route(), observer, limits=limits)
     except RequestFailed as failed:
         result = failed
     return client, observer, result
@@ -234,7 +234,7 @@ async def test_the_tiers_first_token_deadline_bounds_the_whole_fallback_chain():
     executor = Executor(client, clock, random.Random(1), HealthRegistry(clock), sleep=clock.sleep)  # type: ignore[arg-type]
     r = a_route(retry={"attempts": 1})
     with pytest.raises(RequestFailed) as failed:
-        await executor.execute(CALL, plan("a", "b", "c"), r, Observer(), limits)
+        await executor.execute(CALL, plan("a", "b", "c"), r, Observer(), limits=limits)
     # a took 0.6 s of the 1 s; b may wait 0.4 s at most; nothing is left for c.
     assert [name for name, _ in client.calls] == ["a", "b"]
     assert failed.value.failure.error_class == "timeout"
@@ -267,7 +267,7 @@ async def test_a_retry_the_budget_stops_leaves_the_targets_own_failure_for_the_d
     client = ScriptedClient(clock, {"a": [fail("timeout")] * 3}, cost=1.0)
     executor = Executor(client, clock, random.Random(1), HealthRegistry(clock), sleep=clock.sleep)  # type: ignore[arg-type]
     with pytest.raises(RequestFailed) as failed:
-        await executor.execute(CALL, plan("a"), a_route(), Observer(), limits)
+        await executor.execute(CALL, plan("a"), a_route(), Observer(), limits=limits)
     assert not isinstance(failed.value, BudgetExceeded), "a tier's latency is no cost budget"
     assert failed.value.failure.error_class == "timeout"
     assert len(client.calls) == 1

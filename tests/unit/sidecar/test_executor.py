@@ -323,3 +323,38 @@ async def test_per_try_timeout_caps_one_attempt():
     r = a_route(retry={"attempts": 1, "per_try_timeout": 2.5})
     _, client, _ = await run({"a": []}, plan("a"), r)
     assert client.calls[0][1] == pytest.approx(2.5)
+
+
+@pytest.mark.asyncio
+async def test_a_content_policy_refusal_never_falls_back_by_default():
+    _, client, failed = await run(
+        {"a": [fail("content_policy", status=400)], "b": []}, plan("a", "b"), a_route()
+    )
+    assert isinstance(failed, RequestFailed)
+    assert failed.failure.error_class == "content_policy"
+    assert [name for name, _ in client.calls] == ["a"]
+
+
+@pytest.mark.asyncio
+async def test_a_content_policy_refusal_goes_to_the_routes_fallbacks_for_it_in_order():
+    clock = VirtualClock()
+    health = HealthRegistry(clock)
+    targets = plan("a", "b", health=health)
+    permissive = plan("strict-too", "lenient", health=health)
+    client = ScriptedClient(
+        clock,
+        {
+            "a": [fail("content_policy", status=400)],
+            "strict-too": [fail("content_policy", status=400)],
+        },
+    )
+    executor = Executor(client, clock, random.Random(1), health, sleep=clock.sleep)  # type: ignore[arg-type]
+    observer = Observer()
+    outcome = await executor.execute(
+        CALL, targets, a_route(), observer, content_fallbacks=permissive
+    )
+    # b is the route's next target, not one named for content refusals: it is never asked.
+    assert [name for name, _ in client.calls] == ["a", "strict-too", "lenient"]
+    assert outcome.target.backend_name == "lenient"
+    (event,) = [e for name, e in observer.events if name == "routemesh.content_policy.fallback"]
+    assert event["routemesh.content_policy.targets"] == ["strict-too/m", "lenient/m"]

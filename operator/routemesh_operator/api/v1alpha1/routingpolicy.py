@@ -447,6 +447,15 @@ class Target(ApiModel):
     """Share of traffic in percent, for the Weighted strategy only."""
 
 
+class ModelRef(ApiModel):
+    """A model on a backend, named outside a route's targets."""
+
+    backend: Name
+    """Name of a ModelBackend in this namespace."""
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    """One of the backend's spec.models[].name."""
+
+
 _TARGETS_RULES = validations(
     cel(
         "self.strategy.type != 'Weighted' || (self.targets.all(t, has(t.weight)) && "
@@ -518,6 +527,12 @@ class Route(Resilience):
     """Where requests may go. For Fallback and Cascade, order matters."""
     privacy: RoutePrivacy | None = None
     """A retention level this route's requests require. Absent means the policy's alone."""
+    content_policy_fallbacks: Annotated[list[ModelRef], Field(max_length=8)] | None = None
+    """Models that may take a request an upstream refused for its content policy, tried in
+    order in place of the route's remaining targets (they need not be among them). The request
+    must still fit their capabilities, context window and the policy's retention level. Absent
+    means never: a content_policy refusal goes to the app as a 400, as it would fail alike
+    elsewhere."""
 
 
 class Shadow(ApiModel):
