@@ -476,6 +476,20 @@ class RouteTable(WireModel):
         digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
         return digest[:16]
 
+    @cached_property
+    def known_tiers(self) -> frozenset[str]:
+        """The caller tiers the policy names: in latency budgets, and in matches on its header."""
+        tiers: set[str] = set()
+        for route in self.routes:
+            if route.budget is not None:
+                tiers.update(t.tier for t in route.budget.latency_per_tier)
+            tiers.update(
+                h.value
+                for h in route.match.headers
+                if h.name == self.tier_header and h.type == "Exact"
+            )
+        return frozenset(tiers)
+
     @property
     def version_label(self) -> str:
         """The version as shown to people: the counter and the content hash."""

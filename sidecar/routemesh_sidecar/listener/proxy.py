@@ -288,9 +288,10 @@ class Listener:
                 started=started,
                 limits=limits,
                 capture=capture,
+                cost_labels=_cost_labels(table, decision, call),
             )
         reply = outcome.result
-        cost = self._account(outcome, reply.usage)
+        cost = self._account(outcome, reply.usage, _cost_labels(table, decision, call))
         headers = _routing_headers(decision, outcome) | {"x-routemesh-cost-usd": f"{cost:.8f}"}
         self._finish(decision, outcome, reply.status, started)
         trace.finish(
@@ -316,6 +317,7 @@ class Listener:
         started: float,
         limits: RequestBudget | None,
         capture: Capture | None,
+        cost_labels: CostLabels,
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             status=200,
@@ -352,7 +354,7 @@ class Listener:
             self.parts.metrics.of(self.parts.metrics.errors, "stream_broken").inc()
             trace.event("routemesh.stream.broken", {"routemesh.error.message": message})
             await _write_terminal_error(response, call.api, message)
-        cost = self._account(outcome, stream.usage)
+        cost = self._account(outcome, stream.usage, cost_labels)
         self._finish(decision, outcome, 200, started)
         trace.finish(
             usage=stream.usage,
@@ -478,18 +480,20 @@ class Listener:
             if record.error_class:
                 self.parts.metrics.of(self.parts.metrics.errors, record.error_class).inc()
 
-    def _account(self, outcome: Outcome, usage: Usage | None) -> float:
+    def _account(self, outcome: Outcome, usage: Usage | None, labels: CostLabels) -> float:
         """The request's cost: the answer sent, plus a cascade's answers that were not."""
         target = outcome.target
-        cost = self._account_answer(target.backend_name, target.model, target.model_info, usage)
+        cost = self._account_answer(
+            target.backend_name, target.model, target.model_info, usage, labels
+        )
         for rejected in outcome.discarded:
             cost += self._account_answer(
-                rejected.backend_name, rejected.model, rejected.model_info, rejected.usage
+                rejected.backend_name, rejected.model, rejected.model_info, rejected.usage, labels
             )
         return cost
 
     def _account_answer(
-        self, backend: str, model: str, info: ModelInfo, usage: Usage | None
+        self, backend: str, model: str, info: ModelInfo, usage: Usage | None, labels: CostLabels
     ) -> float:
         cost = request_cost(usage, info.pricing)
         metrics = self.parts.metrics
@@ -500,7 +504,8 @@ class Listener:
                 ("cached_input", usage.cached_input_tokens),
             ):
                 metrics.of(metrics.tokens, backend, model, kind).inc(count)
-        metrics.of(metrics.cost, backend, model).inc(cost)
+        policy, route, tier = labels
+        metrics.of(metrics.cost, policy, route, backend, model, tier).inc(cost)
         return cost
 
     def _finish(self, decision: Decision, outcome: Outcome, status: int, started: float) -> None:
@@ -510,6 +515,22 @@ class Listener:
             metrics.requests, decision.route.name, target.backend_name, target.model, str(status)
         ).inc()
         metrics.of(metrics.duration, decision.route.name).observe(time.perf_counter() - started)
+
+
+CostLabels = tuple[str, str, str]  # policy, route, caller tier
+
+
+def _cost_labels(table: RouteTable, decision: Decision, call: DownstreamCall) -> CostLabels:
+    """Who a request's cost is attributed to; a tier the policy does not name counts as other.
+
+    Only the policy's own tiers become label values, so that a header no one checks cannot
+    create a series per value it is sent.
+    """
+    route = decision.route
+    tier = call.headers.get(table.tier_header)
+    if tier is None:
+        return route.policy, route.name, ""
+    return route.policy, route.name, tier if tier in table.known_tiers else "other"
 
 
 def _request_budget(

@@ -49,8 +49,9 @@ class Metrics:
         )
         self.cost = Counter(
             "routemesh_cost_usd",
-            "Cost in US dollars from the route table's prices.",
-            ["backend", "model"],
+            "Cost in US dollars from the live route table's prices, by policy, route, backend, "
+            "model and caller tier (a tier the policy names, other, or empty without the header).",
+            ["policy", "route", "backend", "model", "tier"],
             registry=self.registry,
         )
         self.budget_skips = Counter(
