@@ -9,10 +9,11 @@ policy's defaults into each route, so the sidecar never has to know what "absent
 `ActiveRouteTable` holds the table in use. A swap is one assignment: a request reads the table
 once at its start and keeps it, so a request in flight finishes on the table it started with.
 
-Fields added after the first release (a route's `cascade`, `budget`, `retention` and
-`content_policy_fallbacks`, a backend's `retention`, a match's `categories`) are left out of the
-serialized table when unused, so a table that does not use them dumps, hashes and parses exactly
-as before: an older sidecar still accepts it, and an upgraded operator republishes nothing.
+Fields added after the first release (a route's `cascade`, `budget`, `retention`,
+`content_policy_fallbacks` and `hedging`, a backend's `retention`, a match's `categories`) are
+left out of the serialized table when unused, so a table that does not use them dumps, hashes and
+parses exactly as before: an older sidecar still accepts it, and an upgraded operator republishes
+nothing.
 
 Nothing here does I/O except `load_route_table_file`, which reads one file.
 """
@@ -374,6 +375,18 @@ class Budget(WireModel):
         return next((t for t in self.latency_per_tier if t.tier == tier), None)
 
 
+class Hedging(WireModel):
+    """Parallel attempts for a slow request: the next target after `delay` without a first byte.
+
+    With `delay_percentile`, the delay is that percentile of the target's observed times to first
+    byte once it has enough of them, and `delay` until then.
+    """
+
+    delay: Seconds
+    delay_percentile: int | None = Field(default=None, ge=50, le=99)
+    max_extra_attempts: int = Field(default=1, ge=1, le=3)
+
+
 class Route(WireModel):
     """One compiled rule of a policy, with every setting resolved."""
 
@@ -393,6 +406,7 @@ class Route(WireModel):
     retention_header: str | None = None  # a header through which a request may require stricter
     # Where a request refused for its content policy may go instead (empty: nowhere).
     content_policy_fallbacks: tuple[Target, ...] = ()
+    hedging: Hedging | None = None  # None: one attempt in flight at a time
 
     @model_validator(mode="after")
     def _score_weights_for_score_based(self) -> Route:
@@ -416,6 +430,7 @@ class Route(WireModel):
             "retention",
             "retention_header",
             "content_policy_fallbacks",
+            "hedging",
         )
 
 

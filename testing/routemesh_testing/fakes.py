@@ -110,6 +110,9 @@ class FakeProvider:
         self._lock = threading.Lock()
         self._script: deque[Behaviour] = deque()
         self._always: Behaviour | None = None
+        # Requests whose client closed the connection while the fake was still delaying or
+        # hanging (a hedge's loser, cancelled): the provider would have stopped generating.
+        self.abandoned: list[ReceivedRequest] = []
         self.app = web.Application()
 
     def script(self, *behaviours: Behaviour) -> None:
@@ -128,6 +131,7 @@ class FakeProvider:
             self._script.clear()
             self._always = None
             self.requests.clear()
+            self.abandoned.clear()
 
     def count(self, path: str | None = None) -> int:
         """How many requests arrived (on `path`, if given)."""
@@ -154,14 +158,31 @@ class FakeProvider:
     def _default_text(self, reply: Reply) -> str:
         return reply.text if reply.text is not None else f"Hello from {self.name}"
 
-    async def _settle(self, behaviour: Behaviour) -> Behaviour:
-        """Apply delays and hangs; return what to answer with."""
+    async def _settle(
+        self, behaviour: Behaviour, request: web.Request, received: ReceivedRequest
+    ) -> Behaviour:
+        """Apply delays and hangs; return what to answer with.
+
+        While waiting it watches the connection: a client that closes it is recorded in
+        `abandoned`, and the handler stops there, as a provider stops generating.
+        """
+        loop = asyncio.get_running_loop()
         while isinstance(behaviour, Delay):
-            await asyncio.sleep(behaviour.seconds)
+            await self._wait(loop.time() + behaviour.seconds, request, received)
             behaviour = behaviour.then
         if isinstance(behaviour, Hang):
-            await asyncio.Event().wait()
+            await self._wait(float("inf"), request, received)
         return behaviour
+
+    async def _wait(self, until: float, request: web.Request, received: ReceivedRequest) -> None:
+        loop = asyncio.get_running_loop()
+        while loop.time() < until:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                with self._lock:
+                    self.abandoned.append(received)
+                raise asyncio.CancelledError
+            await asyncio.sleep(min(0.005, max(0.0, until - loop.time())))
 
 
 def prompt_tokens_of(body: Any) -> int:
@@ -270,7 +291,7 @@ class FakeOpenAI(FakeProvider):
         refused = self._unauthorized(request)
         if refused is not None:
             return received, behaviour, refused
-        behaviour = await self._settle(behaviour)
+        behaviour = await self._settle(behaviour, request, received)
         if isinstance(behaviour, Fail):
             headers = {"retry-after": behaviour.retry_after} if behaviour.retry_after else None
             return (
@@ -520,7 +541,7 @@ class FakeAnthropic(FakeProvider):
         refused = self._refusal(request, body)
         if refused is not None:
             return refused
-        behaviour = await self._settle(behaviour)
+        behaviour = await self._settle(behaviour, request, received)
         if isinstance(behaviour, Fail):
             headers = {"retry-after": behaviour.retry_after} if behaviour.retry_after else None
             return self._error(behaviour.status, behaviour.message, behaviour.error_type, headers)

@@ -14,12 +14,14 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 from opentelemetry.sdk.trace import SpanProcessor
+from prometheus_client.parser import text_string_to_metric_families
 
 from routemesh_sidecar.app import Sidecar
 from routemesh_sidecar.discovery.file import FileRouteTableSource
@@ -123,6 +125,18 @@ class SidecarThread:
     def admin_url(self) -> str:
         """The admin listener's origin."""
         return f"http://127.0.0.1:{self.running.admin_port}"
+
+    def metric(self, name: str, **labels: str) -> float:
+        """A sample's value from the admin /metrics, by name and labels (0 when absent)."""
+        with urllib.request.urlopen(self.admin_url + "/metrics", timeout=5) as response:  # noqa: S310
+            text = response.read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(
+                    sample.labels.get(key) == value for key, value in labels.items()
+                ):
+                    return float(sample.value)
+        return 0.0
 
     def swap(self, table: RouteTable) -> None:
         """Write a new table file and have the file source load it now."""

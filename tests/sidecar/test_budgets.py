@@ -7,7 +7,6 @@ providers received, the route span and the metrics.
 """
 
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ import anthropic
 import openai
 import pytest
 from opentelemetry.sdk.trace import SpanProcessor
-from prometheus_client.parser import text_string_to_metric_families
 
 from routemesh_testing.fakes import Fail, FakeOpenAI, Hang
 from routemesh_testing.otlp import OTLPReceiver
@@ -83,16 +81,6 @@ def ask(sidecar: SidecarThread, model: str, max_retries: int = 2, **kwargs: Any)
         )
 
 
-def metric(sidecar: SidecarThread, name: str, **labels: str) -> float:
-    with urllib.request.urlopen(sidecar.admin_url + "/metrics", timeout=5) as response:  # noqa: S310
-        text = response.read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
-
-
 def test_a_cost_budget_stops_a_fallback_that_would_break_it_and_the_error_names_it(
     sidecar: SidecarThread, openai_upstream, openai_spare, otlp: OTLPReceiver
 ):
@@ -116,7 +104,7 @@ def test_a_cost_budget_stops_a_fallback_that_would_break_it_and_the_error_names_
     )
     assert any(name == "routemesh.budget.skipped" for name, _ in span.events)
     assert (
-        metric(sidecar, "routemesh_budget_skips_total", route="cost", budget="maxCostPerRequest")
+        sidecar.metric("routemesh_budget_skips_total", route="cost", budget="maxCostPerRequest")
         == 1
     )
 
@@ -182,12 +170,11 @@ def test_token_and_cost_counters_add_up_what_the_upstream_reported(
     usage = raw.parse().usage
     assert usage is not None
     labels = {"backend": "cheap", "model": "m"}
-    assert metric(sidecar, "routemesh_tokens_total", kind="input", **labels) == usage.prompt_tokens
+    assert sidecar.metric("routemesh_tokens_total", kind="input", **labels) == usage.prompt_tokens
     assert (
-        metric(sidecar, "routemesh_tokens_total", kind="output", **labels)
-        == usage.completion_tokens
+        sidecar.metric("routemesh_tokens_total", kind="output", **labels) == usage.completion_tokens
     )
     expected_cost = (usage.prompt_tokens * 1.0 + usage.completion_tokens * 2.0) / 1e6
-    assert metric(sidecar, "routemesh_cost_usd_total", **labels) == pytest.approx(expected_cost)
+    assert sidecar.metric("routemesh_cost_usd_total", **labels) == pytest.approx(expected_cost)
     assert float(raw.headers["x-routemesh-cost-usd"]) == pytest.approx(expected_cost, abs=1e-8)
     assert primary.count() == 1

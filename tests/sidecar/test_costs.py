@@ -11,7 +11,6 @@ from typing import Any
 import openai
 import pytest
 from opentelemetry.sdk.trace import SpanProcessor
-from tests.sidecar.test_budgets import metric
 
 from routemesh_sidecar.routetable import RouteTable
 from routemesh_testing.fakes import FakeOpenAI
@@ -93,11 +92,11 @@ def test_cost_is_attributed_to_policy_route_backend_and_only_the_policys_own_tie
         for tier in ("free", "vip-from-a-typo", "")
     }
     labels = {"policy": "shop", "route": "cheapest", "backend": "first", "model": "m"}
-    assert metric(s, "routemesh_cost_usd_total", tier="free", **labels) == pytest.approx(
+    assert s.metric("routemesh_cost_usd_total", tier="free", **labels) == pytest.approx(
         costs["free"]
     )
-    assert metric(s, "routemesh_cost_usd_total", tier="other", **labels) == pytest.approx(
+    assert s.metric("routemesh_cost_usd_total", tier="other", **labels) == pytest.approx(
         costs["vip-from-a-typo"]
     ), "a tier the policy does not name makes no series of its own"
-    assert metric(s, "routemesh_cost_usd_total", tier="", **labels) == pytest.approx(costs[""])
+    assert s.metric("routemesh_cost_usd_total", tier="", **labels) == pytest.approx(costs[""])
     assert all(cost > 0 for cost in costs.values())

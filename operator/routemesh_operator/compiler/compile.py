@@ -108,8 +108,6 @@ def _compile_policy(
     _check_reachable(spec.routes, outcome)
     if spec.shadow is not None:
         outcome.notes.append("shadow routes are not evaluated by this version's sidecars")
-    if any(r.hedging for r in spec.routes) or (spec.defaults is not None and spec.defaults.hedging):
-        outcome.notes.append("hedging is not run by this version's sidecars")
     return outcome
 
 

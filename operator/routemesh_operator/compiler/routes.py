@@ -1,8 +1,9 @@
 """Compile one RoutingPolicy route into the route table's `Route`, with every default applied.
 
-Called by `compiler.compile`. A route's retry, timeouts, circuitBreaker, outlierDetection and
-budget replace the policy's defaults of the same name as a whole (the API says so); what is absent
-in both gets the value the API documents, so the sidecar never has to know what "absent" means.
+Called by `compiler.compile`. A route's retry, timeouts, circuitBreaker, outlierDetection,
+budget and hedging replace the policy's defaults of the same name as a whole (the API says so);
+what is absent in both gets the value the API documents, so the sidecar never has to know what
+"absent" means.
 Durations become seconds and decimal strings become numbers (a category's threshold, absent
 meaning 0.5); a Cascade route gets its quality gate with the API's defaults (at least one output
 token, refusals and cut-off answers rejected). Pure: no I/O.
@@ -14,6 +15,7 @@ from routemesh_operator.api.v1alpha1.common import parse_duration
 from routemesh_operator.api.v1alpha1.routingpolicy import Budget as ApiBudget
 from routemesh_operator.api.v1alpha1.routingpolicy import Category as ApiCategory
 from routemesh_operator.api.v1alpha1.routingpolicy import CircuitBreaker as ApiBreaker
+from routemesh_operator.api.v1alpha1.routingpolicy import Hedging as ApiHedging
 from routemesh_operator.api.v1alpha1.routingpolicy import OutlierDetection as ApiOutlier
 from routemesh_operator.api.v1alpha1.routingpolicy import Privacy as ApiPrivacy
 from routemesh_operator.api.v1alpha1.routingpolicy import Resilience
@@ -60,6 +62,7 @@ def compile_route(
         ),
         cascade=_cascade(route.strategy),
         budget=_budget(route.budget or defaults.budget),
+        hedging=_hedging(route.hedging or defaults.hedging),
         content_policy_fallbacks=tuple(
             wire.Target(backend=ref.backend, model=ref.model)
             for ref in route.content_policy_fallbacks or ()
@@ -82,6 +85,17 @@ def required_retention(route: ApiRoute, privacy: ApiPrivacy | None) -> wire.Rete
         return None
     strictest: wire.Retention = min(levels, key=wire.RETENTION_ORDER.__getitem__)
     return strictest
+
+
+def _hedging(hedging: ApiHedging | None) -> wire.Hedging | None:
+    """A route's hedging in seconds, with the API's default of one extra attempt."""
+    if hedging is None:
+        return None
+    return wire.Hedging(
+        delay=max(0.001, seconds(hedging.delay, 0)),  # "0s" means at once
+        delay_percentile=hedging.delay_percentile,
+        max_extra_attempts=hedging.max_extra_attempts or 1,
+    )
 
 
 def _budget(budget: ApiBudget | None) -> wire.Budget | None:

@@ -472,13 +472,14 @@ class Listener:
             metrics.of(metrics.budget_skips, decision.route.name, skip.budget).inc()
 
     def _record_attempts(self, attempts: list[AttemptRecord]) -> None:
+        metrics = self.parts.metrics
         for record in attempts:
-            outcome = record.error_class or ("escalated" if record.escalation else "ok")
-            self.parts.metrics.of(
-                self.parts.metrics.attempts, record.backend, record.model, outcome
-            ).inc()
+            outcome = _attempt_outcome(record)
+            metrics.of(metrics.attempts, record.backend, record.model, outcome).inc()
             if record.error_class:
-                self.parts.metrics.of(self.parts.metrics.errors, record.error_class).inc()
+                metrics.of(metrics.errors, record.error_class).inc()
+            if record.hedge:
+                metrics.of(metrics.hedges, record.backend, record.model, outcome).inc()
 
     def _account(self, outcome: Outcome, usage: Usage | None, labels: CostLabels) -> float:
         """The request's cost: the answer sent, plus a cascade's answers that were not."""
@@ -515,6 +516,15 @@ class Listener:
             metrics.requests, decision.route.name, target.backend_name, target.model, str(status)
         ).inc()
         metrics.of(metrics.duration, decision.route.name).observe(time.perf_counter() - started)
+
+
+def _attempt_outcome(record: AttemptRecord) -> str:
+    """An attempt's outcome label: its error class, or ok, escalated, cancelled."""
+    if record.error_class:
+        return record.error_class
+    if record.cancelled:
+        return "cancelled"
+    return "escalated" if record.escalation else "ok"
 
 
 CostLabels = tuple[str, str, str]  # policy, route, caller tier

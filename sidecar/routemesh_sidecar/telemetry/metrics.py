@@ -31,7 +31,15 @@ class Metrics:
         )
         self.attempts = Counter(
             "routemesh_attempts",
-            "Upstream attempts, by backend, model and outcome (ok or the error class).",
+            "Upstream attempts, by backend, model and outcome (ok, escalated, cancelled, or the "
+            "error class).",
+            ["backend", "model", "outcome"],
+            registry=self.registry,
+        )
+        self.hedges = Counter(
+            "routemesh_hedges",
+            "Hedged attempts (sent beside a slow one), by backend, model and outcome: ok (it "
+            "won), cancelled (the first answered), or the error class.",
             ["backend", "model", "outcome"],
             registry=self.registry,
         )

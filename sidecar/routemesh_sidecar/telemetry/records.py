@@ -29,3 +29,5 @@ class AttemptRecord:
     # A cascade's answer that failed the quality gate: why, and what it used.
     escalation: tuple[str, ...] | None = None
     usage: Usage | None = None
+    hedge: bool = False  # sent beside a slow attempt rather than after a failed one
+    cancelled: bool = False  # stopped because another attempt answered first

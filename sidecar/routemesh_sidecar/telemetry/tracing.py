@@ -179,19 +179,25 @@ class RequestTrace:
                 "routemesh.attempt.retry": record.retry,
             },
         )
+        if record.hedge:
+            span.attributes["routemesh.attempt.hedge"] = True
         self._attempts[record.index] = span
         return {"traceparent": _traceparent(span.context), **_tracestate(span.context)}
 
     def attempt_ended(self, record: AttemptRecord) -> None:
-        """End a failed or escalated attempt's span; a used one stays open until the response ends.
+        """End a failed, escalated or cancelled attempt's span; a used one stays open until the end.
 
         An escalated attempt (a cascade's answer the quality gate rejected) succeeded as far as
         the upstream goes: its span is not an error, and says why the answer was not used.
         """
-        if record.error_class is None and record.escalation is None:
+        if record.error_class is None and record.escalation is None and not record.cancelled:
             return
         span = self._attempts.pop(record.index, None)
         if span is None:
+            return
+        if record.cancelled:  # a hedge race's loser: no error, it was not needed
+            span.attributes["routemesh.attempt.cancelled"] = True
+            self._emit(span)
             return
         if record.status is not None:
             span.attributes["http.response.status_code"] = record.status

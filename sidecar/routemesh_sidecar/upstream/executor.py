@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from routemesh_sidecar.routetable import Backend, ModelInfo, QualityGate, Route
+from routemesh_sidecar.routetable import Backend, Hedging, ModelInfo, QualityGate, Route
 from routemesh_sidecar.telemetry.records import AttemptRecord
 from routemesh_sidecar.upstream.balancer import EndpointState
 from routemesh_sidecar.upstream.breaker import Permit, Transition
@@ -53,6 +53,7 @@ from routemesh_sidecar.upstream.client import (
     UpstreamReply,
     UpstreamStream,
 )
+from routemesh_sidecar.upstream.hedge import Race, RaceLost
 from routemesh_sidecar.upstream.registry import BackendHealth, HealthRegistry
 from routemesh_sidecar.upstream.retry import Clock, RetryBudget, backoff_delay
 
@@ -186,39 +187,26 @@ class Executor:
             plan = _fitting_first(plan, limits, self.clock.monotonic())
         budget = self.budget_for(route)
         budget.record_request()
-        attempts: list[AttemptRecord] = []
         walk = _Walk(list(plan), deadline, content_fallbacks or [])
-        plan = walk.plan
+        run = _Run(call, route, budget, observer, limits, walk)
         gate = route.quality_gate
-        escalations: list[Escalation] = []
         kept: Outcome | None = None  # a cascade's last rejected answer
-        for position, target in enumerate(plan):
-            if walk.ruled_out(target):
+        for position, planned in enumerate(walk.plan):
+            if walk.ruled_out(planned) or position in walk.hedged:
                 continue
-            judged = gate is not None and position < len(plan) - 1
             try:
-                result = await self._try_target(
-                    call,
-                    target=target,
-                    route=route,
-                    deadline=deadline,
-                    budget=budget,
-                    observer=observer,
-                    attempts=attempts,
-                    buffer=judged and call.stream,
-                    rest=plan[position + 1 :],
-                    limits=limits,
-                )
+                index, result = await self._attempt_at(run, position)
             except (_BreakerOpen, _Skipped):
                 continue
             except UpstreamFailure as failure:
                 if walk.goes_on(failure, position, self.clock.monotonic(), observer):
                     continue
                 break
-            outcome = Outcome(result, target, attempts, escalations)
+            target = walk.plan[index]
+            outcome = Outcome(result, target, run.attempts, run.escalations)
             if gate is None:
                 return outcome
-            if not judged or isinstance(result, UpstreamStream):
+            if not run.judged(index) or isinstance(result, UpstreamStream):
                 outcome.cascade = "last_target"
                 return outcome
             if self._accepts(gate, call, outcome, observer):
@@ -229,7 +217,68 @@ class Executor:
             kept = outcome
         if kept is not None:
             return self._keep(kept, walk.last, observer)
-        raise _no_success(walk.last, attempts, limits)
+        raise _no_success(walk.last, run.attempts, limits)
+
+    async def _attempt_at(self, run: _Run, position: int) -> tuple[int, Result]:
+        """The attempts on the plan's target at `position`, hedged when the route says so.
+
+        Returns the answering target's position (a hedge's, when it won) and its answer.
+        """
+        hedging = run.route.hedging
+        if hedging is None or run.route.quality_gate is not None:  # a cascade judges in turn
+            return position, await self._try_target(run, position)
+        return await self._race(run, position, hedging)
+
+    async def _race(self, run: _Run, position: int, hedging: Hedging) -> tuple[int, Result]:
+        """The target at `position`, hedged to the plan's next targets while it is slow.
+
+        Raise the failure a fallback decision should read when every raced target failed.
+        """
+        walk, observer, limits = run.walk, run.observer, run.limits
+        plan = walk.plan
+        first = plan[position]
+        spare = [
+            i
+            for i in range(position + 1, len(plan))
+            if not walk.ruled_out(plan[i]) and i not in walk.hedged
+        ]
+
+        def may_hedge(index: int) -> bool:
+            target = plan[index]
+            if limits is not None and limits.admits(_label(target), target.model_info):
+                return False
+            now = self.clock.monotonic()
+            return now < walk.deadline and target.health.may_take(now) and run.budget.allow_retry()
+
+        def on_hedge(index: int, delay: float) -> None:
+            walk.hedged.add(index)
+            target = plan[index]
+            observer.event(
+                "routemesh.hedge.started",
+                {
+                    "routemesh.backend": target.backend_name,
+                    "routemesh.model": target.model,
+                    "routemesh.hedge.after": _label(first),
+                    "routemesh.hedge.delay_seconds": delay,
+                },
+            )
+
+        race: Race[Result] = Race(
+            lambda index, hedge: self._try_target(run, index, hedge=hedge),
+            self.sleep,
+            lambda: _hedge_delay(hedging, first),
+            may_hedge,
+            on_hedge,
+            _discard,
+            hedging.max_extra_attempts,
+        )
+        try:
+            index, result = await race.run(position, spare)
+        except RaceLost as lost:
+            raise _race_failure(lost) from None
+        if index != position:
+            observer.event("routemesh.hedge.won", {"routemesh.hedge.winner": _label(plan[index])})
+        return index, result
 
     @staticmethod
     def _accepts(
@@ -275,100 +324,135 @@ class Executor:
         )
         return kept
 
-    async def _try_target(
-        self,
-        call: DownstreamCall,
-        *,
-        target: PlannedTarget,
-        route: Route,
-        deadline: float,
-        budget: RetryBudget,
-        observer: AttemptObserver,
-        attempts: list[AttemptRecord],
-        buffer: bool = False,
-        rest: list[PlannedTarget] | None = None,
-        limits: RequestBudget | None = None,
-    ) -> Result:
-        """Attempts on one target, with retries; raise the last failure when giving up on it.
+    async def _try_target(self, run: _Run, position: int, *, hedge: bool = False) -> Result:
+        """Attempts on one target of the plan, with retries; raise the last failure when giving up.
 
-        With `buffer`, a stream is read whole before it is returned; if it breaks on the way,
-        that attempt failed (health hears of it from the stream's own end) and may be retried.
-        `rest` are the plan's later targets, which decide whether falling back beats waiting.
+        A cascade's judged answer (all but the last target's) is buffered: a stream is read whole
+        before it is returned, and if it breaks on the way that attempt failed (health hears of
+        it from the stream's own end) and may be retried. The plan's later targets decide
+        whether falling back beats waiting.
         """
-        retry = route.retry
-        health = target.health
+        target = run.walk.plan[position]
+        rest = run.walk.plan[position + 1 :]
+        retry = run.route.retry
         failed: frozenset[str] = frozenset()  # endpoints that failed this request
         failure: UpstreamFailure | None = None  # this target's last, once it has one
         for retry_index in range(retry.attempts):
-            if limits is not None:
-                self._check_limits(limits, target, attempts, observer, failure)
-            with self.health.capture() as transitions:
-                now = self.clock.monotonic()
-                permit = health.acquire(now)
-                endpoint = health.pick_endpoint(now, self.rng, failed) if permit else None
-            _report(observer, transitions)
-            if permit is None or endpoint is None:
-                observer.event(
-                    "routemesh.circuit_breaker.skipped",
-                    {
-                        "routemesh.backend": target.backend_name,
-                        "routemesh.breaker.state": health.breaker.state,
-                    },
-                )
-                raise _BreakerOpen(target.backend_name)
+            if run.limits is not None:
+                self._check_limits(run.limits, target, run.attempts, run.observer, failure)
+            permit, endpoint = self._permit(run, target, failed)
             record = AttemptRecord(
-                len(attempts),
+                len(run.attempts),
                 target.backend_name,
                 target.backend.api,
                 target.model,
                 endpoint.url,
                 retry_index,
+                hedge=hedge and retry_index == 0,
             )
-            attempts.append(record)
-            headers = observer.attempt_started(record)
-            remaining = deadline - self.clock.monotonic()
-            if retry.per_try_timeout is not None:
-                remaining = min(remaining, retry.per_try_timeout)
-            first_byte = route.timeouts.first_token
-            if limits is not None:
-                first_byte = limits.first_byte_timeout(first_byte, self.clock.monotonic())
-            timeouts = AttemptTimeouts(route.timeouts.connect, first_byte, remaining)
-            result = await self._send(
-                call,
-                target,
-                permit=permit,
-                endpoint=endpoint,
-                timeouts=timeouts,
-                headers=headers,
-                buffer=buffer,
-                observer=observer,
+            run.attempts.append(record)
+            result = await self._attempt(
+                run, target, record, permit=permit, endpoint=endpoint, position=position
             )
             if not isinstance(result, UpstreamFailure):
-                observer.attempt_ended(record)
+                run.observer.attempt_ended(record)
                 return result
-            record.error_class, record.status = result.error_class, result.status
-            record.message = result.message
-            observer.attempt_ended(record)
-            if limits is not None:
-                limits.charge_failure(result.error_class, target.model_info)
-            failed |= {endpoint.url}
-            now = self.clock.monotonic()
-            choice = _RetryChoice(
-                other_endpoint=health.has_other_endpoint(now, failed),
-                fallback=any(later.health.may_take(now) for later in rest or ()),
-            )
             failure = result
-            delay = self._retry_delay(
-                result, retry_index, route, deadline, budget=budget, choice=choice
-            )
-            if result.retry_after is not None and retry.honor_retry_after:
-                event = _retry_after_event(target, result, delay, choice)
-                observer.event("routemesh.retry_after", event)
+            failed |= {endpoint.url}
+            delay = self._after_failure(run, target, record, result, failed=failed, rest=rest)
             if delay is None:
                 raise result
             if delay > 0:
                 await self.sleep(delay)
         raise AssertionError("unreachable: the last attempt either returns or raises")
+
+    def _permit(
+        self, run: _Run, target: PlannedTarget, failed: frozenset[str]
+    ) -> tuple[Permit, EndpointState]:
+        """The breaker's permit and the endpoint for the next attempt; `_BreakerOpen` if none."""
+        health = target.health
+        with self.health.capture() as transitions:
+            now = self.clock.monotonic()
+            permit = health.acquire(now)
+            endpoint = health.pick_endpoint(now, self.rng, failed) if permit else None
+        _report(run.observer, transitions)
+        if permit is None or endpoint is None:
+            run.observer.event(
+                "routemesh.circuit_breaker.skipped",
+                {
+                    "routemesh.backend": target.backend_name,
+                    "routemesh.breaker.state": health.breaker.state,
+                },
+            )
+            raise _BreakerOpen(target.backend_name)
+        return permit, endpoint
+
+    async def _attempt(
+        self,
+        run: _Run,
+        target: PlannedTarget,
+        record: AttemptRecord,
+        *,
+        permit: Permit,
+        endpoint: EndpointState,
+        position: int,
+    ) -> Result | UpstreamFailure:
+        """One attempt with the time that is left; a cancelled one is recorded as cancelled."""
+        route, limits = run.route, run.limits
+        headers = run.observer.attempt_started(record)
+        now = self.clock.monotonic()
+        remaining = run.walk.deadline - now
+        if route.retry.per_try_timeout is not None:
+            remaining = min(remaining, route.retry.per_try_timeout)
+        first_byte = route.timeouts.first_token
+        if limits is not None:
+            first_byte = limits.first_byte_timeout(first_byte, now)
+        try:
+            return await self._send(
+                run.call,
+                target,
+                permit=permit,
+                endpoint=endpoint,
+                timeouts=AttemptTimeouts(route.timeouts.connect, first_byte, remaining),
+                headers=headers,
+                buffer=run.judged(position) and run.call.stream,
+                observer=run.observer,
+            )
+        except asyncio.CancelledError:  # another attempt answered first
+            record.cancelled = True
+            run.observer.attempt_ended(record)
+            if limits is not None:
+                limits.charge_failure("timeout", target.model_info)  # it had the prompt
+            raise
+
+    def _after_failure(
+        self,
+        run: _Run,
+        target: PlannedTarget,
+        record: AttemptRecord,
+        failure: UpstreamFailure,
+        *,
+        failed: frozenset[str],
+        rest: list[PlannedTarget],
+    ) -> float | None:
+        """Record a failed attempt; return how long to wait before retrying, None to give up."""
+        record.error_class, record.status = failure.error_class, failure.status
+        record.message = failure.message
+        run.observer.attempt_ended(record)
+        if run.limits is not None:
+            run.limits.charge_failure(failure.error_class, target.model_info)
+        now = self.clock.monotonic()
+        choice = _RetryChoice(
+            other_endpoint=target.health.has_other_endpoint(now, failed),
+            fallback=any(later.health.may_take(now) for later in rest),
+        )
+        delay = self._retry_delay(
+            failure, record.retry, run.route, run.walk.deadline, budget=run.budget, choice=choice
+        )
+        if failure.retry_after is not None and run.route.retry.honor_retry_after:
+            event = _retry_after_event(target, failure, delay, choice)
+            run.observer.event("routemesh.retry_after", event)
+        return delay
 
     def _check_limits(
         self,
@@ -431,6 +515,11 @@ class Executor:
                 target, permit, endpoint, failure=failure, sent_at=sent_at, observer=observer
             )
             return failure
+        except asyncio.CancelledError:
+            # Cancelled, not failed: the upstream is no worse for it, and its slot is free.
+            endpoint.in_flight -= 1
+            target.health.release(permit)
+            raise
         self._report_success(
             target, permit, endpoint, result=result, sent_at=sent_at, observer=observer
         )
@@ -474,6 +563,7 @@ class Executor:
         now = self.clock.monotonic()
         health = target.health
         health.observe_latency(endpoint, now - sent_at, now)
+        health.observe_first_byte(now - sent_at)
         health.observe_headers(
             result.headers if isinstance(result, UpstreamReply) else result.response.headers, now
         )
@@ -566,6 +656,24 @@ def _retry_after_event(
 
 
 @dataclass
+class _Run:
+    """One request on its way through the plan: what each of its attempts needs."""
+
+    call: DownstreamCall
+    route: Route
+    budget: RetryBudget
+    observer: AttemptObserver
+    limits: RequestBudget | None
+    walk: _Walk
+    attempts: list[AttemptRecord] = field(default_factory=list)
+    escalations: list[Escalation] = field(default_factory=list)  # a cascade's rejected answers
+
+    def judged(self, position: int) -> bool:
+        """Whether the answer of the target at `position` is judged (a cascade's, not last)."""
+        return self.route.quality_gate is not None and position < len(self.walk.plan) - 1
+
+
+@dataclass
 class _Walk:
     """A request's way along its plan: what is left to try, and what its failures rule out.
 
@@ -579,6 +687,7 @@ class _Walk:
     last: UpstreamFailure | None = None
     context_too_small: int | None = None  # a context_length failure's window: skip no larger
     refused_for_content: bool = False
+    hedged: set[int] = field(default_factory=set)  # positions a hedge already tried
 
     def ruled_out(self, target: PlannedTarget) -> bool:
         """Whether an earlier failure already says this target cannot serve the request."""
@@ -605,6 +714,34 @@ class _Walk:
         if failure.error_class == "context_length":
             self.context_too_small = self.plan[position].model_info.context_window
         return True
+
+
+def _label(target: PlannedTarget) -> str:
+    return f"{target.backend_name}/{target.model}"
+
+
+def _hedge_delay(hedging: Hedging, target: PlannedTarget) -> float:
+    """The fixed delay, or the target's observed percentile once it has enough answers."""
+    if hedging.delay_percentile is not None:
+        observed = target.health.first_byte_percentile(hedging.delay_percentile)
+        if observed is not None:
+            return observed
+    return hedging.delay
+
+
+def _discard(result: Result) -> None:
+    """An answer that finished together with the winner: free its upstream connection."""
+    if isinstance(result, UpstreamStream):
+        result.abandon()
+
+
+def _race_failure(lost: RaceLost) -> Exception:
+    """What a fallback decision reads when every raced target failed: the last real failure."""
+    failures = [e for _, e in lost.failures if isinstance(e, UpstreamFailure)]
+    if failures:
+        return failures[-1]
+    others = [e for _, e in lost.failures if isinstance(e, Exception)]
+    return others[-1] if others else RuntimeError("every hedged attempt was cancelled")
 
 
 def _content_policy_event(

@@ -46,6 +46,8 @@ from routemesh_sidecar.upstream.outlier import OutlierDetector
 from routemesh_sidecar.upstream.retry import Clock
 
 log = logging.getLogger(__name__)
+FIRST_BYTE_SAMPLES = 256  # the window a hedging percentile is read over
+FIRST_BYTE_MINIMUM = 20  # samples a percentile needs before it is trusted
 
 
 @dataclass(frozen=True)
@@ -71,12 +73,26 @@ class BackendHealth:
 
     scraped: bool = field(init=False)  # the model servers report their load (vLLM metrics)
     single: EndpointState | None = field(init=False)  # the endpoint, when there is only one
+    # Recent times to first byte of answers, for hedging at a percentile of them.
+    first_bytes: deque[float] = field(init=False)
 
     def __post_init__(self) -> None:
         check = self.backend.health_check
         self.scraped = check is not None and check.metrics is not None
         endpoints = self.balancer.endpoints
         self.single = endpoints[0] if len(endpoints) == 1 else None
+        self.first_bytes = deque(maxlen=FIRST_BYTE_SAMPLES)
+
+    def observe_first_byte(self, seconds: float) -> None:
+        """The time an answer took to its first byte (successes only: a timeout is no answer)."""
+        self.first_bytes.append(seconds)
+
+    def first_byte_percentile(self, percentile: int) -> float | None:
+        """That percentile of the recent times to first byte; None with too few of them."""
+        if len(self.first_bytes) < FIRST_BYTE_MINIMUM:
+            return None
+        ordered = sorted(self.first_bytes)
+        return ordered[min(len(ordered) - 1, len(ordered) * percentile // 100)]
 
     def allows(self, now: float) -> bool:
         """Whether the breaker lets a request through now."""

@@ -513,3 +513,14 @@ def test_content_policy_fallbacks_compile_with_their_backends_and_unknown_ones_a
     assert reasons(compile_namespace(snapshot(docs)), "failover") == ["BackendNotFound"]
     route["contentPolicyFallbacks"] = [{"backend": "together", "model": "gpt-5"}]
     assert reasons(compile_namespace(snapshot(docs)), "failover") == ["ModelNotServed"]
+
+
+def test_hedging_compiles_onto_routes_and_no_note_says_it_is_ignored():
+    result = compile_namespace(snapshot(example("multi-provider-failover")))
+    (route,) = only_table(result).routes
+    assert route.hedging == wire.Hedging(delay=3.0, max_extra_attempts=1)
+    assert not any("hedg" in note for note in result.policies["failover"].notes)
+    docs = example("multi-provider-failover")
+    docs[-1]["spec"]["defaults"]["hedging"] = {"delay": "500ms", "delayPercentile": 95}
+    (route,) = only_table(compile_namespace(snapshot(docs))).routes
+    assert route.hedging == wire.Hedging(delay=0.5, delay_percentile=95)

@@ -239,10 +239,23 @@ class Budget(ApiModel):
 
 
 class Hedging(ApiModel):
-    """Send an extra attempt to another target when the first is slow; the first answer wins."""
+    """Send an extra attempt to another target when the first is slow; the first answer wins.
+
+    A hedge goes to the plan's next target (the one a fallback would take) once the delay has
+    passed without a first byte. The first good answer wins and every other attempt is cancelled
+    at once, its upstream connection closed so that the provider stops generating. A stream is
+    hedged only before its first byte. Hedges count against the retry budget and the request's
+    cost and token budget (a cancelled attempt is charged its prompt). Cascade routes never
+    hedge: their answers are judged one after the other.
+    """
 
     delay: Duration
-    """Wait this long for the first byte before hedging, for example 2s."""
+    """Wait this long for the first byte before hedging, for example 2s; with delayPercentile,
+    the wait used until the target has 20 observed times to first byte."""
+    delay_percentile: Annotated[int, Field(ge=50, le=99)] | None = None
+    """Hedge after this percentile of the target's observed time to first byte instead (for
+    example 95: hedge the slowest 5 percent), once it has 20 observations. Absent means the fixed
+    delay."""
     max_extra_attempts: Annotated[int, Field(ge=1, le=3)] | None = None
     """Extra attempts in flight at most. Absent means 1."""
 
