@@ -33,6 +33,7 @@ from routemesh_sidecar.discovery.watch import (
     read_downward_labels,
 )
 from routemesh_sidecar.listener.proxy import Listener, ListenerParts
+from routemesh_sidecar.listener.shadow import MirrorLimits, Shadowing
 from routemesh_sidecar.routetable import ActiveRouteTable, Locality, RouteTable
 from routemesh_sidecar.routing.pipeline import Router, unsupported_strategies
 from routemesh_sidecar.settings import SidecarSettings
@@ -99,6 +100,13 @@ class Sidecar:
         self.health.on_transition(self._record_transition)
         self.executor = Executor(client, self.clock, self.rng, self.health)
         self.router = Router(self.health)
+        self.shadowing = Shadowing(
+            self.router,
+            client,
+            self.metrics,
+            self.rng,
+            limits=MirrorLimits(settings.mirror_busy_requests, settings.mirror_max_in_flight),
+        )
         self.health_checker = HealthChecker(
             self._probe_session, self.clock.monotonic, self.health.emit
         )
@@ -249,6 +257,7 @@ class Sidecar:
             self.settings.max_body_bytes,
             self.rng,
             self.settings.content_capture_max_bytes,
+            self.shadowing,
         )
         self.listen_port = await self._serve(
             Listener(parts).app(), self.settings.listen_host, self.settings.listen_port
@@ -290,6 +299,7 @@ class Sidecar:
             await runner.cleanup()
         self._runners.clear()
         await self.health_checker.stop()
+        await self.shadowing.close()
         await self.pool.close()
         if self._probe_http is not None:
             await self._probe_http.close()

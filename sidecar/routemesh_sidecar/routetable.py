@@ -10,10 +10,10 @@ policy's defaults into each route, so the sidecar never has to know what "absent
 once at its start and keeps it, so a request in flight finishes on the table it started with.
 
 Fields added after the first release (a route's `cascade`, `budget`, `retention`,
-`content_policy_fallbacks` and `hedging`, a backend's `retention`, a match's `categories`) are
-left out of the serialized table when unused, so a table that does not use them dumps, hashes and
-parses exactly as before: an older sidecar still accepts it, and an upgraded operator republishes
-nothing.
+`content_policy_fallbacks` and `hedging`, a backend's `retention`, a match's `categories`, the
+table's `shadow`) are left out of the serialized table when unused, so a table that does not use
+them dumps, hashes and parses exactly as before: an older sidecar still accepts it, and an
+upgraded operator republishes nothing.
 
 Nothing here does I/O except `load_route_table_file`, which reads one file.
 """
@@ -452,6 +452,17 @@ class Telemetry(WireModel):
     sampling_ratio: float = Field(default=1.0, ge=0, le=1)
 
 
+class Shadow(WireModel):
+    """Routes evaluated for every request and never executed, and the share of requests mirrored.
+
+    A mirrored request is also sent to the shadow's choice, off the request path, and its
+    answer discarded.
+    """
+
+    routes: tuple[Route, ...] = Field(min_length=1)
+    mirror_percent: float = Field(default=0.0, ge=0, le=100)
+
+
 class RouteTable(WireModel):
     """An immutable, versioned snapshot of everything the sidecar routes with."""
 
@@ -461,13 +472,18 @@ class RouteTable(WireModel):
     backends: dict[str, Backend]
     routes: tuple[Route, ...] = Field(min_length=1)
     telemetry: Telemetry = Telemetry()
+    shadow: Shadow | None = None  # None: nothing is evaluated beside the live routes
+
+    @model_serializer(mode="wrap")
+    def _omit_unused(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_empty(handler(self), "shadow")
 
     @model_validator(mode="after")
     def _references_resolve(self) -> RouteTable:
         names = [route.name for route in self.routes]
         if len(set(names)) != len(names):
             raise ValueError(f"route names must be unique: {names}")
-        for route in self.routes:
+        for route in self.routes + (self.shadow.routes if self.shadow else ()):
             for target in (*route.targets, *route.content_policy_fallbacks):
                 backend = self.backends.get(target.backend)
                 if backend is None:

@@ -92,6 +92,21 @@ class SidecarSettings(BaseSettings):
         "a policy's telemetry.captureContent is on; longer content is cut and marked "
         "routemesh.content.truncated.",
     )
+    mirror_busy_requests: int = Field(
+        default=64,
+        ge=0,
+        description="Live requests in flight above which a policy's shadow mirrors are dropped "
+        "(mirrors stop first when the sidecar is loaded).",
+    )
+    mirror_max_in_flight: int = Field(
+        default=8, ge=0, description="Mirrored requests in flight at most; more are dropped."
+    )
+    shadow_report_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often the shadow routes' totals are reported to the operator, for the "
+        "policy's status.shadow (when they changed).",
+    )
     zone: str | None = Field(
         default=None,
         description="The zone the pod runs in (topology.kubernetes.io/zone of its node); "

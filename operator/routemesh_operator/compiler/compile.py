@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from routemesh_operator.api.v1alpha1.common import LabelSelector
 from routemesh_operator.api.v1alpha1.kinds import ModelBackend, RoutingPolicy
 from routemesh_operator.api.v1alpha1.modelbackend import Model as ApiModelSpec
-from routemesh_operator.api.v1alpha1.routingpolicy import ModelRef, Privacy
+from routemesh_operator.api.v1alpha1.routingpolicy import ModelRef, Privacy, RoutingPolicySpec
 from routemesh_operator.api.v1alpha1.routingpolicy import Route as ApiRoute
 from routemesh_operator.compiler.backends import Problem, backend_name, compile_backend
 from routemesh_operator.compiler.inputs import CompilerSettings, Snapshot
@@ -105,9 +105,9 @@ def _compile_policy(
     for route in spec.routes:
         _check_route(route, backends, backend_problems, outcome)
         _check_retention(route, spec.privacy, backends, outcome)
+    for route in spec.shadow.routes if spec.shadow else ():
+        _check_route(route, backends, backend_problems, outcome, kind="shadow route")
     _check_reachable(spec.routes, outcome)
-    if spec.shadow is not None:
-        outcome.notes.append("shadow routes are not evaluated by this version's sidecars")
     return outcome
 
 
@@ -116,8 +116,9 @@ def _check_route(
     backends: Mapping[str, ModelBackend],
     backend_problems: Mapping[str, Problem | None],
     outcome: PolicyOutcome,
+    kind: str = "route",
 ) -> None:
-    where = f"route {route.name!r}"
+    where = f"{kind} {route.name!r}"
     if route.strategy.type in SIDECAR_UNSUPPORTED_STRATEGIES:
         outcome.not_accepted.append(
             Problem(
@@ -326,7 +327,9 @@ def _table(
     spec = policy.spec
     name = policy_name(policy)
     routes = [compile_route(name, route, spec.defaults, spec.privacy) for route in spec.routes]
-    used = {t.backend for r in routes for t in (*r.targets, *r.content_policy_fallbacks)}
+    shadow = _shadow(name, spec)
+    every = routes + list(shadow.routes if shadow else ())
+    used = {t.backend for r in every for t in (*r.targets, *r.content_policy_fallbacks)}
     telemetry = spec.telemetry
     return wire.RouteTable(
         version=0,
@@ -341,12 +344,26 @@ def _table(
         tier_header=(spec.tier_header or "x-routemesh-tier").lower(),
         backends={n: backends[n] for n in sorted(used)},
         routes=tuple(routes),
+        shadow=shadow,
         telemetry=wire.Telemetry(
             capture_content=bool(telemetry and telemetry.capture_content),
             sampling_ratio=float(telemetry.sampling_ratio)
             if telemetry and telemetry.sampling_ratio
             else 1.0,
         ),
+    )
+
+
+def _shadow(policy: str, spec: RoutingPolicySpec) -> wire.Shadow | None:
+    """The shadow routes, compiled as the live ones are, and the share of requests mirrored."""
+    if spec.shadow is None:
+        return None
+    return wire.Shadow(
+        routes=tuple(
+            compile_route(policy, route, spec.defaults, spec.privacy)
+            for route in spec.shadow.routes
+        ),
+        mirror_percent=float(spec.shadow.mirror.percent) if spec.shadow.mirror else 0.0,
     )
 
 

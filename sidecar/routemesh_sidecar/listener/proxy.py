@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from routemesh_sidecar.listener.shadow import Shadowed, Shadowing, shadow_attributes
 from routemesh_sidecar.protocol.anthropic import parse_messages_request
 from routemesh_sidecar.protocol.codec import dumps_json
 from routemesh_sidecar.protocol.errors import ApiError, anthropic_error, openai_error
@@ -96,6 +97,7 @@ class ListenerParts:
     max_body_bytes: int
     rng: random.Random
     content_capture_max_bytes: int = 16 * 1024
+    shadowing: Shadowing | None = None  # None: shadow routes are not evaluated (unit tests)
 
 
 @dataclass
@@ -194,7 +196,14 @@ class Listener:
                 return error_response(api, error)
             # The headers stay a case-insensitive view: no copy per request.
             call = DownstreamCall(api, operation, body, request.headers, raw)
-            return await self._route(request, table, call, started)
+            shadowing = self.parts.shadowing
+            if shadowing is None:
+                return await self._route(request, table, call, started)
+            shadowing.live_in_flight += 1
+            try:
+                return await self._route(request, table, call, started)
+            finally:
+                shadowing.live_in_flight -= 1
 
         return handle
 
@@ -243,6 +252,7 @@ class Listener:
             _decision_attributes(table, decision, call),
         )
         capture = self._capture(table, trace, call)
+        shadowed = self._shadow(table, decision, routing_request, call, trace)
         for transition in decision.transitions:
             trace.event(*transition_event(transition))
         if decision.degraded:
@@ -269,6 +279,8 @@ class Listener:
             self._record_skips(decision, limits)
             if capture is not None:  # no answer: the route span keeps what was asked
                 trace.route_span.attributes.update(capture.attributes())
+            if shadowed is not None and self.parts.shadowing is not None:
+                self.parts.shadowing.settle(shadowed, None, None)
             return self._failed(call, decision, trace, failed, started, limits=limits)
         self._record_attempts(outcome.attempts)
         self._record_skips(decision, limits)
@@ -289,9 +301,11 @@ class Listener:
                 limits=limits,
                 capture=capture,
                 cost_labels=_cost_labels(table, decision, call),
+                shadowed=shadowed,
             )
         reply = outcome.result
         cost = self._account(outcome, reply.usage, _cost_labels(table, decision, call))
+        self._settle_shadow(trace, shadowed, reply.usage, cost)
         headers = _routing_headers(decision, outcome) | {"x-routemesh-cost-usd": f"{cost:.8f}"}
         self._finish(decision, outcome, reply.status, started)
         trace.finish(
@@ -318,6 +332,7 @@ class Listener:
         limits: RequestBudget | None,
         capture: Capture | None,
         cost_labels: CostLabels,
+        shadowed: Shadowed | None,
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             status=200,
@@ -355,6 +370,7 @@ class Listener:
             trace.event("routemesh.stream.broken", {"routemesh.error.message": message})
             await _write_terminal_error(response, call.api, message)
         cost = self._account(outcome, stream.usage, cost_labels)
+        self._settle_shadow(trace, shadowed, stream.usage, cost)
         self._finish(decision, outcome, 200, started)
         trace.finish(
             usage=stream.usage,
@@ -454,6 +470,29 @@ class Listener:
             param=failed.budget,
         )
         return error_response(call.api, error, headers)
+
+    def _shadow(
+        self,
+        table: RouteTable,
+        decision: Decision,
+        request: RoutingRequest,
+        call: DownstreamCall,
+        trace: RequestTrace,
+    ) -> Shadowed | None:
+        """The shadow routes' decision, on the route span; None without any."""
+        shadowing = self.parts.shadowing
+        if table.shadow is None or shadowing is None:
+            return None
+        shadowed = shadowing.evaluate(table, decision, request, call)
+        if shadowed is not None:
+            trace.route_span.attributes.update(shadow_attributes(shadowed))
+        return shadowed
+
+    def _settle_shadow(
+        self, trace: RequestTrace, shadowed: Shadowed | None, usage: Usage | None, cost: float
+    ) -> None:
+        if shadowed is not None and self.parts.shadowing is not None:
+            trace.route_span.attributes.update(self.parts.shadowing.settle(shadowed, usage, cost))
 
     def _capture(
         self, table: RouteTable, trace: RequestTrace, call: DownstreamCall

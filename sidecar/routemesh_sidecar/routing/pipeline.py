@@ -230,6 +230,21 @@ class Decision:
         return found if found.matched else None
 
 
+@dataclass(frozen=True)
+class ShadowDecision:
+    """What the policy's shadow routes would have done with a request (never done)."""
+
+    route: str | None  # the shadow route that matched; None when none did
+    choice: Candidate | None  # its first choice; None when its filters left nothing
+
+    @property
+    def label(self) -> str:
+        """The choice as traces name it (backend/model), or what kept it from one."""
+        if self.choice is not None:
+            return self.choice.label
+        return "no-route" if self.route is None else "no-candidate"
+
+
 class NoRoute(Exception):
     """No route takes the request (the model is unknown to this sidecar's table)."""
 
@@ -316,6 +331,44 @@ class Router:
             return list(self._filter(request, route, candidates, Decision(route, [], candidates)))
         except (NoCandidate, RequestRefused):
             return []
+
+    def shadow(self, table: RouteTable, request: RoutingRequest) -> ShadowDecision | None:
+        """The shadow routes' decision for the request; None when the table has none.
+
+        The same pipeline as a live decision (match, filters, scorers, picker), minus graceful
+        degradation, and nothing it finds changes the live decision's record.
+        """
+        shadow = table.shadow
+        if shadow is None:
+            return None
+        self._follow(table)
+        found = request.__dict__.get("classified")
+        before = len(found) if found is not None else 0
+        try:
+            return self._shadow(table, request, shadow.routes)
+        finally:
+            found = request.__dict__.get("classified")
+            if found is not None:
+                del found[before:]  # the shadow's category matches are not the live route's
+
+    def _shadow(
+        self, table: RouteTable, request: RoutingRequest, routes: tuple[Route, ...]
+    ) -> ShadowDecision:
+        route = first_matching_route(routes, request, self._categories)
+        if route is None:
+            return ShadowDecision(None, None)
+        candidates = self.candidates(table, route)
+        scratch = Decision(route, [], candidates)
+        try:
+            survivors = self._filter(request, route, candidates, scratch)
+        except (NoCandidate, RequestRefused):
+            survivors = []
+        if not survivors:
+            return ShadowDecision(route.name, None)
+        plugins = STRATEGIES[route.strategy]
+        scores = self._score(request, route, survivors, plugins, scratch)
+        plan = plugins.picker.pick(request, survivors, scores)
+        return ShadowDecision(route.name, plan[0] if plan else None)
 
     def everything(self, table: RouteTable) -> list[Candidate]:
         """Every (backend, model) any route targets, once each, for graceful degradation."""

@@ -69,6 +69,39 @@ class Metrics:
             ["route", "budget"],
             registry=self.registry,
         )
+        self.shadow_decisions = Counter(
+            "routemesh_shadow_decisions",
+            "Shadow-route decisions, by policy, shadow route and outcome: same (as the live "
+            "choice), different, or none (the shadow route had no candidate).",
+            ["policy", "shadow_route", "outcome"],
+            registry=self.registry,
+        )
+        self.shadow_cost = Counter(
+            "routemesh_shadow_cost_usd",
+            "What the shadowed requests would have cost with the shadow's choices (their own "
+            "tokens at its prices), by policy.",
+            ["policy"],
+            registry=self.registry,
+        )
+        self.shadow_live_cost = Counter(
+            "routemesh_shadow_live_cost_usd",
+            "What the shadowed requests cost live, by policy (to compare with the shadow's).",
+            ["policy"],
+            registry=self.registry,
+        )
+        self.mirror_requests = Counter(
+            "routemesh_mirror_requests",
+            "Mirrored requests, by policy, backend, model and outcome (ok, dropped when busy, "
+            "or the error class).",
+            ["policy", "backend", "model", "outcome"],
+            registry=self.registry,
+        )
+        self.mirror_cost = Counter(
+            "routemesh_mirror_cost_usd",
+            "What mirrored requests cost, apart from the live cost.",
+            ["policy", "backend", "model"],
+            registry=self.registry,
+        )
         self.duration = Histogram(
             "routemesh_request_duration_seconds",
             "Time from the downstream request to the end of the response.",

@@ -133,15 +133,22 @@ def test_self_hosted_backend_balances_over_the_ready_pods_of_its_service():
     assert llama.health_check.metrics is not None
     assert llama.health_check.interval == 5
     assert llama.health_check.metrics.stale_after == 15
-    assert result.policies["self-hosted-first"].notes  # the shadow route is said to be ignored
+    # The shadow route is compiled for the sidecars to evaluate, not noted as ignored.
+    assert table.shadow is not None
+    assert [r.name for r in table.shadow.routes] == ["chat-by-score"]
+    assert table.shadow.routes[0].strategy == "ScoreBased"
+    assert not any("shadow" in note for note in result.policies["self-hosted-first"].notes)
 
 
 def test_self_hosted_backend_without_ready_pods_leaves_the_policy_unresolved():
     result = compile_namespace(snapshot(example("self-hosted-vllm")))
     assert result.backends["llama-8b"] is not None
     assert result.backends["llama-8b"].reason == "NoReadyEndpoints"
-    assert reasons(result, "self-hosted-first") == ["BackendNotResolved"]
-    assert "no ready endpoints" in result.policies["self-hosted-first"].unresolved[0].message
+    # The live route and the shadow route both need it; each says so.
+    assert reasons(result, "self-hosted-first") == ["BackendNotResolved", "BackendNotResolved"]
+    live, shadow = result.policies["self-hosted-first"].unresolved
+    assert "no ready endpoints" in live.message
+    assert shadow.message.startswith("shadow route 'chat-by-score'")
 
 
 def test_an_in_cluster_service_backend_uses_its_scheme_prefix_and_ipv6_brackets():

@@ -548,11 +548,29 @@ class Route(Resilience):
     elsewhere."""
 
 
+class Mirror(ApiModel):
+    """Also send a share of the requests to the shadow's choice, and discard its answers."""
+
+    percent: Annotated[int, Field(ge=1, le=100)]
+    """Share of requests mirrored, in percent. Mirrors run off the request path, never delay or
+    change the live answer, are dropped first when the sidecar is busy, and their cost is
+    counted apart (routemesh_mirror_cost_usd_total)."""
+
+
 class Shadow(ApiModel):
-    """Routes evaluated for every request, with the decision recorded in the trace, never sent."""
+    """Routes evaluated for every request, with the decision recorded in the trace, never sent.
+
+    Each request's shadow decision and its predicted cost (the live answer's tokens at the shadow
+    choice's prices) are recorded in its route span; the share of requests where it differs from
+    the live choice, and the predicted cost change, reach the sidecars' metrics and, through
+    their reports, the policy's status.shadow.
+    """
 
     routes: Annotated[list[Route], Field(min_length=1, max_length=32, json_schema_extra=map_list())]
-    """Candidate routes to compare with the live ones."""
+    """Candidate routes to compare with the live ones: the first whose match holds decides, as
+    for the live routes."""
+    mirror: Mirror | None = None
+    """Also send a sampled share of requests to the shadow's choice. Absent means never."""
 
 
 class Telemetry(ApiModel):
@@ -598,6 +616,24 @@ class SidecarCounts(ApiModel):
     """Sidecars that refused it (a NACK); their conditions say why."""
 
 
+class ShadowStatus(ApiModel):
+    """How the policy's shadow routes compare with the live ones, over the sidecars' requests."""
+
+    evaluated: Annotated[int, Field(ge=0)]
+    """Requests the shadow routes were evaluated for, summed over the sidecars that run the
+    policy now (each counts since it started)."""
+    divergent: Annotated[int, Field(ge=0)]
+    """Of them, requests where the shadow would have chosen another backend or model."""
+    divergent_percent: Decimal | None = None
+    """divergent as a share of evaluated, in percent (for example "12.5")."""
+    live_cost_usd: Decimal | None = None
+    """What the evaluated requests cost, in US dollars."""
+    shadow_cost_usd: Decimal | None = None
+    """What they would have cost with the shadow's choices: the same tokens at its prices."""
+    cost_change_percent: Annotated[str, Field(max_length=32)] | None = None
+    """shadowCostUSD against liveCostUSD, in percent (for example "-40.0": 40 percent cheaper)."""
+
+
 class RoutingPolicyStatus(ApiModel):
     """What the operator observed about this policy."""
 
@@ -609,3 +645,5 @@ class RoutingPolicyStatus(ApiModel):
     """Version of the route table compiled from this generation."""
     sidecars: SidecarCounts | None = None
     """Sync counts from the sidecars' acknowledgements."""
+    shadow: ShadowStatus | None = None
+    """The shadow routes' divergence and predicted cost change, when the policy has some."""
