@@ -41,6 +41,7 @@ from routemesh_operator.status import (
     policy_conditions,
     render,
     same_status,
+    shadow_status,
     sidecar_condition,
     transition_events,
 )
@@ -266,6 +267,9 @@ class Reconciler:
         }
         if current is not None:
             fields["routeTableVersion"] = current
+        shadow = self._tracker.shadow_totals(namespace, name)
+        if shadow is not None:
+            fields["shadow"] = shadow_status(shadow)
         conditions = [*policy_conditions(outcome), sidecar_condition(counts, current)]
         await self._write_status(namespace, "RoutingPolicy", name, conditions, **fields)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from routemesh_operator.compiler.backends import Problem
 from routemesh_operator.compiler.compile import PolicyOutcome
-from routemesh_operator.distribution.sync import SyncCounts
+from routemesh_operator.distribution.sync import ShadowTotals, SyncCounts
 
 # Backend problems about what the backend refers to; the rest are about its readiness.
 REFERENCE_REASONS = frozenset({"SecretNotFound"})
@@ -96,6 +96,26 @@ def sidecar_condition(counts: SyncCounts, current: str | None) -> ConditionSpec:
         if current
         else "no route table is published yet",
     )
+
+
+def shadow_status(totals: ShadowTotals) -> dict[str, Any]:
+    """`status.shadow`: the shadow routes' divergence and predicted cost change, as decimals.
+
+    Decimal strings, as Kubernetes APIs avoid floats; the shares are absent until there is
+    something to divide by.
+    """
+    status: dict[str, Any] = {
+        "evaluated": totals.evaluated,
+        "divergent": totals.divergent,
+        "liveCostUsd": f"{totals.live_cost_usd:.6f}",
+        "shadowCostUsd": f"{totals.shadow_cost_usd:.6f}",
+    }
+    if totals.evaluated:
+        status["divergentPercent"] = f"{100 * totals.divergent / totals.evaluated:.1f}"
+    if totals.live_cost_usd > 0:
+        change = 100 * (totals.shadow_cost_usd - totals.live_cost_usd) / totals.live_cost_usd
+        status["costChangePercent"] = f"{change:.1f}"
+    return status
 
 
 def backend_conditions(problem: Problem | None, ready_endpoints: int) -> list[ConditionSpec]:

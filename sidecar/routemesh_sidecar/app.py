@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from routemesh_sidecar.admin.server import AdminSources, build_admin_app
 from routemesh_sidecar.discovery.file import FileRouteTableSource, RouteTableSource
+from routemesh_sidecar.discovery.shadow_report import ShadowReporter
 from routemesh_sidecar.discovery.shared_health import (
     HealthReport,
     SharedEntry,
@@ -113,6 +114,7 @@ class Sidecar:
         self._probe_http: aiohttp.ClientSession | None = None
         self.active.on_swap(self._follow_table)
         self.shared_health: SharedHealthChannel | None = None
+        self.shadow_reporter: ShadowReporter | None = None
         self.source = source or self._discovery_source() or self._file_source()
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -181,6 +183,9 @@ class Sidecar:
         if settings.shared_health:
             self.shared_health = SharedHealthChannel(target, self._apply_shared, rng=self.rng)
             self.health.on_transition(self._report_transition)
+        self.shadow_reporter = ShadowReporter(
+            target, self.shadowing.ledger, interval=settings.shadow_report_seconds
+        )
         return WatchRouteTableSource(
             target,
             self.active,
@@ -240,6 +245,8 @@ class Sidecar:
         if self.shared_health is not None:
             self._spawn("shared-health-sender", self.shared_health.run_sender())
             self._spawn("shared-health-watcher", self.shared_health.run_watcher())
+        if self.shadow_reporter is not None:
+            self._spawn("shadow-reporter", self.shadow_reporter.run())
         if self.active.current is not None:
             self.health_checker.follow(self.health.probe_targets(self.active.current))
         admin = AdminSources(
@@ -295,6 +302,8 @@ class Sidecar:
             await self.source.close()
         if self.shared_health is not None:
             await self.shared_health.close()
+        if self.shadow_reporter is not None:
+            await self.shadow_reporter.close()
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()

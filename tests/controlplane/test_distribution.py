@@ -16,13 +16,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import yaml
 
 from routemesh_testing.controlplane import LocalControlPlane, free_port
+from routemesh_testing.fakes import FakeOpenAI
 from routemesh_testing.kubectl import Kubectl
 from routemesh_testing.manifests import chat_setup, wait_for_table_version
 from routemesh_testing.operator import running_operator
+from routemesh_testing.serving import ServerThread
 from routemesh_testing.sidecar import SidecarThread
 from routemesh_testing.waiting import poll_until
 
@@ -265,3 +268,57 @@ def test_a_pod_bound_token_gets_the_table_of_the_pods_real_labels(
     assert code == 200
     assert body["policy"] == "batch"
     assert body["table"]["routes"][0]["targets"][0]["model"] == "big"
+
+
+def test_a_shadow_routes_divergence_reaches_the_policys_status(
+    kubectl: Kubectl, namespace: str, distribution_url: str, tmp_path: Path
+):
+    fake = FakeOpenAI(name="fake-provider", api_key=None)
+    with ServerThread(fake.app) as server:
+        docs = chat_setup("small", service_account="app", url=server.url + "/v1")
+        backend, policy = docs[-2], docs[-1]
+        backend["spec"]["models"][1]["pricing"] = {"inputPerMillion": "3", "outputPerMillion": "6"}
+        policy["spec"]["shadow"] = {
+            "routes": [
+                {
+                    "name": "to-big",
+                    "strategy": {"type": "Fallback"},
+                    "targets": [{"backend": "provider", "model": "big"}],
+                }
+            ]
+        }
+        kubectl.apply(yaml.safe_dump_all(docs), namespace=namespace)
+        wait_for_table_version(kubectl, namespace)
+        token_file = tmp_path / "token"
+        token_file.write_text(token(kubectl, namespace))
+        labels_file = tmp_path / "labels"
+        labels_file.write_text('app="chat"\n')
+        with SidecarThread(
+            None,
+            tmp_path,
+            discovery_url=distribution_url,
+            discovery_token_path=token_file,
+            pod_name="chat-shadow",
+            pod_namespace=namespace,
+            pod_labels_path=labels_file,
+            shadow_report_seconds=0.2,
+        ) as sidecar:
+            with openai.OpenAI(
+                base_url=sidecar.openai_base_url, api_key="app", max_retries=0
+            ) as client:
+                for _ in range(3):
+                    answer = client.chat.completions.create(
+                        model="small", messages=[{"role": "user", "content": "hi"}]
+                    )
+                    assert answer.model == "small", "the live route answered; the shadow never ran"
+            status = wait_for_status(
+                kubectl, namespace, lambda s: s.get("shadow", {}).get("evaluated") == 3
+            )
+    assert [r.json["model"] for r in fake.requests] == ["small"] * 3
+    shadow = status["shadow"]
+    assert shadow["divergent"] == 3
+    assert shadow["divergentPercent"] == "100.0"
+    assert shadow["costChangePercent"] == "200.0", "the same tokens at three times the prices"
+    assert float(shadow["shadowCostUsd"]) == pytest.approx(
+        3 * float(shadow["liveCostUsd"]), rel=1e-3
+    )

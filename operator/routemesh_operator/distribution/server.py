@@ -14,7 +14,8 @@ the labels it declares. It serves only what the board holds; it never compiles.
 
 Shared health has its own pair: `POST /v1/health` takes a sidecar's breaker openings and
 ejections, and `GET /v1/health` long-polls what several pods of the namespace agree on (see
-`shared_health`).
+`shared_health`). `POST /v1/shadow` takes a sidecar's shadow-route totals, which the status of
+the policy it runs sums.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from aiohttp import web
 from routemesh_operator.distribution.auth import Identity, TokenReviewer, Unauthenticated
 from routemesh_operator.distribution.board import Board, Published, selector_matches
 from routemesh_operator.distribution.shared_health import SharedHealth, Subject
-from routemesh_operator.distribution.sync import SyncTracker
+from routemesh_operator.distribution.sync import ShadowTotals, SyncTracker
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class DistributionServer:
         app.router.add_get("/readyz", self.readyz)
         app.router.add_post("/v1/health", self.report_health)
         app.router.add_get("/v1/health", self.watch_health)
+        app.router.add_post("/v1/shadow", self.report_shadow)
         app.on_shutdown.append(self._shutdown)
         return app
 
@@ -148,6 +150,21 @@ class DistributionServer:
             )
         return web.json_response({"revision": self.shared_health.revision(identity.namespace)})
 
+    async def report_shadow(self, request: web.Request) -> web.Response:
+        """A sidecar's shadow-route totals by policy, for the policies' status.shadow."""
+        identity = await self._identify(request)
+        try:
+            body = await request.json()
+            pod = identity.pod or str(body["pod"])
+            totals = {
+                str(policy): _shadow_totals(item) for policy, item in body["policies"].items()
+            }
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise _error(web.HTTPBadRequest, f"not a shadow report: {exc}") from exc
+        if self._tracker.report_shadow(identity.namespace, pod, totals):
+            self._on_sync_change(identity.namespace)
+        return web.json_response({"accepted": len(totals)})
+
     async def watch_health(self, request: web.Request) -> web.Response:
         """The namespace's shared health, at once when it moved past `revision`, else held."""
         identity = await self._identify(request)
@@ -210,6 +227,18 @@ def _parse_report(item: dict[str, Any]) -> tuple[Subject, bool, float, str]:
     subject = (str(item["backend"]), str(endpoint) if endpoint else None)
     reason = str(item.get("reason", ""))[:MAX_ERROR_LENGTH]
     return subject, bool(item["bad"]), float(item.get("seconds", 0)), reason
+
+
+def _shadow_totals(item: dict[str, Any]) -> ShadowTotals:
+    totals = ShadowTotals(
+        evaluated=int(item["evaluated"]),
+        divergent=int(item["divergent"]),
+        live_cost_usd=float(item.get("live_cost_usd", 0)),
+        shadow_cost_usd=float(item.get("shadow_cost_usd", 0)),
+    )
+    if totals.evaluated < 0 or not 0 <= totals.divergent <= totals.evaluated:
+        raise ValueError("counts must satisfy 0 <= divergent <= evaluated")
+    return totals
 
 
 def _table_response(published: Published) -> web.Response:

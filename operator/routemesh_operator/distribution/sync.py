@@ -4,7 +4,9 @@ The distribution server records each sidecar's watch (its namespace, labels and 
 that selects it) and what it reported about the versions it was sent. The reconciler reads the
 counts into each policy's `status.sidecars`: desired (sidecars the policy selects that watched
 recently), synced (those that ACKed the current version) and rejected (those that NACKed it,
-with the last error). A sidecar that stops watching is forgotten after `forget_after` seconds.
+with the last error). It also keeps each sidecar's shadow-route totals, which the reconciler
+sums per policy into `status.shadow`. A sidecar that stops watching is forgotten after
+`forget_after` seconds.
 No I/O; the clock is injected.
 """
 
@@ -13,6 +15,24 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ShadowTotals:
+    """A policy's shadow-route totals: from one sidecar, or summed over the policy's sidecars."""
+
+    evaluated: int = 0
+    divergent: int = 0
+    live_cost_usd: float = 0.0
+    shadow_cost_usd: float = 0.0
+
+    def __add__(self, other: ShadowTotals) -> ShadowTotals:
+        return ShadowTotals(
+            self.evaluated + other.evaluated,
+            self.divergent + other.divergent,
+            self.live_cost_usd + other.live_cost_usd,
+            self.shadow_cost_usd + other.shadow_cost_usd,
+        )
 
 
 @dataclass
@@ -25,6 +45,7 @@ class SidecarRecord:
     acked: str | None = None  # the version label it runs
     nacked: str | None = None  # the version label it refused
     error: str | None = None
+    shadow: dict[str, ShadowTotals] | None = None  # its shadow totals by policy, cumulative
 
 
 @dataclass(frozen=True)
@@ -63,6 +84,7 @@ class SyncTracker:
         record = SidecarRecord(namespace, policy, self._clock())
         if before is not None:
             record.acked, record.nacked, record.error = before.acked, before.nacked, before.error
+            record.shadow = before.shadow
         if acked is not None:
             record.acked, record.nacked, record.error = acked, None, None
         if nacked is not None:
@@ -73,6 +95,29 @@ class SyncTracker:
             record.acked,
             record.nacked,
         )
+
+    def report_shadow(self, namespace: str, pod: str, totals: dict[str, ShadowTotals]) -> bool:
+        """A sidecar's shadow totals (cumulative); return whether they changed.
+
+        Only a sidecar that watches is counted: its watch says which policy it runs.
+        """
+        record = self._records.get((namespace, pod))
+        if record is None or record.shadow == totals:
+            return False
+        record.shadow = dict(totals)
+        return True
+
+    def shadow_totals(self, namespace: str, policy: str) -> ShadowTotals | None:
+        """The policy's shadow totals over the sidecars that run it now; None when none report."""
+        found = [
+            record.shadow[policy]
+            for (ns, _), record in self._records.items()
+            if ns == namespace
+            and record.policy == policy
+            and record.shadow is not None
+            and policy in record.shadow
+        ]
+        return sum(found, ShadowTotals()) if found else None
 
     def forget(self, namespace: str, pod: str) -> bool:
         """A sidecar that said goodbye (or whose pod is gone)."""

@@ -20,7 +20,8 @@ from routemesh_operator.api.v1alpha1.common import LabelSelector
 from routemesh_operator.distribution.auth import Identity, TokenReviewer, Unauthenticated
 from routemesh_operator.distribution.board import Board, Published
 from routemesh_operator.distribution.server import DistributionServer, selector_matches
-from routemesh_operator.distribution.sync import SyncTracker
+from routemesh_operator.distribution.sync import ShadowTotals, SyncTracker
+from routemesh_operator.status import shadow_status
 from routemesh_sidecar.discovery.watch import (
     WatchRouteTableSource,
     WatchTarget,
@@ -332,3 +333,50 @@ async def test_shutting_down_ends_held_watches_at_once(tmp_path: Path):
     assert loop.time() - started < 5  # not the 60 s the watch asked for
     assert await asyncio.wait_for(held, 5) is False  # a 304: nothing new
     await source.close()
+
+
+def test_shadow_totals_sum_over_the_sidecars_that_run_the_policy_now():
+    tracker = SyncTracker(clock=lambda: 100.0)
+    tracker.report("ns", "a", "chat")
+    tracker.report("ns", "b", "chat")
+    tracker.report("ns", "c", "other")
+    one = ShadowTotals(evaluated=10, divergent=4, live_cost_usd=1.0, shadow_cost_usd=0.5)
+    assert tracker.report_shadow("ns", "a", {"chat": one})
+    assert not tracker.report_shadow("ns", "a", {"chat": one}), "unchanged: no status write"
+    assert tracker.report_shadow("ns", "b", {"chat": one})
+    assert tracker.report_shadow("ns", "c", {"chat": one})  # runs another policy now
+    assert not tracker.report_shadow("ns", "unknown-pod", {"chat": one}), "only watchers count"
+    assert tracker.shadow_totals("ns", "chat") == ShadowTotals(20, 8, 2.0, 1.0)
+    assert tracker.shadow_totals("ns", "other") is None
+    tracker.report("ns", "a", "chat", acked="1-abc")  # a later watch keeps the totals
+    assert tracker.shadow_totals("ns", "chat") == ShadowTotals(20, 8, 2.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("totals", "expected"),
+    [
+        (
+            ShadowTotals(8, 2, 1.0, 0.4),
+            {
+                "evaluated": 8,
+                "divergent": 2,
+                "divergentPercent": "25.0",
+                "liveCostUsd": "1.000000",
+                "shadowCostUsd": "0.400000",
+                "costChangePercent": "-60.0",
+            },
+        ),
+        (
+            ShadowTotals(3, 0, 0.0, 0.0),  # failed requests: no cost to compare
+            {
+                "evaluated": 3,
+                "divergent": 0,
+                "divergentPercent": "0.0",
+                "liveCostUsd": "0.000000",
+                "shadowCostUsd": "0.000000",
+            },
+        ),
+    ],
+)
+def test_shadow_status_is_decimal_strings_and_leaves_out_a_share_of_nothing(totals, expected):
+    assert shadow_status(totals) == expected

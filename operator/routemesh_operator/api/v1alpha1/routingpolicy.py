@@ -631,7 +631,7 @@ class ShadowStatus(ApiModel):
     shadow_cost_usd: Decimal | None = None
     """What they would have cost with the shadow's choices: the same tokens at its prices."""
     cost_change_percent: Annotated[str, Field(max_length=32)] | None = None
-    """shadowCostUSD against liveCostUSD, in percent (for example "-40.0": 40 percent cheaper)."""
+    """shadowCostUsd against liveCostUsd, in percent (for example "-40.0": 40 percent cheaper)."""
 
 
 class RoutingPolicyStatus(ApiModel):
