@@ -181,7 +181,9 @@ class Sidecar:
         )
         fallbacks = [settings.route_table_path] if settings.route_table_path else []
         if settings.shared_health:
-            self.shared_health = SharedHealthChannel(target, self._apply_shared, rng=self.rng)
+            self.shared_health = SharedHealthChannel(
+                target, self._apply_shared, rng=self.rng, on_peers=self._set_peers
+            )
             self.health.on_transition(self._report_transition)
         self.shadow_reporter = ShadowReporter(
             target, self.shadowing.ledger, interval=settings.shadow_report_seconds
@@ -202,6 +204,9 @@ class Sidecar:
         report = shared_report(transition, self.health.now())
         if report is not None:
             channel.report(report)
+
+    def _set_peers(self, peers: int) -> None:
+        self.health.peers = peers
 
     def _apply_shared(self, entries: list[SharedEntry]) -> None:
         fresh = self.settings.shared_health_fresh_seconds

@@ -10,10 +10,10 @@ policy's defaults into each route, so the sidecar never has to know what "absent
 once at its start and keeps it, so a request in flight finishes on the table it started with.
 
 Fields added after the first release (a route's `cascade`, `budget`, `retention`,
-`content_policy_fallbacks` and `hedging`, a backend's `retention`, a match's `categories`, the
-table's `shadow`) are left out of the serialized table when unused, so a table that does not use
-them dumps, hashes and parses exactly as before: an older sidecar still accepts it, and an
-upgraded operator republishes nothing.
+`content_policy_fallbacks` and `hedging`, a backend's `retention` and rate limits, a match's
+`categories`, the table's `shadow`) are left out of the serialized table when unused, so a table
+that does not use them dumps, hashes and parses exactly as before: an older sidecar still accepts
+it, and an upgraded operator republishes nothing.
 
 Nothing here does I/O except `load_route_table_file`, which reads one file.
 """
@@ -183,6 +183,8 @@ class Backend(WireModel):
     locality: Locality = Locality()
     health_check: HealthCheck | None = None
     retention: Retention | None = None  # None: not declared, which counts as Standard
+    requests_per_minute: int | None = Field(default=None, ge=1)  # the account's, all pods
+    tokens_per_minute: int | None = Field(default=None, ge=1)
 
     @property
     def retention_rank(self) -> int:
@@ -191,7 +193,9 @@ class Backend(WireModel):
 
     @model_serializer(mode="wrap")
     def _omit_unused(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return _without_empty(handler(self), "retention")
+        return _without_empty(
+            handler(self), "retention", "requests_per_minute", "tokens_per_minute"
+        )
 
 
 class HeaderMatch(WireModel):

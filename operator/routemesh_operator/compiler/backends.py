@@ -83,11 +83,15 @@ def compile_backend(
             for model in spec.models
         },
         max_concurrency=spec.limits.max_concurrency if spec.limits else None,
+        requests_per_minute=spec.limits.requests_per_minute if spec.limits else None,
+        tokens_per_minute=spec.limits.tokens_per_minute if spec.limits else None,
         locality=Locality(
             region=spec.locality.region if spec.locality else None,
             zone=spec.locality.zone if spec.locality else None,
         ),
-        health_check=_health_check(spec.health_check, spec.provider == "VLLM"),
+        health_check=_health_check(
+            spec.health_check, spec.provider in ("VLLM", "OpenAICompatible")
+        ),
         retention=spec.data_policy.retention if spec.data_policy else None,
     )
 
@@ -122,11 +126,11 @@ def _host(ip: str) -> str:
     return f"[{ip}]" if ":" in ip else ip
 
 
-def _health_check(check: ApiHealthCheck | None, vllm: bool) -> HealthCheck | None:
+def _health_check(check: ApiHealthCheck | None, serves_metrics: bool) -> HealthCheck | None:
     if check is None:
         return None
     metrics = None
-    if vllm and check.metrics is not None:
+    if serves_metrics and check.metrics is not None:  # the schema refuses it for the others
         stale = check.metrics.stale_after
         metrics = MetricsScrape(
             path=check.metrics.path or "/metrics",

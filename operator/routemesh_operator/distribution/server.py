@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["DistributionServer", "parse_labels", "selector_matches"]
 
 MAX_WAIT_SECONDS = 300.0
+SIDECARS_HEADER = "x-routemesh-sidecars"
 MAX_ERROR_LENGTH = 2048
 
 
@@ -176,10 +177,13 @@ class DistributionServer:
         if revision == have and wait > 0:
             await self._until(lambda: shared.wait_for_change(namespace, have, wait), wait)
             revision = shared.revision(namespace)
+        # Every answer says how many sidecars share the namespace's provider accounts, so each
+        # keeps to its share of a backend's rate limits.
+        headers = {SIDECARS_HEADER: str(max(1, self._tracker.sidecars_in(namespace)))}
         if revision == have:
-            return web.Response(status=304)
+            return web.Response(status=304, headers=headers)
         entries = [entry.as_json() for entry in shared.view(namespace)]
-        return web.json_response({"revision": revision, "entries": entries})
+        return web.json_response({"revision": revision, "entries": entries}, headers=headers)
 
     async def _changed_within(self, revision: int, seconds: float) -> bool:
         """Whether the board moved past `revision` in time (False on timeout or shutdown)."""

@@ -119,6 +119,10 @@ class SyncTracker:
         ]
         return sum(found, ShadowTotals()) if found else None
 
+    def sidecars_in(self, namespace: str) -> int:
+        """How many sidecars of the namespace watch now: they share its provider accounts."""
+        return sum(1 for ns, _ in self._records if ns == namespace)
+
     def forget(self, namespace: str, pod: str) -> bool:
         """A sidecar that said goodbye (or whose pod is gone)."""
         return self._records.pop((namespace, pod), None) is not None

@@ -4,7 +4,8 @@ The app feeds `report` with this sidecar's breaker openings and endpoint ejectio
 ends); a named task posts them in batches to the operator's `POST /v1/health`. Another long-polls
 `GET /v1/health` and hands each new set of shared entries (subjects that several pods of the
 namespace saw fail) to the `apply` callback, which opens the local breaker or ejects the endpoint
-unless this sidecar's own evidence is fresher.
+unless this sidecar's own evidence is fresher. Each answer also says how many sidecars share the
+namespace's provider accounts (`on_peers`), for each backend's rate-limit share.
 
 Transport only: it knows nothing of breakers (discovery sits beside upstream in the layers), and
 it never routes. A failure to reach the operator is logged and retried with backoff and jitter;
@@ -63,9 +64,11 @@ class SharedHealthChannel:
         backoff_max: float = 30.0,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        on_peers: Callable[[int], None] | None = None,
     ) -> None:
         self.target = target
         self.apply = apply
+        self.on_peers = on_peers
         self.wait = wait
         self.backoff_max = backoff_max
         self.rng = rng or random.Random()
@@ -141,6 +144,7 @@ class SharedHealthChannel:
         async with self._ensure_session().get(
             self._url(), params=params, headers=self._headers(), timeout=timeout
         ) as response:
+            self._peers(response.headers.get("x-routemesh-sidecars"))
             if response.status == 304:
                 return False
             text = await response.text()
@@ -156,6 +160,15 @@ class SharedHealthChannel:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def _peers(self, header: str | None) -> None:
+        """How many sidecars share the namespace's provider accounts, as the operator counts."""
+        if self.on_peers is None or header is None:
+            return
+        try:
+            self.on_peers(max(1, int(header)))
+        except ValueError:
+            log.warning("the operator's sidecar count %r is not a number", header)
 
     def _url(self) -> str:
         return self.target.url.rstrip("/") + "/v1/health"

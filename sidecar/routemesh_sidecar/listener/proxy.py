@@ -523,6 +523,11 @@ class Listener:
     def _account(self, outcome: Outcome, usage: Usage | None, labels: CostLabels) -> float:
         """The request's cost: the answer sent, plus a cascade's answers that were not."""
         target = outcome.target
+        limiter = target.health.limiter
+        if limiter is not None and usage is not None:  # the account counts what it served
+            limiter.record_tokens(
+                self.parts.executor.clock.monotonic(), usage.input_tokens + usage.output_tokens
+            )
         cost = self._account_answer(
             target.backend_name, target.model, target.model_info, usage, labels
         )

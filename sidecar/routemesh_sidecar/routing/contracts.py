@@ -66,7 +66,7 @@ class Candidates(list[Candidate]):
     # (a filter's subset, per decision) costs what a list costs; and not `cached_property`, whose
     # first read takes a lock in Python 3.11.
     _smallest_context_window: int | None = None
-    _any_scraped: bool | None = None
+    _any_can_fill: bool | None = None
     _labels: list[str] | None = None
 
     @property
@@ -77,11 +77,11 @@ class Candidates(list[Candidate]):
         return self._smallest_context_window
 
     @property
-    def any_scraped(self) -> bool:
-        """Whether some candidate's model servers report their load (vLLM metrics)."""
-        if self._any_scraped is None:
-            self._any_scraped = _any_scraped(self)
-        return self._any_scraped
+    def any_can_fill(self) -> bool:
+        """Whether some candidate can be full: scraped load, a concurrency cap or a rate limit."""
+        if self._any_can_fill is None:
+            self._any_can_fill = _any_can_fill(self)
+        return self._any_can_fill
 
     @property
     def labels(self) -> list[str]:
@@ -93,8 +93,8 @@ class Candidates(list[Candidate]):
     def subset(self, kept: list[Candidate]) -> Candidates:
         """The candidates a filter kept: none is scraped if none here is, known without a pass."""
         subset = Candidates(kept)
-        if not self.any_scraped:
-            subset._any_scraped = False
+        if not self.any_can_fill:
+            subset._any_can_fill = False
         return subset
 
 
@@ -105,11 +105,11 @@ def smallest_context_window(candidates: Sequence[Candidate]) -> int:
     return _smallest_context_window(candidates)
 
 
-def any_scraped(candidates: Sequence[Candidate]) -> bool:
-    """Whether some candidate's model servers report their load (vLLM metrics)."""
+def any_can_fill(candidates: Sequence[Candidate]) -> bool:
+    """Whether some candidate can be full: scraped load, a concurrency cap or a rate limit."""
     if isinstance(candidates, Candidates):
-        return candidates.any_scraped
-    return _any_scraped(candidates)
+        return candidates.any_can_fill
+    return _any_can_fill(candidates)
 
 
 def labels(candidates: Sequence[Candidate]) -> list[str]:
@@ -123,8 +123,8 @@ def _smallest_context_window(candidates: Sequence[Candidate]) -> int:
     return min((c.model_info.context_window for c in candidates), default=0)
 
 
-def _any_scraped(candidates: Sequence[Candidate]) -> bool:
-    return any(c.health.scraped for c in candidates)
+def _any_can_fill(candidates: Sequence[Candidate]) -> bool:
+    return any(c.health.can_fill for c in candidates)
 
 
 @dataclass

@@ -481,11 +481,16 @@ class Router:
 
     @staticmethod
     def _earliest_reopening(candidates: list[Candidate], now: float) -> float | None:
-        """Seconds until the first open breaker may let a request through again."""
+        """Seconds until the first open breaker, or used-up rate limit, lets a request through."""
         times = [
             c.health.breaker.open_until - now
             for c in candidates
             if c.health.breaker.open_until is not None
+        ]
+        times += [
+            seconds
+            for c in candidates
+            if (seconds := c.health.seconds_until_room(now)) is not None and seconds > 0
         ]
         return max(0.0, min(times)) if times else None
 

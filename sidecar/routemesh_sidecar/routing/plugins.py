@@ -28,7 +28,7 @@ from routemesh_sidecar.routing.contracts import (
     HealthSnapshot,
     RequestRefused,
     RoutingRequest,
-    any_scraped,
+    any_can_fill,
     smallest_context_window,
 )
 
@@ -160,7 +160,12 @@ class CircuitBreakerFilter:
 
 @dataclass(frozen=True)
 class SaturationFilter:
-    """Drop backends whose usable endpoints are all saturated (or whose metrics are stale)."""
+    """Drop backends that are full.
+
+    Full means: every usable endpoint's scraped load says so (or is too old to trust), or this
+    sidecar has `maxConcurrency` requests in flight to it, or its share of the account's
+    requests or tokens per minute is used up.
+    """
 
     type: str = "filter"
     name: str = "saturated"
@@ -168,13 +173,13 @@ class SaturationFilter:
     def filter(
         self, request: RoutingRequest, route: Route, candidates: list[Candidate]
     ) -> list[Candidate]:
-        """Keep backends with room on some endpoint; only metrics-scraped ones can be full."""
+        """Keep backends with room; only scraped, capped or rate-limited ones can be full."""
         now = request.now
-        if not any_scraped(candidates):
+        if not any_can_fill(candidates):
             return candidates
         return _kept(
             candidates,
-            [c for c in candidates if c.health.scraped is False or c.health.available(now)],
+            [c for c in candidates if not c.health.can_fill or c.health.has_room(now)],
         )
 
 

@@ -508,6 +508,8 @@ class Executor:
         )
         sent_at = self.clock.monotonic()
         endpoint.in_flight += 1
+        if target.health.limiter is not None:
+            target.health.limiter.record_request(sent_at)
         try:
             result = await self.client.send(call, attempt_target, timeouts, headers)
         except UpstreamFailure as failure:

@@ -43,6 +43,7 @@ from routemesh_sidecar.upstream.balancer import (
 from routemesh_sidecar.upstream.breaker import CircuitBreaker, Permit, Transition
 from routemesh_sidecar.upstream.health import ActiveHealth, ProbeTarget
 from routemesh_sidecar.upstream.outlier import OutlierDetector
+from routemesh_sidecar.upstream.ratelimit import AccountLimiter
 from routemesh_sidecar.upstream.retry import Clock
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,10 @@ class BackendHealth:
     balancer: BackendBalancer
     headroom: RateLimitHeadroom
     emit: Callable[[Transition], None]
+    limiter: AccountLimiter | None = None  # the account's rate limits, when it declares any
 
     scraped: bool = field(init=False)  # the model servers report their load (vLLM metrics)
+    can_fill: bool = field(init=False)  # scraped, or capped by concurrency or a rate limit
     single: EndpointState | None = field(init=False)  # the endpoint, when there is only one
     # Recent times to first byte of answers, for hedging at a percentile of them.
     first_bytes: deque[float] = field(init=False)
@@ -82,6 +85,21 @@ class BackendHealth:
         endpoints = self.balancer.endpoints
         self.single = endpoints[0] if len(endpoints) == 1 else None
         self.first_bytes = deque(maxlen=FIRST_BYTE_SAMPLES)
+        capped = self.backend.max_concurrency is not None or self.limiter is not None
+        self.can_fill = self.scraped or capped
+
+    def has_room(self, now: float) -> bool:
+        """Whether one more request fits: model-server load, concurrency and the rate limits."""
+        if self.scraped and not self.available(now):
+            return False
+        cap = self.backend.max_concurrency
+        if cap is not None and self.balancer.in_flight() >= cap:
+            return False
+        return self.limiter is None or self.limiter.has_room(now)
+
+    def seconds_until_room(self, now: float) -> float | None:
+        """When a rate-limited backend has room again; None when it is not rate-limited."""
+        return self.limiter.seconds_until_room(now) if self.limiter is not None else None
 
     def observe_first_byte(self, seconds: float) -> None:
         """The time an answer took to its first byte (successes only: a timeout is no answer)."""
@@ -212,6 +230,10 @@ class HealthRegistry:
         self._outliers: dict[tuple[str, OutlierDetection], OutlierDetector] = {}
         self._endpoints: dict[tuple[str, str], EndpointState] = {}
         self._headroom: dict[str, RateLimitHeadroom] = {}
+        self._limiters: dict[tuple[str, tuple[int | None, int | None]], AccountLimiter] = {}
+        # Sidecars sharing the namespace's provider accounts, this one included (the operator
+        # says, over shared health); each keeps to its share of a backend's rate limits.
+        self.peers = 1
         self._listeners: list[TransitionListener] = []
         self._captures: list[list[Transition]] = []
         self.recent: deque[dict[str, Any]] = deque(maxlen=50)
@@ -280,7 +302,20 @@ class HealthRegistry:
             outlier.set_endpoints(urls)
         balancer = BackendBalancer(name, backend, endpoints, outlier, self.settings.locality)
         headroom = self._headroom.setdefault(name, RateLimitHeadroom())
-        return BackendHealth(name, backend, breaker, balancer, headroom, self.emit)
+        return BackendHealth(
+            name, backend, breaker, balancer, headroom, self.emit, self._limiter(name, backend)
+        )
+
+    def _limiter(self, name: str, backend: Backend) -> AccountLimiter | None:
+        """The account limiter of a backend, kept across tables while its limits stay the same."""
+        limits = (backend.requests_per_minute, backend.tokens_per_minute)
+        if limits == (None, None):
+            return None
+        limiter = self._limiters.get((name, limits))
+        if limiter is None:
+            limiter = AccountLimiter(*limits, peers=lambda: self.peers)
+            self._limiters[(name, limits)] = limiter
+        return limiter
 
     def _endpoint(self, name: str, backend: Backend, endpoint: Endpoint) -> EndpointState:
         key = (name, endpoint.url)

@@ -380,3 +380,12 @@ def test_shadow_totals_sum_over_the_sidecars_that_run_the_policy_now():
 )
 def test_shadow_status_is_decimal_strings_and_leaves_out_a_share_of_nothing(totals, expected):
     assert shadow_status(totals) == expected
+
+
+def test_the_sidecar_count_of_a_namespace_is_its_watching_sidecars():
+    tracker = SyncTracker(clock=lambda: 100.0)
+    for pod in ("a", "b"):
+        tracker.report("ns", pod, "chat")
+    tracker.report("other", "c", "chat")
+    assert tracker.sidecars_in("ns") == 2
+    assert tracker.sidecars_in("empty") == 0

@@ -97,11 +97,15 @@ class Limits(ApiModel):
     """Provider-side limits the sidecars stay under, shared by all pods using the backend."""
 
     requests_per_minute: Annotated[int, Field(ge=1)] | None = None
-    """Requests per minute the account allows."""
+    """Requests per minute the account allows. Each sidecar keeps to its share (the limit over
+    the sidecars of the namespace, as the operator counts them) over a sliding minute; a backend
+    whose share is used up counts as saturated, so requests go to another target instead of
+    drawing a 429."""
     tokens_per_minute: Annotated[int, Field(ge=1)] | None = None
-    """Tokens (input plus output) per minute the account allows."""
+    """Tokens (input plus output) per minute the account allows; kept to as requestsPerMinute
+    is, counting the tokens each answer reports."""
     max_concurrency: Annotated[int, Field(ge=1, le=100_000)] | None = None
-    """Requests in flight at once, per sidecar."""
+    """Requests in flight at once, per sidecar; a backend at its limit counts as saturated."""
 
 
 class Locality(ApiModel):
@@ -208,7 +212,9 @@ class HealthCheck(ApiModel):
     healthy_threshold: Annotated[int, Field(ge=1, le=100)] | None = None
     """Passed probes in a row before it counts as healthy again. Absent means 1."""
     metrics: MetricsScrape | None = None
-    """For vLLM: also scrape load metrics. Ignored for other providers."""
+    """Also scrape the model server's Prometheus metrics for queue depth and KV-cache use (vLLM's
+    names), for VLLM and OpenAICompatible backends (an in-cluster server); hosted OpenAI and
+    Anthropic have none, and are refused."""
 
 
 class ModelBackendSpec(ApiModel):
@@ -227,6 +233,13 @@ class ModelBackendSpec(ApiModel):
             cel(
                 "!(self.provider in ['OpenAI', 'Anthropic']) || has(self.credentials)",
                 "OpenAI and Anthropic backends need credentials.secretRef",
+            ),
+            cel(
+                "!has(self.healthCheck) || !has(self.healthCheck.metrics) || "
+                "self.provider in ['VLLM', 'OpenAICompatible']",
+                "healthCheck.metrics is for model servers (VLLM, OpenAICompatible); hosted "
+                "OpenAI and Anthropic serve no metrics",
+                field_path=".healthCheck.metrics",
             ),
             cel(
                 "!has(self.selfHosted) || "
