@@ -5,7 +5,8 @@ proxy can do), and through the sidecar in standalone mode (spans built, no expor
 path, a sidecar exporting its spans over OTLP/HTTP (to the fake provider, which drops them), is
 reported beside the goals. The proxies run pinned to one core; the fake provider and this load
 generator share the other, identically for all. Latency requests are interleaved across the
-paths, so that drift in the machine's load hits them all alike. Reported as ratios, because
+paths, so that drift in the machine's load hits them all alike. A fifth path is the sidecar with
+a cost and token budget on its route, which must meet the same goals. Reported as ratios, because
 absolute numbers on a shared 2-core machine are noisy:
   - median added latency (proxy minus direct), sidecar / pass-through; goal: at most 1.5;
   - throughput at 32 concurrent requests, sidecar / pass-through; goal: at least 0.7;
@@ -131,7 +132,11 @@ async def throughput(url: str) -> float:
         return done / (time.perf_counter() - started)
 
 
-def route_table(upstream: str) -> str:
+def route_table(upstream: str, budget: bool = False) -> str:
+    """The one-route table; with `budget`, the route has a cost and a token budget."""
+    route: dict[str, object] = {"name": "all", "targets": [{"backend": "bench", "model": "m"}]}
+    if budget:
+        route["budget"] = {"max_cost_usd": 1.0, "max_tokens": 100_000}
     return json.dumps(
         {
             "version": 1,
@@ -147,7 +152,7 @@ def route_table(upstream: str) -> str:
                     },
                 }
             },
-            "routes": [{"name": "all", "targets": [{"backend": "bench", "model": "m"}]}],
+            "routes": [route],
         }
     )
 
@@ -157,19 +162,22 @@ def measure() -> dict[str, dict[str, float]]:
     fake_port, proxy_port, sidecar_port, admin_port, otlp_port, otlp_admin = (
         free_port() for _ in range(6)
     )
+    budget_port, budget_admin = free_port(), free_port()
     fake = f"http://127.0.0.1:{fake_port}"
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         table = Path(tmp) / "table.json"
         table.write_text(route_table(fake))
+        budget_table = Path(tmp) / "budget-table.json"
+        budget_table.write_text(route_table(fake, budget=True))
 
-        def sidecar(port: int, admin: int) -> list[str]:
+        def sidecar(port: int, admin: int, path: Path = table) -> list[str]:
             return [
                 sys.executable,
                 "-m",
                 "routemesh_sidecar",
                 "--route-table",
-                str(table),
+                str(path),
                 "--port",
                 str(port),
                 "--admin-port",
@@ -187,6 +195,7 @@ def measure() -> dict[str, dict[str, float]]:
             process(proxy, proxy_port, 0),
             process(sidecar(sidecar_port, admin_port), sidecar_port, 0),
             process(sidecar(otlp_port, otlp_admin), otlp_port, 0, exporting),
+            process(sidecar(budget_port, budget_admin, budget_table), budget_port, 0),
         ):
             urls = {
                 name: f"http://127.0.0.1:{port}/v1/chat/completions"
@@ -195,6 +204,7 @@ def measure() -> dict[str, dict[str, float]]:
                     ("passthrough", proxy_port),
                     ("sidecar", sidecar_port),
                     ("sidecar+otlp", otlp_port),
+                    ("sidecar+budget", budget_port),
                 )
             }
             plain = asyncio.run(latencies(urls, stream=False))
@@ -233,6 +243,13 @@ def run() -> list[str]:
         )
     ttft_added = r["sidecar"]["ttft_ms"] - r["direct"]["ttft_ms"]
     rows.append(f"- stream TTFT added by the sidecar: {ttft_added:.3f} ms (goal < 1 ms)")
+    budgeted = r["sidecar+budget"]
+    budget_added = budgeted["median_ms"] - direct
+    rows.append(
+        "- with a cost and token budget on the route (the goals hold for it too): added median "
+        f"latency ratio {budget_added / added['passthrough']:.2f} (goal <= 1.5), throughput "
+        f"ratio {budgeted['rps'] / r['passthrough']['rps']:.2f} (goal >= 0.7)"
+    )
     exporting = r["sidecar+otlp"]
     rows.append(
         "- with span export on (not part of the goals): added median latency ratio "
