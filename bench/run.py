@@ -18,6 +18,7 @@ BENCHMARKS = [
     "controlplane_startup",
     "sidecar_overhead",
     "routing_decision",
+    "failover",
     "operator_distribution",
 ]
 

@@ -279,6 +279,11 @@ INVALID = [
         id="health-timeout-not-below-interval",
     ),
     pytest.param(
+        changed(valid_backend(), "spec.healthCheck.metrics", {"path": "/metrics"}),
+        ["spec.healthCheck.metrics", "hosted OpenAI and Anthropic serve no metrics"],
+        id="metrics-scrape-of-a-hosted-provider",
+    ),
+    pytest.param(
         changed(valid_vllm_backend(), "spec.selfHosted", DELETE),
         ["spec", "selfHosted is required for provider VLLM"],
         id="vllm-without-deployment",
