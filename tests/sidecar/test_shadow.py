@@ -7,12 +7,12 @@ without it, and the cheap backend gets nothing, unless the table mirrors.
 
 import json
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from opentelemetry.sdk.trace import SpanProcessor
 
@@ -67,15 +67,15 @@ class Response:
 
 
 def post(sidecar: SidecarThread, **body: Any) -> Response:
-    payload = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **body}
-    request = urllib.request.Request(  # noqa: S310
-        sidecar.openai_base_url + "/chat/completions",
-        data=json.dumps(payload).encode(),
-        headers={"content-type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+    """A chat completion through the official client; the raw response as the app got it."""
+    with openai.OpenAI(base_url=sidecar.openai_base_url, api_key="app", max_retries=0) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="m", messages=[{"role": "user", "content": "hi"}], **body
+        )
+        response = raw.http_response
+        content = response.read()
         headers = {k.lower(): v for k, v in response.headers.items()}
-        return Response(response.status, response.read(), headers)
+        return Response(response.status_code, content, headers)
 
 
 def visible(response: Response) -> tuple[int, bytes, dict[str, str]]:
