@@ -19,6 +19,7 @@ BENCHMARKS = [
     "sidecar_overhead",
     "routing_decision",
     "failover",
+    "token_estimate",
     "operator_distribution",
 ]
 

@@ -37,6 +37,7 @@ from routemesh_sidecar.listener.proxy import Listener, ListenerParts
 from routemesh_sidecar.listener.shadow import MirrorLimits, Shadowing
 from routemesh_sidecar.routetable import ActiveRouteTable, Locality, RouteTable
 from routemesh_sidecar.routing.pipeline import Router, unsupported_strategies
+from routemesh_sidecar.routing.tokens import Tokenizers, load_tokenizers
 from routemesh_sidecar.settings import SidecarSettings
 from routemesh_sidecar.telemetry.metrics import CONTENT_TYPE, Metrics
 from routemesh_sidecar.telemetry.tracing import SpanRecorder
@@ -270,6 +271,7 @@ class Sidecar:
             self.rng,
             self.settings.content_capture_max_bytes,
             self.shadowing,
+            await self._tokenizers(),
         )
         self.listen_port = await self._serve(
             Listener(parts).app(), self.settings.listen_host, self.settings.listen_port
@@ -280,6 +282,12 @@ class Sidecar:
             self.listen_port,
             self.admin_port,
         )
+
+    async def _tokenizers(self) -> Tokenizers | None:
+        """OpenAI's vocabularies, built off the event loop (it takes a moment), when wanted."""
+        if not self.settings.exact_tokens:
+            return None
+        return await asyncio.to_thread(load_tokenizers)
 
     async def _serve(self, app: web.Application, host: str, port: int) -> int:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)

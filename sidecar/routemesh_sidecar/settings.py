@@ -92,6 +92,11 @@ class SidecarSettings(BaseSettings):
         "a policy's telemetry.captureContent is on; longer content is cut and marked "
         "routemesh.content.truncated.",
     )
+    exact_tokens: bool = Field(
+        default=True,
+        description="Count tokens exactly where the number matters (near a context window, under "
+        "a budget) when the tokenizer extra (bpe-openai) is installed; false keeps the estimate.",
+    )
     mirror_busy_requests: int = Field(
         default=64,
         ge=0,

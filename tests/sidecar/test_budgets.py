@@ -99,6 +99,9 @@ def test_a_cost_budget_stops_a_fallback_that_would_break_it_and_the_error_names_
     span = max(otlp.wait_for(lambda s: s.name == "routemesh.route"), key=lambda s: s.start_ns)
     assert span.attributes["error.type"] == "budget_exceeded"
     assert span.attributes["routemesh.budget.max_cost_usd"] == 1.0
+    # A budget is where the number matters: the prompt was counted with a vocabulary.
+    assert span.attributes["routemesh.tokens.method"] == "o200k_base"
+    assert span.attributes["routemesh.tokens.prompt"] == 7  # "hi": 1 token, and 6 of the format
     assert any(
         "dear/big: maxCostPerRequest" in s for s in span.attributes["routemesh.budget.skipped"]
     )

@@ -41,6 +41,7 @@ from routemesh_sidecar.routing.pipeline import (
     NoRoute,
     Router,
 )
+from routemesh_sidecar.routing.tokens import Tokenizers
 from routemesh_sidecar.telemetry.accounting import request_cost
 from routemesh_sidecar.telemetry.content import (
     Message,
@@ -98,6 +99,7 @@ class ListenerParts:
     rng: random.Random
     content_capture_max_bytes: int = 16 * 1024
     shadowing: Shadowing | None = None  # None: shadow routes are not evaluated (unit tests)
+    tokenizers: Tokenizers | None = None  # None: token counts are estimates
 
 
 @dataclass
@@ -219,6 +221,7 @@ class Listener:
             self.parts.rng,
             self.parts.executor.clock.monotonic(),
             len(call.raw) if call.raw is not None else None,
+            self.parts.tokenizers,
         )
         try:
             decision = self.parts.router.decide(table, routing_request)
@@ -262,6 +265,12 @@ class Listener:
             for c in decision.plan
         ]
         limits = _request_budget(table, decision.route, routing_request)
+        method = routing_request.token_method
+        if method is not None:  # which count routing and the budget used, estimate or exact
+            trace.route_span.attributes["routemesh.tokens.method"] = method
+            trace.route_span.attributes["routemesh.tokens.prompt"] = routing_request.prompt_tokens(
+                exact=method != "estimate"
+            )
         content_fallbacks = [
             PlannedTarget(c.target.backend, c.backend, c.target.model, c.model_info, c.health)
             for c in self.parts.router.content_policy_plan(table, decision.route, routing_request)
@@ -594,12 +603,11 @@ def _request_budget(
     budget = route.budget
     if budget is None:
         return None
-    signals = request.signals
     return RequestBudget.for_request(
         budget,
         tier=request.headers.get(table.tier_header),
-        prompt_tokens=signals.prompt_tokens,
-        requested_output=signals.max_output_tokens,
+        prompt_tokens=request.prompt_tokens(exact=True),  # a budget is where the number matters
+        requested_output=request.signals.max_output_tokens,
         now=request.now,
     )
 

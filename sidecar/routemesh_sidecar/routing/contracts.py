@@ -26,6 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 from routemesh_sidecar.routetable import Api, Backend, ModelInfo, Route, Target
 from routemesh_sidecar.routing.categories import CategoryMatch
 from routemesh_sidecar.routing.signals import RequestSignals, last_user_text, read_signals
+from routemesh_sidecar.routing.tokens import Tokenizers, chat_tokens
 from routemesh_sidecar.upstream.registry import BackendHealth
 
 
@@ -139,6 +140,7 @@ class RoutingRequest:
     rng: random.Random = field(default_factory=random.Random)
     now: float = 0.0  # monotonic seconds on the sidecar's clock: health is read as of then
     size_bytes: int | None = None  # the body's size as received, when known
+    tokenizers: Tokenizers | None = None  # exact counting, when the sidecar has it
 
     @cached_property
     def plain_text(self) -> bool:
@@ -168,6 +170,29 @@ class RoutingRequest:
     def signals(self) -> RequestSignals:
         """Token estimate, code, keywords text, modalities and tools of the request."""
         return read_signals(self.api, self.body)
+
+    @cached_property
+    def exact_prompt_tokens(self) -> int | None:
+        """The prompt's tokens counted with the model's vocabulary; None without a tokenizer."""
+        if self.tokenizers is None:
+            return None
+        signals = self.signals
+        tokenizer = self.tokenizers.for_model(self.model)
+        return chat_tokens(tokenizer, [signals.text], signals.message_count)
+
+    def prompt_tokens(self, *, exact: bool) -> int:
+        """The estimate, or with `exact` the exact count when a tokenizer is installed."""
+        if exact and self.exact_prompt_tokens is not None:
+            return self.exact_prompt_tokens
+        return self.signals.prompt_tokens
+
+    @property
+    def token_method(self) -> str | None:
+        """How the prompt's tokens were counted, if they were: a vocabulary, or the estimate."""
+        known = self.__dict__
+        if known.get("exact_prompt_tokens") is not None and self.tokenizers is not None:
+            return self.tokenizers.for_model(self.model).name
+        return "estimate" if "signals" in known else None
 
     @cached_property
     def last_user_text(self) -> str:

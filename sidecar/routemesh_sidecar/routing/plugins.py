@@ -33,6 +33,9 @@ from routemesh_sidecar.routing.contracts import (
 )
 
 _OPENAI_ONLY_OPERATIONS = frozenset({"completions", "embeddings"})
+# How far an estimate may be from the exact count: characters / 4 undercounts Japanese prose by
+# about 3.5 and rare CJK ideographs by about 7 (docs/benchmarks.md, "Token counts").
+NEAR_WINDOW_FACTOR = 8
 _RETENTION_RANKS: dict[str, int] = {str(k): v for k, v in RETENTION_ORDER.items()}  # by header text
 _QUALITY: dict[QualityTier, float] = {
     "Economy": 0.0,
@@ -130,14 +133,26 @@ class ContextWindowFilter:
     def filter(
         self, request: RoutingRequest, route: Route, candidates: list[Candidate]
     ) -> list[Candidate]:
-        """Keep models with room for the estimated prompt and the requested completion."""
+        """Keep models with room for the prompt and the requested completion.
+
+        The estimate decides, unless it is within reach of a candidate's window (the estimate
+        can be off by a factor of seven for some scripts): then the tokens are counted exactly.
+        """
         if request.operation != "chat":
             return candidates
         if request.fits_without_counting(smallest_context_window(candidates)):
             return candidates
         signals = request.signals
-        needed = signals.prompt_tokens + (signals.max_output_tokens or 0)
+        output = signals.max_output_tokens or 0
+        needed = signals.prompt_tokens + output
+        if any(_near(needed, c.model_info.context_window) for c in candidates):
+            needed = request.prompt_tokens(exact=True) + output
         return _kept(candidates, [c for c in candidates if needed <= c.model_info.context_window])
+
+
+def _near(estimate: int, window: int) -> bool:
+    """Whether an estimate could be on either side of a window once counted exactly."""
+    return window <= NEAR_WINDOW_FACTOR * estimate and estimate <= NEAR_WINDOW_FACTOR * window
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Signals: the features of a request that route matches and filters read.
 
-Computed once per request, lazily, from the request body in either API's shape. The estimates are
-deliberately cheap (no tokenizer): they run on every request, and routing only needs to know
-whether a prompt is short or long, not its exact size. Nothing here does I/O.
+Computed once per request, lazily, from the request body in either API's shape. The token estimate
+is deliberately cheap (no tokenizer): it runs on every request that reads signals, and routing
+mostly needs to know whether a prompt is short or long; where the exact number matters,
+`routing.tokens` counts it. Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ _TOKENS_PER_MESSAGE = 4
 class RequestSignals:
     """What routing knows about a request's content."""
 
-    prompt_tokens: int
+    prompt_tokens: int  # the estimate: see `routing.tokens` for the exact count
     max_output_tokens: int | None
     text: str
     modalities: frozenset[str]
     tools_present: bool
+    message_count: int = 0
 
     @cached_property
     def code_present(self) -> bool:
@@ -63,6 +65,7 @@ def read_signals(api: Api, body: dict[str, Any]) -> RequestSignals:
         text=text,
         modalities=frozenset(modalities or {"Text"}),
         tools_present=bool(body.get("tools")),
+        message_count=message_count,
     )
 
 
