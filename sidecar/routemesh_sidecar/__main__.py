@@ -15,6 +15,7 @@ import logging
 import os
 from pathlib import Path
 
+from routemesh_sidecar import __version__
 from routemesh_sidecar.app import Sidecar
 from routemesh_sidecar.settings import SidecarSettings
 
@@ -26,6 +27,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, help="downstream listener port")
     parser.add_argument("--admin-port", type=int, help="admin listener port")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser.parse_args(argv)
 
 
