@@ -62,6 +62,8 @@ class LeaseElector:
         self._monotonic = monotonic
         self.leading = False
         self._renewed_at = 0.0
+        self._namespace = namespace
+        self.problem: str | None = None  # why this replica cannot lead, for readiness and logs
 
     async def run(self) -> None:
         """Try to lead until cancelled; step down (and say so) on the way out."""
@@ -69,8 +71,9 @@ class LeaseElector:
             while True:
                 try:
                     self._set(await self.try_once())
+                    self._report(None)
                 except (ApiError, OSError, TimeoutError) as exc:
-                    logger.warning("lease %s: %s", self._name, exc)
+                    self._report(self._explain(exc))
                     # Without a renewal in time another replica may lead: stop writing first.
                     if self._monotonic() - self._renewed_at > self._lease_seconds * 2 / 3:
                         self._set(False)
@@ -125,6 +128,36 @@ class LeaseElector:
                 "leaseTransitions": transitions,
             },
         }
+
+    def _explain(self, exc: BaseException) -> str:
+        """What stops this replica from taking the Lease, with the fix when it is known."""
+        if isinstance(exc, ApiError) and exc.status == 404:
+            return (
+                f"cannot take the Lease {self._name!r}: namespace {self._namespace!r} does not "
+                f"exist, so this replica never leads and writes nothing. Create it (kubectl "
+                f"create namespace {self._namespace}), set ROUTEMESH_OPERATOR_NAMESPACE to the "
+                "namespace the operator runs in, or run one replica with "
+                "ROUTEMESH_OPERATOR_STANDALONE=true"
+            )
+        if isinstance(exc, ApiError) and exc.status == 403:
+            return (
+                f"cannot take the Lease {self._name!r} in namespace {self._namespace!r}: {exc}. "
+                "Grant get, create and update on coordination.k8s.io leases there (the chart's "
+                "Role does)"
+            )
+        return f"lease {self._name!r}: {exc}"
+
+    def _report(self, problem: str | None) -> None:
+        """Log a new problem loudly once (an error when it has a known fix), and its end."""
+        if problem == self.problem:
+            return
+        if problem is None:
+            logger.info("lease %s: reachable again", self._name)
+        elif problem.startswith("cannot take"):
+            logger.error("%s", problem)
+        else:
+            logger.warning("%s", problem)
+        self.problem = problem
 
     def _set(self, leading: bool) -> None:
         if leading == self.leading:

@@ -71,6 +71,7 @@ class Runtime:
             on_sync_change=self.reconciler.mark_status,
             pod_labels=PodLabels(self.api),
             serving=lambda: self.reconciler.writing,
+            standby_reason=lambda: self.elector.problem if self.elector is not None else None,
             shared_health=SharedHealth(
                 min_reporters=settings.shared_health_min_reporters,
                 window=settings.shared_health_window_seconds,

@@ -91,3 +91,36 @@ def test_one_replica_leads_and_the_other_takes_over_when_it_stops(
             assert table["routes"][0]["targets"][0]["model"] == "big"
     finally:
         leader.close()
+
+
+def test_without_the_lease_namespace_the_operator_says_so_loudly_and_is_not_ready(
+    control_plane: LocalControlPlane, caplog: pytest.LogCaptureFixture
+):
+    # Found as a new user would: started by hand where routemesh-system does not exist, the
+    # operator never led, never wrote a status, and said so in one WARNING line.
+    port = free_port()
+    with running_operator(
+        control_plane,
+        standalone=False,
+        namespace="routemesh-system-missing",
+        pod_name="replica-a",
+        lease_seconds=3,
+        distribution_host="127.0.0.1",
+        distribution_port=port,
+    ):
+
+        def readiness() -> tuple[int, dict[str, Any]]:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=3) as r:
+                    return int(r.status), json.loads(r.read())
+            except urllib.error.HTTPError as error:
+                with error:
+                    return error.code, json.loads(error.read())
+
+        status, body = poll_until(readiness, lambda r: "reason" in r[1], timeout=30)
+    assert status == 503
+    assert "namespace 'routemesh-system-missing' does not exist" in body["reason"]
+    assert "kubectl create namespace routemesh-system-missing" in body["reason"]
+    assert "ROUTEMESH_OPERATOR_STANDALONE=true" in body["reason"]
+    errors = [r for r in caplog.records if r.levelname == "ERROR" and "Lease" in r.getMessage()]
+    assert len(errors) == 1, "said once, loudly, not every renewal"

@@ -67,6 +67,7 @@ class DistributionServer:
         shared_health: SharedHealth | None = None,
         pod_labels: Callable[[str, str], Awaitable[dict[str, str]]] | None = None,
         serving: Callable[[], bool] = lambda: True,
+        standby_reason: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._board = board
         self._tracker = tracker
@@ -77,6 +78,7 @@ class DistributionServer:
         self.shared_health = shared_health or SharedHealth()
         self._pod_labels = pod_labels
         self._serving = serving
+        self._standby_reason = standby_reason
 
     def app(self) -> web.Application:
         """The web application to serve."""
@@ -93,7 +95,11 @@ class DistributionServer:
     async def readyz(self, request: web.Request) -> web.Response:
         """Ready when this replica leads (or runs alone): the Service sends sidecars here only."""
         if not self._serving():
-            return web.json_response({"status": "standby"}, status=503)
+            body: dict[str, str] = {"status": "standby"}
+            reason = self._standby_reason()
+            if reason:
+                body["reason"] = reason
+            return web.json_response(body, status=503)
         return web.json_response({"status": "ready", "revision": self._board.revision})
 
     async def _shutdown(self, app: web.Application) -> None:
