@@ -68,6 +68,11 @@ class PlannedTarget:
     model_info: ModelInfo
     health: BackendHealth
 
+    @property
+    def label(self) -> str:
+        """How traces name it: backend/model, as routing's candidates do."""
+        return f"{self.backend_name}/{self.model}"
+
 
 class AttemptObserver(Protocol):
     """Telemetry's view of attempts: called when one starts and when it ends."""
@@ -245,7 +250,7 @@ class Executor:
 
         def may_hedge(index: int) -> bool:
             target = plan[index]
-            if limits is not None and limits.admits(_label(target), target.model_info):
+            if limits is not None and limits.admits(target.label, target.model_info):
                 return False
             now = self.clock.monotonic()
             return now < walk.deadline and target.health.may_take(now) and run.budget.allow_retry()
@@ -258,7 +263,7 @@ class Executor:
                 {
                     "routemesh.backend": target.backend_name,
                     "routemesh.model": target.model,
-                    "routemesh.hedge.after": _label(first),
+                    "routemesh.hedge.after": first.label,
                     "routemesh.hedge.delay_seconds": delay,
                 },
             )
@@ -277,7 +282,7 @@ class Executor:
         except RaceLost as lost:
             raise _race_failure(lost) from None
         if index != position:
-            observer.event("routemesh.hedge.won", {"routemesh.hedge.winner": _label(plan[index])})
+            observer.event("routemesh.hedge.won", {"routemesh.hedge.winner": plan[index].label})
         return index, result
 
     @staticmethod
@@ -469,7 +474,7 @@ class Executor:
         only as a fallback or retry: the first attempt goes ahead (the deadline still bounds it),
         since an estimate is not proof.
         """
-        label = f"{target.backend_name}/{target.model}"
+        label = target.label
         skip = limits.admits(label, target.model_info)
         if skip is None and attempts:
             now = self.clock.monotonic()
@@ -718,10 +723,6 @@ class _Walk:
         return True
 
 
-def _label(target: PlannedTarget) -> str:
-    return f"{target.backend_name}/{target.model}"
-
-
 def _hedge_delay(hedging: Hedging, target: PlannedTarget) -> float:
     """The fixed delay, or the target's observed percentile once it has enough answers."""
     if hedging.delay_percentile is not None:
@@ -752,7 +753,7 @@ def _content_policy_event(
     """The span event of a content-policy refusal that goes to the route's fallbacks for it."""
     return "routemesh.content_policy.fallback", {
         "routemesh.backend": target.backend_name,
-        "routemesh.content_policy.targets": [f"{t.backend_name}/{t.model}" for t in fallbacks],
+        "routemesh.content_policy.targets": [t.label for t in fallbacks],
     }
 
 
