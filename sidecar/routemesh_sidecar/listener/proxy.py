@@ -418,23 +418,15 @@ class Listener:
             )
             return _no_healthy_upstream(call.api, failure.message, None)
         status = _failure_status(failure)
-        self.parts.metrics.of(
-            self.parts.metrics.requests, decision.route.name, "", "", str(status)
-        ).inc()
-        self.parts.metrics.of(self.parts.metrics.duration, decision.route.name).observe(
-            time.perf_counter() - started
-        )
-        trace.finish(
-            attributes={"routemesh.attempts": len(failed.attempts)} | _budget_attributes(limits),
-            usage=None,
-            response_model=None,
+        headers = self._end_unanswered(
+            decision,
+            trace,
+            failed,
+            started,
+            status=status,
             error_class=failure.error_class,
-            message=failure.message,
+            limits=limits,
         )
-        headers = {
-            "x-routemesh-route": decision.route.name,
-            "x-routemesh-attempts": str(len(failed.attempts)),
-        }
         if failure.retry_after is not None:
             headers["retry-after"] = str(int(failure.retry_after + 0.999))
         error = ApiError(
@@ -456,21 +448,16 @@ class Listener:
 
         Nothing that would have broken the budget was sent.
         """
-        metrics = self.parts.metrics
-        metrics.of(metrics.requests, decision.route.name, "", "", "400").inc()
-        metrics.of(metrics.duration, decision.route.name).observe(time.perf_counter() - started)
-        trace.finish(
-            attributes={"routemesh.attempts": len(failed.attempts)} | _budget_attributes(limits),
-            usage=None,
-            response_model=None,
+        headers = self._end_unanswered(
+            decision,
+            trace,
+            failed,
+            started,
+            status=400,
             error_class="budget_exceeded",
-            message=failed.failure.message,
+            limits=limits,
         )
-        headers = {
-            "x-routemesh-route": decision.route.name,
-            "x-routemesh-attempts": str(len(failed.attempts)),
-            "x-routemesh-error-class": "budget_exceeded",
-        }
+        headers["x-routemesh-error-class"] = "budget_exceeded"
         error = ApiError(
             400,
             failed.failure.message,
@@ -479,6 +466,33 @@ class Listener:
             param=failed.budget,
         )
         return error_response(call.api, error, headers)
+
+    def _end_unanswered(
+        self,
+        decision: Decision,
+        trace: RequestTrace,
+        failed: RequestFailed,
+        started: float,
+        *,
+        status: int,
+        error_class: str,
+        limits: RequestBudget | None,
+    ) -> dict[str, str]:
+        """Count and trace a request its attempts did not answer; its error's routing headers."""
+        metrics = self.parts.metrics
+        metrics.of(metrics.requests, decision.route.name, "", "", str(status)).inc()
+        metrics.of(metrics.duration, decision.route.name).observe(time.perf_counter() - started)
+        trace.finish(
+            attributes={"routemesh.attempts": len(failed.attempts)} | _budget_attributes(limits),
+            usage=None,
+            response_model=None,
+            error_class=error_class,
+            message=failed.failure.message,
+        )
+        return {
+            "x-routemesh-route": decision.route.name,
+            "x-routemesh-attempts": str(len(failed.attempts)),
+        }
 
     def _shadow(
         self,
