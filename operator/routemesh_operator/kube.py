@@ -13,6 +13,7 @@ distribution server; it never decides anything itself.
 from __future__ import annotations
 
 import ssl
+import sys
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -102,7 +103,15 @@ class KubeApi:
         self._session = aiohttp.ClientSession(
             base_url=self._credentials.server,
             headers=headers,
-            connector=aiohttp.TCPConnector(ssl=self._credentials.ssl_context(), limit=32),
+            # A TLS connection closed on release (an error answer, an expired keep-alive)
+            # waits for the server's close_notify, untracked. On Python before 3.12.8 its
+            # socket then outlives the loop unless the connector aborts it on close (later
+            # versions fixed asyncio, and aiohttp warns that the option is moot there).
+            connector=aiohttp.TCPConnector(
+                ssl=self._credentials.ssl_context(),
+                limit=32,
+                enable_cleanup_closed=sys.version_info < (3, 12, 8),
+            ),
             timeout=aiohttp.ClientTimeout(total=30),
         )
         return self
