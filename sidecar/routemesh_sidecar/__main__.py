@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from routemesh_sidecar import __version__
@@ -51,8 +52,24 @@ def main(argv: list[str] | None = None) -> None:
     # API keys a standalone route table names by variable are looked up here, at start, never
     # at import time.
     variables = dict(os.environ)  # noqa: TID251
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(Sidecar(settings, variables=variables).run_forever())
+    with (
+        contextlib.suppress(KeyboardInterrupt),
+        asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner,
+    ):
+        runner.run(Sidecar(settings, variables=variables).run_forever())
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop `asyncio.run` creates: uvloop's when chosen (or `auto` and installed)."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop  # noqa: PLC0415  (optional: the sidecar runs without it)
+    except ImportError:
+        if choice == "uvloop":
+            raise SystemExit("event_loop is uvloop, but uvloop is not installed") from None
+        return None
+    return uvloop.new_event_loop
 
 
 if __name__ == "__main__":

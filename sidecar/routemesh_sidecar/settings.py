@@ -131,6 +131,12 @@ class SidecarSettings(BaseSettings):
         gt=0,
         description="Latency assumed for an endpoint before its first answer.",
     )
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        default="auto",
+        description="The event loop: uvloop (libuv; about a third less CPU per proxied request), "
+        "asyncio (the standard library's), or auto (uvloop when it is installed, as it is in the "
+        "sidecar image; asyncio otherwise).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level of the sidecar's own logs."
     )
