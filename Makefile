@@ -77,6 +77,12 @@ demo: install controlplane ## Run the demo: control plane, operator, webhook, a 
 bench: install ## Run the benchmarks in bench/ and print results for docs/benchmarks.md
 	PYTHONPATH=testing $(PY) bench/run.py
 
+.PHONY: bench-proxy
+bench-proxy: install ## Measure the sidecar from outside with wrk against nginx and an aiohttp+uvloop floor
+	@command -v wrk >/dev/null && command -v nginx >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light; }
+	PYTHONPATH=testing $(PY) bench/run.py proxy
+
 .PHONY: ci
 ci: ## What CI runs: bash .ci/run
 	bash .ci/run

@@ -76,7 +76,7 @@ def process(
         child.wait(timeout=10)
 
 
-def _has_text(line: bytes) -> bool:
+def has_text(line: bytes) -> bool:
     """Whether an SSE line carries a non-empty content delta (the first token)."""
     compact = line.replace(b'": "', b'":"')
     return b'"content":"' in compact and b'"content":""' not in compact
@@ -88,7 +88,7 @@ async def one_request(session: aiohttp.ClientSession, url: str, stream: bool) ->
     async with session.post(url, json={**BODY, "stream": stream}) as response:
         if stream:
             async for line in response.content:
-                if _has_text(line):
+                if has_text(line):
                     break
             elapsed = time.perf_counter() - started
             await response.read()

@@ -29,12 +29,17 @@ ANTHROPIC_KEY = "sk-ant-held-by-the-sidecar"
 
 @dataclass(frozen=True)
 class Reply:
-    """A successful answer: text (default: "Hello from NAME"), or a tool call."""
+    """A successful answer: text (default: "Hello from NAME"), or a tool call.
+
+    `chunk_gap_seconds` paces a stream: the wait between two events, as a model generating
+    tokens would (benchmarks use it to see whether a proxy holds chunks back).
+    """
 
     text: str | None = None
     tool_call: tuple[str, dict[str, Any]] | None = None
     chunks: int | None = None
     finish_reason: str | None = None
+    chunk_gap_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -209,6 +214,7 @@ async def stream_events(
         return web.StreamResponse()
     response = web.StreamResponse(headers={"content-type": "text/event-stream"})
     await response.prepare(request)
+    gap = behaviour.chunk_gap_seconds if isinstance(behaviour, Reply) else 0.0
     for index, event in enumerate(events):
         if isinstance(behaviour, BreakStream | StreamStall) and index == behaviour.after_chunks:
             if isinstance(behaviour, StreamStall):
@@ -216,7 +222,7 @@ async def stream_events(
             _cut(request)
             return response
         await response.write(event)
-        await asyncio.sleep(0)
+        await asyncio.sleep(gap if index else 0)
     await response.write_eof()
     return response
 

@@ -1,0 +1,386 @@
+"""The sidecar measured from outside, the way a user would see it: `make bench-proxy`.
+
+`wrk` (a separate process) posts a small chat completion to an nginx backend that answers a fixed
+completion, through each target in turn, in one run:
+  - direct to nginx, and nginx as a proxy (what a compiled proxy costs);
+  - the floor: `passthrough_proxy.py`, aiohttp on uvloop, the least a Python proxy must do;
+  - the sidecar in standalone mode with one route, its route spans built at sampling 1.0 and not
+    exported; the same sidecar exporting every span over OTLP/HTTP (to an nginx location that
+    answers 200, so the sink costs nothing); and the sidecar streaming (nginx answers a fixed
+    event stream, which the sidecar parses for usage as it forwards it).
+Every target runs pinned to core 0; wrk and nginx's backend share core 1. The targets take turns
+for ROUNDS rounds, so that drift in the machine's load hits them all alike, and each figure is
+the median of its rounds. Results are ratios against the floor, because absolute numbers on a
+shared 2-core machine are noisy.
+
+A second part times streams: a fake provider (core 1) sends content events GAP_MS apart, and a
+client here records when each event arrives, directly, through the floor and through the sidecar:
+the time to first token the proxy adds, and whether any event arrived later than its upstream
+pacing says (a proxy that buffers would deliver them together, at the end).
+
+It never asserts; `docs/benchmarks.md` records what it printed, with the date and the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from sidecar_overhead import free_port, has_text, process, route_table
+
+BENCH = Path(__file__).parent
+ROUNDS = 3
+SECONDS = 4
+IN_FLIGHT = (1, 16)
+STREAM_REQUESTS = 150
+GAP_MS = 5
+CHUNKS = 6
+BODY = {"model": "m", "messages": [{"role": "user", "content": "Say hello in five words."}]}
+COMPLETION: dict[str, Any] = {
+    "id": "chatcmpl-bench",
+    "object": "chat.completion",
+    "created": 1764720000,
+    "model": "m",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hello there, how are you?"},
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {"prompt_tokens": 14, "completion_tokens": 7, "total_tokens": 21},
+}
+
+
+def _event_stream() -> str:
+    """A fixed OpenAI chat stream: a role event, five words, a usage event, then [DONE]."""
+    base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": "m"}
+    deltas = [{"role": "assistant", "content": ""}] + [
+        {"content": word} for word in ("Hello ", "there, ", "how ", "are ", "you?")
+    ]
+    events = [{**base, "choices": [{"index": 0, "delta": d}]} for d in deltas]
+    events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    events.append({**base, "choices": [], "usage": COMPLETION["usage"]})
+    lines = [f"data: {json.dumps(e, separators=(',', ':'))}\\n\\n" for e in events]
+    return "".join(lines) + "data: [DONE]\\n\\n"
+
+
+def nginx_conf(tmp: Path, backend_port: int, proxy_port: int) -> str:
+    """One nginx, two servers: the backend (fixed answers, an OTLP sink) and a reverse proxy."""
+    completion = json.dumps(COMPLETION, separators=(",", ":"))
+    temp = "\n".join(
+        f"  {kind}_temp_path {tmp}/{kind};" for kind in ("client_body", "proxy", "fastcgi")
+    )
+    return f"""
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+{temp}
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+  keepalive_requests 10000000;
+  upstream backend {{ server 127.0.0.1:{backend_port}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{backend_port} reuseport;
+    location = /v1/chat/completions {{ default_type application/json; return 200 '{completion}'; }}
+    location = /sse/v1/chat/completions {{
+      default_type text/event-stream; return 200 '{_event_stream()}';
+    }}
+    location = /v1/traces {{ default_type application/x-protobuf; return 200 ''; }}
+  }}
+  server {{
+    listen 127.0.0.1:{proxy_port};
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+
+
+@contextmanager
+def nginx_pair(tmp: Path, backend_port: int, proxy_port: int) -> Iterator[None]:
+    """Start nginx twice from one config: the backend on core 1, the proxy on core 0.
+
+    Two masters with the same config would both bind both ports, so each gets its own copy with
+    the other server's `listen` moved to a port nobody uses.
+    """
+    conf = nginx_conf(tmp, backend_port, proxy_port)
+    backend_only = conf.replace(
+        f"listen 127.0.0.1:{proxy_port};", f"listen 127.0.0.1:{free_port()};"
+    )
+    proxy_only = conf.replace(
+        f"listen 127.0.0.1:{backend_port} reuseport;", f"listen 127.0.0.1:{free_port()};"
+    )
+    with ExitStack() as stack:
+        for name, text, port, cpu in (
+            ("backend", backend_only, backend_port, 1),
+            ("proxy", proxy_only, proxy_port, 0),
+        ):
+            directory = tmp / f"nginx-{name}"
+            directory.mkdir()
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+                (directory / kind).mkdir()
+            path = directory / "nginx.conf"
+            path.write_text(text.replace(str(tmp) + "/", str(directory) + "/"))
+            nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+            stack.enter_context(process([nginx, "-c", str(path), "-e", "stderr"], port, cpu))
+        yield
+
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = [[{body}]]
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    """What one wrk run (or the median of several) measured."""
+
+    rps: float
+    p50_us: float
+    p99_us: float
+    errors: int
+
+
+_UNITS = {"us": 1.0, "ms": 1000.0, "s": 1_000_000.0}
+
+
+def _micros(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(number) * _UNITS[unit]
+
+
+def wrk(url: str, script: Path, connections: int) -> WrkResult:
+    """One wrk run against `url`, pinned to core 1 with the backend."""
+    out = subprocess.run(
+        [
+            *("taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{SECONDS}s"),
+            *("--latency", "-s", str(script), url),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=SECONDS * 4 + 10,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _micros(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _micros(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    errors = 0
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors += int(non_2xx.group(1)) if non_2xx else 0
+    socket = re.search(r"Socket errors: (.*)", out)
+    errors += sum(int(n) for n in re.findall(r"\d+", socket.group(1))) if socket else 0
+    return WrkResult(rps, p50, p99, errors)
+
+
+def sidecar_argv(table: Path, port: int) -> list[str]:
+    flags = ["--port", str(port), "--admin-port", str(free_port()), "--log-level", "warning"]
+    return [sys.executable, "-m", "routemesh_sidecar", "--route-table", str(table), *flags]
+
+
+def wrk_targets(tmp: Path, stack: ExitStack) -> dict[str, str]:
+    """Start everything the wrk part measures; return each target's URL."""
+    backend, nginx_proxy, floor, sidecar, exporting, streaming = (free_port() for _ in range(6))
+    origin = f"http://127.0.0.1:{backend}"
+    stack.enter_context(nginx_pair(tmp, backend, nginx_proxy))
+    floor_argv = [sys.executable, str(BENCH / "passthrough_proxy.py"), str(floor), origin]
+    stack.enter_context(process(floor_argv, floor, 0))
+    plain_table, sse_table = tmp / "table.json", tmp / "sse-table.json"
+    plain_table.write_text(route_table(origin))
+    sse_table.write_text(route_table(origin + "/sse"))
+    export = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{origin}/v1/traces"}
+    stack.enter_context(process(sidecar_argv(plain_table, sidecar), sidecar, 0))
+    stack.enter_context(process(sidecar_argv(plain_table, exporting), exporting, 0, export))
+    stack.enter_context(process(sidecar_argv(sse_table, streaming), streaming, 0))
+    path = "/v1/chat/completions"
+    return {
+        "direct to nginx": f"{origin}{path}",
+        "nginx as a proxy": f"http://127.0.0.1:{nginx_proxy}{path}",
+        "floor: aiohttp + uvloop": f"http://127.0.0.1:{floor}{path}",
+        "sidecar": f"http://127.0.0.1:{sidecar}{path}",
+        "sidecar, every span exported": f"http://127.0.0.1:{exporting}{path}",
+        "floor, streaming": f"http://127.0.0.1:{floor}/sse{path}",
+        "sidecar, streaming": f"http://127.0.0.1:{streaming}{path}",
+    }
+
+
+def measure_wrk(tmp: Path) -> dict[tuple[str, int], WrkResult]:
+    """Each target at each in-flight count, ROUNDS times in turn; the median of each."""
+    plain = tmp / "post.lua"
+    plain.write_text(WRK_SCRIPT.format(body=json.dumps(BODY)))
+    streamed = tmp / "post-stream.lua"
+    streamed.write_text(
+        WRK_SCRIPT.format(
+            body=json.dumps({**BODY, "stream": True, "stream_options": {"include_usage": True}})
+        )
+    )
+    runs: dict[tuple[str, int], list[WrkResult]] = {}
+    with ExitStack() as stack:
+        targets = wrk_targets(tmp, stack)
+        for name, url in targets.items():  # warm up: connections, caches, the route table
+            wrk(url, streamed if "streaming" in name else plain, 16)
+        for _ in range(ROUNDS):
+            for name, url in targets.items():
+                script = streamed if "streaming" in name else plain
+                for connections in IN_FLIGHT:
+                    runs.setdefault((name, connections), []).append(wrk(url, script, connections))
+    return {
+        key: WrkResult(
+            statistics.median(r.rps for r in results),
+            statistics.median(r.p50_us for r in results),
+            statistics.median(r.p99_us for r in results),
+            sum(r.errors for r in results),
+        )
+        for key, results in runs.items()
+    }
+
+
+async def stream_timings(session: aiohttp.ClientSession, url: str) -> list[float]:
+    """Seconds from sending the request to the arrival of each content event."""
+    started = time.perf_counter()
+    arrivals: list[float] = []
+    body = {**BODY, "stream": True}
+    async with session.post(url, json=body) as response:
+        if response.status != 200:
+            raise RuntimeError(f"{url}: HTTP {response.status}")
+        async for line in response.content:
+            compact = line.replace(b": ", b":")
+            if line.startswith(b"data: {") and has_text(compact):
+                arrivals.append(time.perf_counter() - started)
+    return arrivals
+
+
+async def measure_streams(urls: dict[str, str]) -> dict[str, list[list[float]]]:
+    """STREAM_REQUESTS paced streams per path, interleaved across the paths."""
+    out: dict[str, list[list[float]]] = {name: [] for name in urls}
+    async with aiohttp.ClientSession() as session:
+        for i in range(STREAM_REQUESTS + 10):
+            for name, url in urls.items():
+                timings = await stream_timings(session, url)
+                if len(timings) != CHUNKS:
+                    raise RuntimeError(f"{name}: {len(timings)} content events, not {CHUNKS}")
+                if i >= 10:
+                    out[name].append(timings)
+    return out
+
+
+def stream_part(tmp: Path) -> dict[str, list[list[float]]]:
+    provider, floor, sidecar = (free_port() for _ in range(3))
+    origin = f"http://127.0.0.1:{provider}"
+    table = tmp / "paced-table.json"
+    table.write_text(route_table(origin))
+    paced = [sys.executable, str(BENCH / "fake_provider.py"), str(provider), str(GAP_MS)]
+    with ExitStack() as stack:
+        stack.enter_context(process([*paced, str(CHUNKS)], provider, 1))
+        floor_argv = [sys.executable, str(BENCH / "passthrough_proxy.py"), str(floor), origin]
+        stack.enter_context(process(floor_argv, floor, 0))
+        stack.enter_context(process(sidecar_argv(table, sidecar), sidecar, 0))
+        path = "/v1/chat/completions"
+        return asyncio.run(
+            measure_streams(
+                {
+                    "direct": f"{origin}{path}",
+                    "floor": f"http://127.0.0.1:{floor}{path}",
+                    "sidecar": f"http://127.0.0.1:{sidecar}{path}",
+                }
+            )
+        )
+
+
+def wrk_rows(r: dict[tuple[str, int], WrkResult]) -> list[str]:
+    names = list(dict.fromkeys(name for name, _ in r))
+    rows = [
+        "| target | p50 µs at 1 | p99 µs at 1 | req/s at 1 | p50 µs at 16 | req/s at 16 | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        one, many = r[(name, 1)], r[(name, 16)]
+        rows.append(
+            f"| {name} | {one.p50_us:.0f} | {one.p99_us:.0f} | {one.rps:,.0f} | "
+            f"{many.p50_us:.0f} | {many.rps:,.0f} | {one.errors + many.errors} |"
+        )
+    direct = r[("direct to nginx", 1)].p50_us
+    floor_name = "floor: aiohttp + uvloop"
+    floor_added = r[(floor_name, 1)].p50_us - direct
+    rows.append("")
+    for name in ("sidecar", "sidecar, every span exported"):
+        added = r[(name, 1)].p50_us - direct
+        rows.append(
+            f"- {name}: throughput {r[(name, 1)].rps / r[(floor_name, 1)].rps:.2f}x the floor at "
+            f"1 in flight and {r[(name, 16)].rps / r[(floor_name, 16)].rps:.2f}x at 16 (goal >= "
+            f"0.7); added p50 {added:.0f} µs against the floor's {floor_added:.0f} µs, "
+            f"{added / floor_added:.2f}x (goal <= 1.5)"
+        )
+    for connections in IN_FLIGHT:
+        ratio = (
+            r[("sidecar, every span exported", connections)].rps / r[("sidecar", connections)].rps
+        )
+        rows.append(
+            f"- every span exported, at {connections} in flight: {ratio:.2f}x the unexported "
+            "sidecar's throughput (goal >= 0.9)"
+        )
+    streaming = r[("sidecar, streaming", 16)].rps / r[("floor, streaming", 16)].rps
+    rows.append(f"- streaming at 16 in flight: {streaming:.2f}x the floor's throughput")
+    return rows
+
+
+def stream_rows(s: dict[str, list[list[float]]]) -> list[str]:
+    def ttft_ms(name: str) -> float:
+        return statistics.median(t[0] for t in s[name]) * 1000
+
+    def worst_lag_ms(name: str) -> float:
+        """The latest any event came, after its first, beyond the upstream's pacing."""
+        return max(t[k] - t[0] - k * GAP_MS / 1000 for t in s[name] for k in range(CHUNKS)) * 1000
+
+    rows = [
+        f"| path | TTFT ms (median) | added TTFT ms | worst event lag ms ({CHUNKS} events, "
+        f"{GAP_MS} ms apart) |",
+        "|---|---|---|---|",
+    ]
+    for name in s:
+        added = ttft_ms(name) - ttft_ms("direct")
+        rows.append(f"| {name} | {ttft_ms(name):.3f} | {added:.3f} | {worst_lag_ms(name):.2f} |")
+    rows.append("")
+    rows.append(
+        f"- time to first token the sidecar adds: {ttft_ms('sidecar') - ttft_ms('direct'):.3f} ms"
+        " (goal < 1 ms); a buffered stream would show an event lag near "
+        f"{(CHUNKS - 1) * GAP_MS} ms"
+    )
+    return rows
+
+
+def run() -> list[str]:
+    for tool in ("wrk", "nginx", "taskset"):
+        if shutil.which(tool) is None and not Path("/usr/sbin/nginx").exists():
+            raise SystemExit(f"{tool} is missing: `make bench-proxy` installs it from Debian")
+    with tempfile.TemporaryDirectory() as tmp:
+        measured = measure_wrk(Path(tmp))
+        streams = stream_part(Path(tmp))
+    return [*wrk_rows(measured), "", *stream_rows(streams)]
+
+
+if __name__ == "__main__":
+    print("\n".join(run()))
