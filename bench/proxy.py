@@ -173,6 +173,14 @@ def _micros(text: str) -> float:
     return float(number) * _UNITS[unit]
 
 
+def _percentile(wrk_output: str, percent: str) -> float:
+    """A latency percentile from wrk's distribution (its own lines: `  50%  359.00us`)."""
+    found = re.search(rf"^\s+{percent}%\s+(\S+)\s*$", wrk_output, re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"no {percent}% line in wrk's output:\n{wrk_output}")
+    return _micros(found.group(1))
+
+
 def wrk(url: str, script: Path, connections: int) -> WrkResult:
     """One wrk run against `url`, pinned to core 1 with the backend."""
     out = subprocess.run(
@@ -186,8 +194,7 @@ def wrk(url: str, script: Path, connections: int) -> WrkResult:
         timeout=SECONDS * 4 + 10,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _micros(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _micros(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p50, p99 = (_percentile(out, p) for p in ("50", "99"))
     errors = 0
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors += int(non_2xx.group(1)) if non_2xx else 0

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import aiohttp
-
 from routemesh_sidecar.routetable import ErrorClass
+from routemesh_sidecar.upstream.http1 import ConnectFailed, UpstreamClosed
 
 # Phrases providers use for a prompt that does not fit the model. OpenAI sends the code
 # context_length_exceeded; Anthropic and vLLM only say it in the message.
@@ -112,11 +111,11 @@ def classify_exception(exc: BaseException) -> ErrorClass:
     """The class of a transport failure."""
     if isinstance(exc, UpstreamFailure):
         return exc.error_class
-    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ServerFingerprintMismatch):
+    if isinstance(exc, ConnectFailed):
         return "connect_error"
-    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+    if isinstance(exc, asyncio.TimeoutError):
         return "timeout"
-    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+    if isinstance(exc, UpstreamClosed):
         return "server_error"
     if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError | ValueError):
         return "bad_response"

@@ -15,13 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-import aiohttp
 import orjson
 
 from routemesh_sidecar.protocol.codec import dumps_json, encode_json
@@ -41,6 +40,7 @@ from routemesh_sidecar.upstream.classify import (
     classify_exception,
     failure_from_response,
 )
+from routemesh_sidecar.upstream.http1 import ConnectionPool, MalformedResponse, UpstreamResponse
 
 Operation = Literal["chat", "completions", "embeddings"]
 
@@ -190,28 +190,33 @@ def upstream_headers(
 
 
 class UpstreamPool:
-    """One HTTP connection pool per endpoint, created when first used."""
+    """One keep-alive connection pool per endpoint, created when first used."""
 
     def __init__(self, limit_per_endpoint: int = 256) -> None:
         self._limit = limit_per_endpoint
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._pools: dict[str, ConnectionPool] = {}
+        self._ssl: ssl.SSLContext | None = None
 
-    def session(self, endpoint: Endpoint) -> aiohttp.ClientSession:
-        """The pooled session for the endpoint's origin."""
-        session = self._sessions.get(endpoint.url)
-        if session is None or session.closed:
-            connector = aiohttp.TCPConnector(limit=self._limit, ttl_dns_cache=30)
-            session = aiohttp.ClientSession(
-                connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",)
+    def pool(self, endpoint: Endpoint) -> ConnectionPool:
+        """The pool of the endpoint's URL (its path prefixes every request's path)."""
+        pool = self._pools.get(endpoint.url)
+        if pool is None:
+            pool = self._pools[endpoint.url] = ConnectionPool(
+                endpoint.url, limit=self._limit, ssl_context=self._tls()
             )
-            self._sessions[endpoint.url] = session
-        return session
+        return pool
+
+    def _tls(self) -> ssl.SSLContext:
+        """The system's trust store, loaded once (it costs milliseconds) for every pool."""
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context()
+        return self._ssl
 
     async def close(self) -> None:
         """Close every pool."""
-        sessions, self._sessions = list(self._sessions.values()), {}
-        for session in sessions:
-            await session.close()
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            await pool.close()
 
 
 @dataclass
@@ -242,19 +247,21 @@ class UpstreamClient:
     ) -> UpstreamReply | UpstreamStream:
         """Run one attempt; raise `UpstreamFailure` (classified) if it fails."""
         api = target.backend.api
-        url = target.endpoint.url.rstrip("/") + _PATHS[(api, call.operation)]
         key = self._credentials.key_for(target.backend.credentials)
         body = upstream_bytes(call, target)
         headers = upstream_headers(call, api, key, trace_headers)
         now = asyncio.get_running_loop().time()
         deadline = now + timeouts.remaining
         first_byte_by = min(now + timeouts.first_byte, deadline)
-        session = self._pool.session(target.endpoint)
-        response: aiohttp.ClientResponse | None = None
+        pool = self._pool.pool(target.endpoint)
+        response: UpstreamResponse | None = None
         try:
             async with asyncio.timeout_at(first_byte_by) as limit:
-                response = await session.post(
-                    url, data=body, headers=headers, timeout=_client_timeout(timeouts.connect)
+                response = await pool.post(
+                    _PATHS[(api, call.operation)],
+                    headers,
+                    body,
+                    connect_timeout=timeouts.connect,
                 )
                 if response.status >= 400:
                     raw = await response.content.read(_MAX_ERROR_BODY)
@@ -274,17 +281,15 @@ class UpstreamClient:
         except UpstreamFailure:
             _release(response)
             raise
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+        except (TimeoutError, OSError, ValueError) as exc:
             _release(response)
             raise UpstreamFailure(classify_exception(exc), _describe(exc)) from exc
+        except BaseException:  # cancelled (a hedge's loser): the provider must stop at once
+            _release(response)
+            raise
 
 
-@lru_cache(maxsize=64)
-def _client_timeout(connect: float) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=None, sock_connect=connect)
-
-
-def _release(response: aiohttp.ClientResponse | None) -> None:
+def _release(response: UpstreamResponse | None) -> None:
     if response is not None:
         response.close()
 
@@ -343,7 +348,7 @@ class UpstreamStream:
 
     call: DownstreamCall
     target: AttemptTarget
-    response: aiohttp.ClientResponse
+    response: UpstreamResponse
     deadline: float  # loop time by which the whole stream must have ended
     usage: Usage | None = None
     response_model: str | None = None
@@ -426,7 +431,7 @@ class UpstreamStream:
                 if not chunk:
                     raise StreamBroken("stream_broken", "upstream ended the stream before its end")
                 self._pending.extend(self._parser.feed(chunk))
-        except (aiohttp.ClientError, OSError) as exc:
+        except (OSError, MalformedResponse) as exc:
             raise StreamBroken(
                 "stream_broken", f"upstream stream failed: {_describe(exc)}"
             ) from exc

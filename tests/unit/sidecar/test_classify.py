@@ -2,7 +2,6 @@
 
 from email.utils import formatdate
 
-import aiohttp
 import pytest
 
 from routemesh_sidecar.upstream.classify import (
@@ -12,6 +11,7 @@ from routemesh_sidecar.upstream.classify import (
     failure_from_response,
     parse_retry_after,
 )
+from routemesh_sidecar.upstream.http1 import ConnectFailed, MalformedResponse, UpstreamClosed
 
 
 @pytest.mark.parametrize(
@@ -37,13 +37,12 @@ def test_status_classes(status: int, body: bytes, expected: str):
 
 
 def test_exceptions_are_classified_by_where_they_came_from():
-    refused = aiohttp.ClientConnectorError(
-        aiohttp.client_reqrep.ConnectionKey("h", 1, False, True, None, None, None),
-        OSError(111, "refused"),
-    )
+    """What the upstream client raises (`upstream.http1`), by where it happened."""
+    refused = ConnectFailed("cannot connect to h:1: [Errno 111] refused")
     assert classify_exception(refused) == "connect_error"
     assert classify_exception(TimeoutError()) == "timeout"
-    assert classify_exception(aiohttp.ServerDisconnectedError()) == "server_error"
+    assert classify_exception(UpstreamClosed("closed mid-answer")) == "server_error"
+    assert classify_exception(MalformedResponse("malformed HTTP")) == "bad_response"
     assert classify_exception(ValueError("bad json")) == "bad_response"
 
 
