@@ -61,6 +61,7 @@ class UpstreamResponse:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._decoder: zlib._Decompress | None = None
+        self._whole = False  # read() wants it all: no backpressure, the body is kept anyway
 
     @property
     def content(self) -> UpstreamResponse:
@@ -81,11 +82,16 @@ class UpstreamResponse:
 
     async def read(self, limit: int | None = None) -> bytes:
         """The whole body (or its first `limit` bytes, for an error's message)."""
-        while not self._ended and (limit is None or self._buffered < limit):
+        self._whole = True
+        if self._connection is not None:
+            self._connection.resume()
+        while True:
             if self._error is not None:
                 if limit is None or not self._chunks:
                     raise self._error  # never a silently truncated body
                 break  # enough of an error's message
+            if self._ended or (limit is not None and self._buffered >= limit):
+                break
             await self._wait()
         body = b"".join(self._chunks)
         self._chunks.clear()
@@ -128,6 +134,8 @@ class UpstreamResponse:
 
     def _feed(self, data: bytes) -> bool:
         """Take body bytes; True when the reader is far enough behind to stop reading."""
+        if self._error is not None:
+            return False  # the answer already failed; its framing still has to be read
         if self._decoder is not None:
             try:
                 data = self._decoder.decompress(data)
@@ -138,11 +146,19 @@ class UpstreamResponse:
             self._chunks.append(data)
             self._buffered += len(data)
             self._wake()
-        return self._buffered >= _HIGH_WATER
+        return not self._whole and self._buffered >= _HIGH_WATER
 
     def _end(self) -> None:
+        if self._error is not None:
+            self._connection = None
+            self._wake()
+            return
         if self._decoder is not None:
-            rest = self._decoder.flush()
+            try:
+                rest = self._decoder.flush()
+            except zlib.error as exc:
+                self._fail(MalformedResponse(f"upstream body does not decode: {exc}"))
+                return
             if rest:
                 self._chunks.append(rest)
                 self._buffered += len(rest)
