@@ -15,7 +15,6 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -40,6 +39,7 @@ from routemesh_sidecar.routing.pipeline import Router, unsupported_strategies
 from routemesh_sidecar.routing.tokens import Tokenizers, load_tokenizers
 from routemesh_sidecar.settings import SidecarSettings
 from routemesh_sidecar.telemetry.metrics import CONTENT_TYPE, Metrics
+from routemesh_sidecar.telemetry.otlp import ProtobufSpanExporter
 from routemesh_sidecar.telemetry.tracing import SpanRecorder
 from routemesh_sidecar.upstream.breaker import STATE_VALUES, Transition
 from routemesh_sidecar.upstream.client import CredentialStore, UpstreamClient, UpstreamPool
@@ -125,9 +125,17 @@ class Sidecar:
 
     def _span_processor(self) -> SpanProcessor | None:
         """Batch export over OTLP/HTTP when an endpoint is configured; no spans otherwise."""
-        if not self.settings.traces_url:
+        settings = self.settings
+        if not settings.traces_url:
             return None
-        return BatchSpanProcessor(OTLPSpanExporter(endpoint=self.settings.traces_url))
+        exporter = ProtobufSpanExporter(
+            settings.traces_url,
+            headers=settings.otlp_header_map(),
+            timeout_seconds=settings.otlp_timeout_seconds,
+            compression=settings.otlp_compression,
+            certificate=str(settings.otlp_certificate) if settings.otlp_certificate else None,
+        )
+        return BatchSpanProcessor(exporter)
 
     def _probe_session(self) -> aiohttp.ClientSession:
         """One small pool for health probes, apart from the request pools."""

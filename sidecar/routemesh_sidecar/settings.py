@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -154,6 +155,40 @@ class SidecarSettings(BaseSettings):
         ),
         description="OTLP/HTTP base URL; traces go to its /v1/traces. Standard OTel variable.",
     )
+    otlp_headers: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "ROUTEMESH_SIDECAR_OTLP_HEADERS",
+        ),
+        description="Headers of every export, as OTel writes them: `key=value,key2=value2`, "
+        "values percent-encoded (for example a collector's API key).",
+    )
+    otlp_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        validation_alias=AliasChoices("ROUTEMESH_SIDECAR_OTLP_TIMEOUT_SECONDS"),
+        description="How long one export, retries included, may take before its batch is dropped.",
+    )
+    otlp_compression: Literal["none", "gzip"] = Field(
+        default="none",
+        validation_alias=AliasChoices(
+            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+            "OTEL_EXPORTER_OTLP_COMPRESSION",
+            "ROUTEMESH_SIDECAR_OTLP_COMPRESSION",
+        ),
+        description="Compression of export bodies: none, or gzip (for a collector across nodes).",
+    )
+    otlp_certificate: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            "ROUTEMESH_SIDECAR_OTLP_CERTIFICATE",
+        ),
+        description="CA bundle to trust for an https collector (default: the system's).",
+    )
     otel_service_name: str = Field(
         default="routemesh-sidecar",
         validation_alias=AliasChoices("OTEL_SERVICE_NAME"),
@@ -165,6 +200,15 @@ class SidecarSettings(BaseSettings):
         validation_alias=AliasChoices("OTEL_SDK_DISABLED"),
         description="Turn tracing export off, as the standard OTel variable does.",
     )
+
+    def otlp_header_map(self) -> dict[str, str]:
+        """`otlp_headers` parsed: comma-separated `key=value` pairs, values percent-decoded."""
+        headers: dict[str, str] = {}
+        for pair in (self.otlp_headers or "").split(","):
+            key, sep, value = pair.partition("=")
+            if sep and key.strip():
+                headers[key.strip()] = unquote(value.strip())
+        return headers
 
     @property
     def traces_url(self) -> str | None:
