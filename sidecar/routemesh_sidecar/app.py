@@ -17,7 +17,6 @@ import aiohttp
 from aiohttp import web
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from routemesh_sidecar.admin.server import AdminSources, build_admin_app
 from routemesh_sidecar.discovery.file import FileRouteTableSource, RouteTableSource
@@ -39,8 +38,8 @@ from routemesh_sidecar.routing.pipeline import Router, unsupported_strategies
 from routemesh_sidecar.routing.tokens import Tokenizers, load_tokenizers
 from routemesh_sidecar.settings import SidecarSettings
 from routemesh_sidecar.telemetry.metrics import CONTENT_TYPE, Metrics
-from routemesh_sidecar.telemetry.otlp import ProtobufSpanExporter
-from routemesh_sidecar.telemetry.tracing import SpanRecorder
+from routemesh_sidecar.telemetry.otlp import ExportSettings, OtlpExporter, SpanEncoder
+from routemesh_sidecar.telemetry.tracing import SCOPE, SpanRecorder
 from routemesh_sidecar.upstream.breaker import STATE_VALUES, Transition
 from routemesh_sidecar.upstream.client import CredentialStore, UpstreamClient, UpstreamPool
 from routemesh_sidecar.upstream.executor import Executor
@@ -82,12 +81,14 @@ class Sidecar:
         self.metrics = Metrics()
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
-        # A processor passed in belongs to the caller, who shuts it down.
-        self._owns_span_processor = span_processor is None
+        # A processor passed in (tests) belongs to the caller, who shuts it down; with one, the
+        # sidecar does not export on its own.
+        resource = Resource.create({"service.name": settings.otel_service_name})
         self.spans = SpanRecorder(
-            span_processor if span_processor is not None else self._span_processor(),
-            Resource.create({"service.name": settings.otel_service_name}),
+            span_processor,
+            resource,
             self._sampling_ratio,
+            exporter=self._span_exporter(resource) if span_processor is None else None,
         )
         self.pool = UpstreamPool()
         client = UpstreamClient(self.pool, CredentialStore(variables or {}), self.clock.wall)
@@ -123,19 +124,21 @@ class Sidecar:
         self.admin_port: int | None = None
         self._started = False
 
-    def _span_processor(self) -> SpanProcessor | None:
-        """Batch export over OTLP/HTTP when an endpoint is configured; no spans otherwise."""
+    def _span_exporter(self, resource: Resource) -> OtlpExporter | None:
+        """Export over OTLP/HTTP when an endpoint is configured; no export otherwise."""
         settings = self.settings
         if not settings.traces_url:
             return None
-        exporter = ProtobufSpanExporter(
-            settings.traces_url,
-            headers=settings.otlp_header_map(),
-            timeout_seconds=settings.otlp_timeout_seconds,
-            compression=settings.otlp_compression,
-            certificate=str(settings.otlp_certificate) if settings.otlp_certificate else None,
+        return OtlpExporter(
+            SpanEncoder(resource, SCOPE),
+            ExportSettings(
+                settings.traces_url,
+                headers=settings.otlp_header_map(),
+                timeout_seconds=settings.otlp_timeout_seconds,
+                compression=settings.otlp_compression,
+                certificate=str(settings.otlp_certificate) if settings.otlp_certificate else None,
+            ),
         )
-        return BatchSpanProcessor(exporter)
 
     def _probe_session(self) -> aiohttp.ClientSession:
         """One small pool for health probes, apart from the request pools."""
@@ -256,6 +259,8 @@ class Sidecar:
         if self.source is not None:
             await self.source.load_once()
             self._spawn("route-table-source", self.source.run())
+        if self.spans.exporter is not None:
+            self._spawn("otlp-export", self.spans.exporter.run())
         if self.shared_health is not None:
             self._spawn("shared-health-sender", self.shared_health.run_sender())
             self._spawn("shared-health-watcher", self.shared_health.run_watcher())
@@ -333,8 +338,8 @@ class Sidecar:
         await self.pool.close()
         if self._probe_http is not None:
             await self._probe_http.close()
-        if self._owns_span_processor:
-            self.spans.shutdown()
+        if self.spans.exporter is not None:
+            await self.spans.exporter.close()  # the spans of the last requests go out too
 
     async def run_forever(self) -> None:
         """Start, then wait until cancelled, then stop."""

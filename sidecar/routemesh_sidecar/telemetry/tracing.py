@@ -7,8 +7,9 @@ the decision under `routemesh.*`. Content is never recorded unless the route tab
 opts in: the listener then passes the content attributes (`telemetry.content`) in. It reads
 results and never influences routing.
 
-Spans are kept as plain records while the request runs and handed to the OpenTelemetry SDK's
-span processor (batching, OTLP export) as finished `ReadableSpan`s when it ends. The SDK's live
+Spans are kept as plain records while the request runs; when one ends it goes to the sidecar's
+OTLP exporter (`telemetry.otlp`, which encodes it at once), or to an SDK span processor as a
+`ReadableSpan` (tests read spans that way). The SDK's live
 `Span` validates every attribute one by one, under a lock, which cost a fifth of the sidecar's
 CPU per request; the attributes here are built by this module from known types, so that work
 buys nothing. The trade: these spans are not visible to `opentelemetry.trace.get_current_span`
@@ -39,6 +40,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.trace.span import TraceState
 
 from routemesh_sidecar.protocol.usage import Usage
+from routemesh_sidecar.telemetry.otlp import OtlpExporter, SpanFields
 from routemesh_sidecar.telemetry.records import AttemptRecord
 
 ROUTE_SPAN_NAME = "routemesh.route"
@@ -62,7 +64,11 @@ def sampled(parent: SpanContext | None, trace_id: int, ratio: float) -> bool:
 
 
 class SpanRecorder:
-    """Where finished spans go: the SDK's span processor, with the sidecar's resource."""
+    """Where finished spans go: the sidecar's OTLP exporter, or an SDK span processor, or both.
+
+    In production only one is set: the exporter when an OTLP endpoint is configured. Tests hand
+    in an SDK processor (an in-memory exporter) to read spans as `ReadableSpan`s.
+    """
 
     def __init__(
         self,
@@ -70,21 +76,20 @@ class SpanRecorder:
         resource: Resource,
         sampling_ratio: Callable[[], float],
         ids: IdGenerator | None = None,
+        exporter: OtlpExporter | None = None,
     ) -> None:
         self.processor = processor
+        self.exporter = exporter
         self.resource = resource
         self.sampling_ratio = sampling_ratio
         self.ids = ids or RandomIdGenerator()
 
-    def emit(self, span: ReadableSpan) -> None:
-        """Hand a finished span to the processor (which may batch and export it)."""
+    def emit(self, span: SpanFields) -> None:
+        """Hand a finished span to the exporter and the processor."""
+        if self.exporter is not None:
+            self.exporter.add(span)
         if self.processor is not None:
-            self.processor.on_end(span)
-
-    def shutdown(self) -> None:
-        """Flush and stop the processor."""
-        if self.processor is not None:
-            self.processor.shutdown()
+            self.processor.on_end(readable(span, self.resource))
 
 
 @dataclass
@@ -104,19 +109,17 @@ class _OpenSpan:
         self.attributes["error.type"] = error_class
         self.status = Status(StatusCode.ERROR, message or error_class)
 
-    def finished(self, recorder: SpanRecorder) -> ReadableSpan:
-        return ReadableSpan(
+    def finished(self) -> SpanFields:
+        return SpanFields(
             self.name,
-            context=self.context,
-            parent=self.parent,
-            resource=recorder.resource,
-            attributes=self.attributes,
-            events=self.events,
-            kind=self.kind,
-            status=self.status,
-            start_time=self.start_ns,
-            end_time=time.time_ns(),
-            instrumentation_scope=SCOPE,
+            self.context,
+            self.parent,
+            self.kind,
+            self.attributes,
+            self.start_ns,
+            time.time_ns(),
+            self.events,
+            self.status,
         )
 
 
@@ -243,7 +246,24 @@ class RequestTrace:
 
     def _emit(self, span: _OpenSpan) -> None:
         if self.sampled:
-            self._recorder.emit(span.finished(self._recorder))
+            self._recorder.emit(span.finished())
+
+
+def readable(span: SpanFields, resource: Resource) -> ReadableSpan:
+    """The SDK's form of a finished span, for span processors."""
+    return ReadableSpan(
+        span.name,
+        context=span.context,
+        parent=span.parent,
+        resource=resource,
+        attributes=span.attributes,
+        events=span.events,
+        kind=span.kind,
+        status=span.status,
+        start_time=span.start_ns,
+        end_time=span.end_ns,
+        instrumentation_scope=SCOPE,
+    )
 
 
 def _parent_context(headers: Mapping[str, str]) -> SpanContext | None:

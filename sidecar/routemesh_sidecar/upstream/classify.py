@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from routemesh_sidecar.protocol.http1 import ConnectFailed, UpstreamClosed
 from routemesh_sidecar.routetable import ErrorClass
-from routemesh_sidecar.upstream.http1 import ConnectFailed, UpstreamClosed
 
 # Phrases providers use for a prompt that does not fit the model. OpenAI sends the code
 # context_length_exceeded; Anthropic and vLLM only say it in the message.

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import orjson
 
 from routemesh_sidecar.protocol.codec import dumps_json, encode_json
+from routemesh_sidecar.protocol.http1 import ConnectionPool, MalformedResponse, UpstreamResponse
 from routemesh_sidecar.protocol.sse import SSEEvent, SSEParser, encode_event
 from routemesh_sidecar.protocol.translate import (
     AnthropicToOpenAIStream,
@@ -40,7 +41,6 @@ from routemesh_sidecar.upstream.classify import (
     classify_exception,
     failure_from_response,
 )
-from routemesh_sidecar.upstream.http1 import ConnectionPool, MalformedResponse, UpstreamResponse
 
 Operation = Literal["chat", "completions", "embeddings"]
 

@@ -4,6 +4,7 @@ from email.utils import formatdate
 
 import pytest
 
+from routemesh_sidecar.protocol.http1 import ConnectFailed, MalformedResponse, UpstreamClosed
 from routemesh_sidecar.upstream.classify import (
     FALLBACK_CLASSES,
     classify_exception,
@@ -11,7 +12,6 @@ from routemesh_sidecar.upstream.classify import (
     failure_from_response,
     parse_retry_after,
 )
-from routemesh_sidecar.upstream.http1 import ConnectFailed, MalformedResponse, UpstreamClosed
 
 
 @pytest.mark.parametrize(
@@ -37,7 +37,7 @@ def test_status_classes(status: int, body: bytes, expected: str):
 
 
 def test_exceptions_are_classified_by_where_they_came_from():
-    """What the upstream client raises (`upstream.http1`), by where it happened."""
+    """What the upstream client raises (`protocol.http1`), by where it happened."""
     refused = ConnectFailed("cannot connect to h:1: [Errno 111] refused")
     assert classify_exception(refused) == "connect_error"
     assert classify_exception(TimeoutError()) == "timeout"

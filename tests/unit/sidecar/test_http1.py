@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from routemesh_sidecar.upstream.http1 import (
+from routemesh_sidecar.protocol.http1 import (
     ConnectFailed,
     ConnectionPool,
     MalformedResponse,

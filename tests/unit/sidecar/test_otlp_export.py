@@ -7,6 +7,7 @@ official OTLP protobuf classes into equal messages. The exporter posts to a real
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import threading
 from collections.abc import Iterator
@@ -19,18 +20,18 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExportResult
 
 from routemesh_sidecar.protocol.usage import Usage
 from routemesh_sidecar.settings import SidecarSettings
-from routemesh_sidecar.telemetry.otlp import ProtobufSpanExporter, SpanEncoder
+from routemesh_sidecar.telemetry.otlp import ExportSettings, OtlpExporter, SpanEncoder
 from routemesh_sidecar.telemetry.records import AttemptRecord
-from routemesh_sidecar.telemetry.tracing import RequestTrace, SpanRecorder
+from routemesh_sidecar.telemetry.tracing import SCOPE, RequestTrace, SpanRecorder
 
 pytestmark = pytest.mark.timeout(20)
 
 PARENT = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
 STATE = {**PARENT, "tracestate": "vendor=opaque,other=1"}
+RESOURCE = Resource.create({"service.name": "routemesh-sidecar", "k8s.pod.name": "app-1"})
 
 
 class Collect:
@@ -56,14 +57,12 @@ def attempt(index: int, **fields: Any) -> AttemptRecord:
     )
 
 
-def recorded_spans() -> list[ReadableSpan]:
+def exporter_to(url: str, **settings: Any) -> OtlpExporter:
+    return OtlpExporter(SpanEncoder(RESOURCE, SCOPE), ExportSettings(url, **settings))
+
+
+def record_spans(recorder: SpanRecorder) -> None:
     """Spans as the sidecar records them: success, failure, retries, events, lists, contexts."""
-    sink = Collect()
-    recorder = SpanRecorder(
-        sink,  # type: ignore[arg-type]
-        Resource.create({"service.name": "routemesh-sidecar", "k8s.pod.name": "app-1"}),
-        lambda: 1.0,
-    )
     for headers in ({}, PARENT, STATE):
         trace = RequestTrace(
             recorder,
@@ -96,26 +95,45 @@ def recorded_spans() -> list[ReadableSpan]:
         )
     failing = RequestTrace(recorder, {}, "embeddings", {"routemesh.route": "embed"})
     failing.finish(usage=None, response_model=None, error_class="timeout", message="too slow")
-    return sink.spans
+
+
+def both_ways(url: str = "http://127.0.0.1:9/v1/traces") -> tuple[OtlpExporter, list[ReadableSpan]]:
+    """The same spans queued as bytes by the exporter and kept as `ReadableSpan`s."""
+    sink = Collect()
+    exporter = exporter_to(url)
+    recorder = SpanRecorder(
+        sink,  # type: ignore[arg-type]
+        RESOURCE,
+        lambda: 1.0,
+        exporter=exporter,
+    )
+    record_spans(recorder)
+    return exporter, sink.spans
+
+
+def queued_request(exporter: OtlpExporter) -> ExportTraceServiceRequest:
+    return ExportTraceServiceRequest.FromString(exporter.encoder.request(exporter._queued))
 
 
 def test_the_bytes_parse_into_what_the_sdk_encoder_makes_of_the_same_spans():
-    spans = recorded_spans()
+    exporter, spans = both_ways()
     assert len(spans) == 13
-    ours = ExportTraceServiceRequest.FromString(SpanEncoder().encode(spans))
-    assert ours == encode_spans(spans)
+    assert queued_request(exporter) == encode_spans(spans)
 
 
-def test_a_reused_encoder_gives_the_same_bytes_from_its_cache():
-    spans = recorded_spans()
-    encoder = SpanEncoder()
-    first = encoder.encode(spans)
-    assert encoder.encode(spans) == first
-    assert ExportTraceServiceRequest.FromString(first) == encode_spans(spans)
+def test_spans_encoded_from_the_cache_still_match_the_sdk():
+    sink = Collect()
+    exporter = exporter_to("http://127.0.0.1:9/v1/traces")
+    recorder = SpanRecorder(sink, RESOURCE, lambda: 1.0, exporter=exporter)  # type: ignore[arg-type]
+    record_spans(recorder)
+    first = len(exporter.encoder._names), len(exporter.encoder._attributes._keys[9])
+    record_spans(recorder)  # the same names and keys again: every one from the cache
+    assert (len(exporter.encoder._names), len(exporter.encoder._attributes._keys[9])) == first
+    assert queued_request(exporter) == encode_spans(sink.spans)
 
 
 def test_an_empty_batch_is_an_empty_request():
-    assert SpanEncoder().encode([]) == b""
+    assert exporter_to("http://127.0.0.1:9/v1/traces").encoder.request([]) == b""
 
 
 class Collector(BaseHTTPRequestHandler):
@@ -150,71 +168,114 @@ def collector(*statuses: int) -> Iterator[tuple[str, type[Collector]]]:
         thread.join(5)
 
 
-def test_an_export_posts_protobuf_with_the_configured_headers():
-    spans = recorded_spans()
+@pytest.mark.asyncio
+async def test_an_export_posts_protobuf_with_the_configured_headers():
     with collector() as (url, handler):
-        exporter = ProtobufSpanExporter(url, headers={"x-api-key": "k 1"})
-        assert exporter.export(spans) is SpanExportResult.SUCCESS
-        exporter.shutdown()
+        exporter, spans = both_ways(url)
+        exporter.settings = ExportSettings(url, headers={"x-api-key": "k 1"})
+        exporter._headers["x-api-key"] = "k 1"
+        await exporter.close()
     headers, body = handler.received[0]
-    assert headers["Content-Type"] == "application/x-protobuf"
+    assert headers["content-type"] == "application/x-protobuf"
     assert headers["x-api-key"] == "k 1"
     assert ExportTraceServiceRequest.FromString(body) == encode_spans(spans)
 
 
-def test_gzip_compression_sends_a_gzip_body():
-    spans = recorded_spans()
+@pytest.mark.asyncio
+async def test_gzip_compression_sends_a_gzip_body():
     with collector() as (url, handler):
-        exporter = ProtobufSpanExporter(url, compression="gzip")
-        assert exporter.export(spans) is SpanExportResult.SUCCESS
-        exporter.shutdown()
+        sink = Collect()
+        exporter = exporter_to(url, compression="gzip")
+        record_spans(SpanRecorder(sink, RESOURCE, lambda: 1.0, exporter=exporter))  # type: ignore[arg-type]
+        await exporter.close()
     headers, body = handler.received[0]
-    assert headers["Content-Encoding"] == "gzip"
-    assert ExportTraceServiceRequest.FromString(gzip.decompress(body)) == encode_spans(spans)
+    assert headers["content-encoding"] == "gzip"
+    assert ExportTraceServiceRequest.FromString(gzip.decompress(body)) == encode_spans(sink.spans)
 
 
-def test_a_retryable_status_is_retried_with_backoff_until_it_succeeds():
-    slept: list[float] = []
-    with collector(503, 429) as (url, handler):
-        exporter = ProtobufSpanExporter(url, sleep=slept.append)
-        assert exporter.export(recorded_spans()) is SpanExportResult.SUCCESS
-        exporter.shutdown()
-    assert len(handler.received) == 3
-    assert slept == [0.5, 1.0]
+@pytest.mark.asyncio
+async def test_batches_are_posted_a_batch_at_a_time():
+    with collector() as (url, handler):
+        exporter = exporter_to(url, batch_spans=5)
+        record_spans(SpanRecorder(None, RESOURCE, lambda: 1.0, exporter=exporter))
+        await exporter.flush()
+        await exporter.close()
+    sizes = [
+        len(ExportTraceServiceRequest.FromString(body).resource_spans[0].scope_spans[0].spans)
+        for _, body in handler.received
+    ]
+    assert sizes == [5, 5, 3]
 
 
-def test_a_refused_batch_is_dropped_at_once_and_logged(caplog: pytest.LogCaptureFixture):
-    slept: list[float] = []
-    with collector(400) as (url, handler):
-        exporter = ProtobufSpanExporter(url, sleep=slept.append)
-        assert exporter.export(recorded_spans()) is SpanExportResult.FAILURE
-        exporter.shutdown()
+@pytest.mark.asyncio
+async def test_a_full_batch_wakes_the_export_task_before_its_interval():
+    with collector() as (url, handler):
+        exporter = exporter_to(url, batch_spans=13, interval_seconds=3600)
+        task = asyncio.create_task(exporter.run())
+        record_spans(SpanRecorder(None, RESOURCE, lambda: 1.0, exporter=exporter))
+        for _ in range(200):
+            if handler.received:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await exporter.close()
     assert len(handler.received) == 1
-    assert slept == []
+
+
+def test_a_queue_past_its_limit_drops_and_counts_new_spans():
+    exporter = exporter_to("http://127.0.0.1:9/v1/traces", max_queued_spans=10)
+    record_spans(SpanRecorder(None, RESOURCE, lambda: 1.0, exporter=exporter))
+    assert len(exporter._queued) == 10
+    assert exporter.dropped == 3
+
+
+class VirtualSleep:
+    """asyncio.sleep on a virtual clock: the loop's time does not move, the record does."""
+
+    def __init__(self) -> None:
+        self.slept: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+
+@pytest.mark.asyncio
+async def test_a_retryable_status_is_retried_with_backoff_until_it_succeeds():
+    sleep = VirtualSleep()
+    with collector(503, 429) as (url, handler):
+        exporter = OtlpExporter(SpanEncoder(RESOURCE, SCOPE), ExportSettings(url), sleep=sleep)
+        record_spans(SpanRecorder(None, RESOURCE, lambda: 1.0, exporter=exporter))
+        await exporter.close()
+    assert len(handler.received) == 3
+    assert sleep.slept == [0.5, 1.0]
+
+
+@pytest.mark.asyncio
+async def test_a_refused_batch_is_dropped_at_once_and_logged(caplog: pytest.LogCaptureFixture):
+    sleep = VirtualSleep()
+    with collector(400) as (url, handler):
+        exporter = OtlpExporter(SpanEncoder(RESOURCE, SCOPE), ExportSettings(url), sleep=sleep)
+        record_spans(SpanRecorder(None, RESOURCE, lambda: 1.0, exporter=exporter))
+        await exporter.close()
+    assert len(handler.received) == 1
+    assert sleep.slept == []
     assert "dropped 13 spans: HTTP 400" in caplog.text
 
 
-class VirtualClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.slept: list[float] = []
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
-
-def test_retries_stop_at_the_timeout():
-    clock = VirtualClock()
-    slept = clock.slept
-    with collector(503, 503, 503, 503) as (url, handler):
-        exporter = ProtobufSpanExporter(
-            url, timeout_seconds=1.2, sleep=clock.sleep, clock=lambda: clock.now
-        )
-        assert exporter.export(recorded_spans()) is SpanExportResult.FAILURE
-        exporter.shutdown()
-    assert slept == [0.5]  # a second wait (1.0 s) would pass the 1.2 s timeout
-    assert len(handler.received) == 2
+@pytest.mark.asyncio
+async def test_an_unreachable_collector_is_retried_until_the_timeout_then_dropped(
+    caplog: pytest.LogCaptureFixture,
+):
+    sleep = VirtualSleep()
+    exporter = OtlpExporter(
+        SpanEncoder(RESOURCE, SCOPE),
+        ExportSettings("http://127.0.0.1:9/v1/traces", timeout_seconds=1.2),
+        sleep=sleep,
+    )
+    record_spans(SpanRecorder(None, RESOURCE, lambda: 1.0, exporter=exporter))
+    await exporter.close()
+    assert sleep.slept  # retried: a refused connection may be a collector restarting
+    assert "dropped 13 spans: ConnectFailed" in caplog.text
 
 
 def test_the_standard_otel_variables_configure_the_export(monkeypatch: pytest.MonkeyPatch):
