@@ -83,13 +83,14 @@ def _any_value(value: Any) -> bytes:  # noqa: PLR0911  (one return per AnyValue 
 class _KeyEntry:
     """One attribute key's encodings: the values seen with it, and the prefix of a float."""
 
-    __slots__ = ("bools", "float_prefix", "head", "ints", "number", "strs")
+    __slots__ = ("bools", "float_prefix", "head", "ints", "number", "seqs", "strs")
 
     def __init__(self, number: int, key: str) -> None:
         self.number = number
         self.head = _field(1, key.encode())
-        self.strs: dict[str, bytes] = {}
-        self.ints: dict[int, bytes] = {}
+        self.strs: dict[Any, bytes] = {}
+        self.ints: dict[Any, bytes] = {}
+        self.seqs: dict[Any, bytes] = {}
         self.bools = (self._encode(False), self._encode(True))
         body_length = len(self.head) + 11  # the value: tag, length 9, then a tagged double
         self.float_prefix = (
@@ -100,27 +101,28 @@ class _KeyEntry:
         return _field(self.number, self.head + _field(2, _any_value(value)))
 
     def encode(self, value: Any) -> bytes:
-        """The KeyValue field for this value: from the cache for strings and integers."""
+        """The KeyValue field for this value: from the cache, but for floats (costs, times)."""
         kind = type(value)
-        if kind is str:
-            encoded = self.strs.get(value)
-            if encoded is None:
-                encoded = self._encode(value)
-                if len(self.strs) < _CACHE_LIMIT:
-                    self.strs[value] = encoded
-            return encoded
         if kind is bool:
             return self.bools[value]
         if kind is float:
             return self.float_prefix + _DOUBLE.pack(value)
-        if kind is int:
-            encoded = self.ints.get(value)
-            if encoded is None:
-                encoded = self._encode(value)
-                if len(self.ints) < _CACHE_LIMIT:
-                    self.ints[value] = encoded
-            return encoded
-        return self._encode(value)  # lists: rare, and seldom equal twice
+        if kind is str or kind is int:  # a bool is an int, but was answered above
+            return self._cached(self.strs if kind is str else self.ints, value)
+        if kind is list or kind is tuple:  # the decision's candidates: the same most times
+            try:
+                return self._cached(self.seqs, tuple(value))
+            except TypeError:  # an unhashable item: not an OTel attribute, but still encoded
+                return self._encode(tuple(value))
+        return self._encode(value)
+
+    def _cached(self, cache: dict[Any, bytes], value: Any) -> bytes:
+        encoded = cache.get(value)
+        if encoded is None:
+            encoded = self._encode(value)
+            if len(cache) < _CACHE_LIMIT:
+                cache[value] = encoded
+        return encoded
 
 
 class _AttributeCodec:
