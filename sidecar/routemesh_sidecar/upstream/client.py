@@ -414,11 +414,11 @@ class UpstreamStream:
     async def _relay(self) -> AsyncGenerator[bytes, None]:
         try:
             while True:
-                for event in self._pending:
-                    out = self._handle(event)
-                    if out:
-                        yield out
-                self._pending.clear()
+                out, broken = self._handle_pending()
+                if out:
+                    yield out
+                if broken is not None:
+                    raise broken
                 if self._done:
                     return
                 try:
@@ -437,6 +437,26 @@ class UpstreamStream:
             ) from exc
         finally:
             self.response.close()
+
+    def _handle_pending(self) -> tuple[bytes, Exception | None]:
+        """The downstream bytes of every event that has arrived, joined into one write.
+
+        Events that came in one read go out in one write (a write per event cost a system call
+        each); nothing waits for more. An error event (or one that cannot be read) ends the
+        batch: the events before it still go out, then the error is raised, as one by one.
+        """
+        outputs: list[bytes] = []
+        broken: Exception | None = None
+        for event in self._pending:
+            try:
+                out = self._handle(event)
+            except Exception as exc:  # re-raised by the caller, after the events before it
+                broken = exc
+                break
+            if out:
+                outputs.append(out)
+        self._pending.clear()
+        return b"".join(outputs), broken
 
     def _handle(self, event: SSEEvent) -> bytes:
         if event.event == "error" or event.data.startswith('{"error"'):

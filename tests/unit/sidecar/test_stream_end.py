@@ -98,3 +98,26 @@ async def test_an_abandoned_stream_is_closed_and_reported_once():
     stream.abandon()
     assert ended == [None]
     assert response.closed
+
+
+@pytest.mark.asyncio
+async def test_events_that_arrived_together_go_out_in_one_write_and_none_waits():
+    ended: list[Any] = []
+    stream, _ = await stream_of(
+        [chunk("a") + chunk("b") + chunk("c"), chunk("d"), b"data: [DONE]\n\n"], ended
+    )
+    relayed = [data async for data in stream.relay()]
+    assert relayed == [chunk("a") + chunk("b") + chunk("c"), chunk("d"), b"data: [DONE]\n\n"]
+
+
+@pytest.mark.asyncio
+async def test_the_events_before_an_error_event_in_the_same_read_still_go_out():
+    ended: list[Any] = []
+    error = b'data: {"error":{"type":"server_error","message":"model crashed"}}\n\n'
+    stream, _ = await stream_of([chunk("a"), chunk("b") + error + chunk("c")], ended)
+    relayed: list[bytes] = []
+    with pytest.raises(StreamBroken, match="model crashed"):
+        async for data in stream.relay():
+            relayed.append(data)
+    assert relayed == [chunk("a"), chunk("b")]
+    assert ended == ["server_error"]
