@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import uvloop
 
 from sidecar_overhead import free_port, has_text, process, route_table
 
@@ -119,6 +120,20 @@ http {{
 
 
 @contextmanager
+def nginx(tmp: Path, name: str, conf: str, port: int, cpu: int) -> Iterator[None]:
+    """One nginx master on `cpu`, with its own directory for its pid, logs and temp files."""
+    directory = tmp / f"nginx-{name}"
+    directory.mkdir()
+    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (directory / kind).mkdir()
+    path = directory / "nginx.conf"
+    path.write_text(conf.replace(str(tmp) + "/", str(directory) + "/"))
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    with process([binary, "-c", str(path), "-e", "stderr"], port, cpu):
+        yield
+
+
+@contextmanager
 def nginx_pair(tmp: Path, backend_port: int, proxy_port: int) -> Iterator[None]:
     """Start nginx twice from one config: the backend on core 1, the proxy on core 0.
 
@@ -132,20 +147,40 @@ def nginx_pair(tmp: Path, backend_port: int, proxy_port: int) -> Iterator[None]:
     proxy_only = conf.replace(
         f"listen 127.0.0.1:{backend_port} reuseport;", f"listen 127.0.0.1:{free_port()};"
     )
-    with ExitStack() as stack:
-        for name, text, port, cpu in (
-            ("backend", backend_only, backend_port, 1),
-            ("proxy", proxy_only, proxy_port, 0),
-        ):
-            directory = tmp / f"nginx-{name}"
-            directory.mkdir()
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-                (directory / kind).mkdir()
-            path = directory / "nginx.conf"
-            path.write_text(text.replace(str(tmp) + "/", str(directory) + "/"))
-            nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-            stack.enter_context(process([nginx, "-c", str(path), "-e", "stderr"], port, cpu))
+    with (
+        nginx(tmp, "backend", backend_only, backend_port, 1),
+        nginx(tmp, "proxy", proxy_only, proxy_port, 0),
+    ):
         yield
+
+
+def nginx_stream_proxy_conf(tmp: Path, port: int, upstream_port: int) -> str:
+    """An nginx that relays a stream as it comes (unbuffered): the compiled reference for TTFT."""
+    return f"""
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/client_body;
+  proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fastcgi;
+  uwsgi_temp_path {tmp}/uwsgi;
+  scgi_temp_path {tmp}/scgi;
+  upstream provider {{ server 127.0.0.1:{upstream_port}; keepalive 8; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://provider;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }}
+  }}
+}}
+"""
 
 
 WRK_SCRIPT = """
@@ -295,26 +330,31 @@ async def measure_streams(urls: dict[str, str]) -> dict[str, list[list[float]]]:
 
 
 def stream_part(tmp: Path) -> dict[str, list[list[float]]]:
-    provider, floor, sidecar = (free_port() for _ in range(3))
+    """Paced streams directly, through nginx, the floor and the sidecar (all on core 0)."""
+    provider, nginx_port, floor, sidecar = (free_port() for _ in range(4))
     origin = f"http://127.0.0.1:{provider}"
     table = tmp / "paced-table.json"
     table.write_text(route_table(origin))
     paced = [sys.executable, str(BENCH / "fake_provider.py"), str(provider), str(GAP_MS)]
+    conf = nginx_stream_proxy_conf(tmp, nginx_port, provider)
     with ExitStack() as stack:
         stack.enter_context(process([*paced, str(CHUNKS)], provider, 1))
+        stack.enter_context(nginx(tmp, "stream-proxy", conf, nginx_port, 0))
         floor_argv = [sys.executable, str(BENCH / "passthrough_proxy.py"), str(floor), origin]
         stack.enter_context(process(floor_argv, floor, 0))
         stack.enter_context(process(sidecar_argv(table, sidecar), sidecar, 0))
         path = "/v1/chat/completions"
-        return asyncio.run(
-            measure_streams(
-                {
-                    "direct": f"{origin}{path}",
-                    "floor": f"http://127.0.0.1:{floor}{path}",
-                    "sidecar": f"http://127.0.0.1:{sidecar}{path}",
-                }
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(
+                measure_streams(
+                    {
+                        "direct": f"{origin}{path}",
+                        "nginx as a proxy": f"http://127.0.0.1:{nginx_port}{path}",
+                        "floor": f"http://127.0.0.1:{floor}{path}",
+                        "sidecar": f"http://127.0.0.1:{sidecar}{path}",
+                    }
+                )
             )
-        )
 
 
 def wrk_rows(r: dict[tuple[str, int], WrkResult]) -> list[str]:
@@ -358,18 +398,24 @@ def stream_rows(s: dict[str, list[list[float]]]) -> list[str]:
     def ttft_ms(name: str) -> float:
         return statistics.median(t[0] for t in s[name]) * 1000
 
-    def worst_lag_ms(name: str) -> float:
-        """The latest any event came, after its first, beyond the upstream's pacing."""
-        return max(t[k] - t[0] - k * GAP_MS / 1000 for t in s[name] for k in range(CHUNKS)) * 1000
+    def lags_ms(name: str) -> list[float]:
+        """Per stream: how much later than the upstream's pacing its latest event came."""
+        gap = GAP_MS / 1000
+        return [max(t[k] - t[0] - k * gap for k in range(CHUNKS)) * 1000 for t in s[name]]
 
     rows = [
-        f"| path | TTFT ms (median) | added TTFT ms | worst event lag ms ({CHUNKS} events, "
-        f"{GAP_MS} ms apart) |",
+        f"| path | TTFT ms (median) | added TTFT ms | event lag ms, median / p99 ({CHUNKS} "
+        f"events {GAP_MS} ms apart) |",
         "|---|---|---|---|",
     ]
     for name in s:
         added = ttft_ms(name) - ttft_ms("direct")
-        rows.append(f"| {name} | {ttft_ms(name):.3f} | {added:.3f} | {worst_lag_ms(name):.2f} |")
+        lags = lags_ms(name)
+        p99 = statistics.quantiles(lags, n=100)[-1]
+        rows.append(
+            f"| {name} | {ttft_ms(name):.3f} | {added:.3f} | "
+            f"{statistics.median(lags):.2f} / {p99:.2f} |"
+        )
     rows.append("")
     rows.append(
         f"- time to first token the sidecar adds: {ttft_ms('sidecar') - ttft_ms('direct'):.3f} ms"
