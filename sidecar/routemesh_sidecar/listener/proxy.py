@@ -148,6 +148,18 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         raise ApiError(413, f"request body is larger than the limit of {limit} bytes") from exc
 
 
+class EventStreamResponse(web.StreamResponse):
+    """A streamed answer whose headers leave with its first event, in one write.
+
+    aiohttp's StreamResponse sends its headers on their own when prepared; a stream is prepared
+    only once its first event has arrived, so a separate write for the headers bought nothing
+    and cost a system call (and a packet) on the way to the first token. (`web.Response` sets
+    the same class attribute for the same reason.)
+    """
+
+    _send_headers_immediately = False
+
+
 class Listener:
     """The request handlers."""
 
@@ -343,7 +355,7 @@ class Listener:
         cost_labels: CostLabels,
         shadowed: Shadowed | None,
     ) -> web.StreamResponse:
-        response = web.StreamResponse(
+        response = EventStreamResponse(
             status=200,
             headers={
                 "content-type": "text/event-stream",

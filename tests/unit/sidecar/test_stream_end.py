@@ -116,8 +116,12 @@ async def test_the_events_before_an_error_event_in_the_same_read_still_go_out():
     error = b'data: {"error":{"type":"server_error","message":"model crashed"}}\n\n'
     stream, _ = await stream_of([chunk("a"), chunk("b") + error + chunk("c")], ended)
     relayed: list[bytes] = []
-    with pytest.raises(StreamBroken, match="model crashed"):
+
+    async def relay_all() -> None:
         async for data in stream.relay():
             relayed.append(data)
+
+    with pytest.raises(StreamBroken, match="model crashed"):
+        await relay_all()
     assert relayed == [chunk("a"), chunk("b")]
     assert ended == ["server_error"]
