@@ -137,13 +137,17 @@ class _AttributeCodec:
             return b""
         keys = self._keys.setdefault(number, {})
         parts = []
+        append = parts.append
         for key, value in attributes.items():
             entry = keys.get(key)
             if entry is None:
                 entry = _KeyEntry(number, key)
                 if len(keys) < _CACHE_LIMIT:
                     keys[key] = entry
-            parts.append(entry.encode(value))
+            # The common case inline: a string seen before (this loop runs for every attribute
+            # of every span, on the event loop).
+            encoded = entry.strs.get(value) if type(value) is str else None
+            append(encoded if encoded is not None else entry.encode(value))
         return b"".join(parts)
 
 
