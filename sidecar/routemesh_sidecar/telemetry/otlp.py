@@ -136,7 +136,7 @@ class _AttributeCodec:
         if not attributes:
             return b""
         keys = self._keys.setdefault(number, {})
-        parts = []
+        parts: list[bytes] = []
         append = parts.append
         for key, value in attributes.items():
             entry = keys.get(key)
