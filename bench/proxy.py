@@ -8,7 +8,8 @@ completion, through each target in turn, in one run:
     exported; the same sidecar exporting every span over OTLP/HTTP (to an nginx location that
     answers 200, so the sink costs nothing); and the sidecar streaming (nginx answers a fixed
     event stream, which the sidecar parses for usage as it forwards it).
-Every target runs pinned to core 0; wrk and nginx's backend share core 1. The targets take turns
+Every target runs pinned to core 0; wrk, nginx's backend, the providers and this process (the
+stream part's client) share core 1. The targets take turns
 for ROUNDS rounds, so that drift in the machine's load hits them all alike, and each figure is
 the median of its rounds. Results are ratios against the floor, because absolute numbers on a
 shared 2-core machine are noisy.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import statistics
@@ -429,6 +431,9 @@ def run() -> list[str]:
     for tool in ("wrk", "nginx", "taskset"):
         if shutil.which(tool) is None and not Path("/usr/sbin/nginx").exists():
             raise SystemExit(f"{tool} is missing: `make bench-proxy` installs it from Debian")
+    # The stream part's timing client is this process: it shares core 1 with the providers, as
+    # wrk does, and never lands on the core the proxies run on.
+    os.sched_setaffinity(0, {1})
     with tempfile.TemporaryDirectory() as tmp:
         measured = measure_wrk(Path(tmp))
         streams = stream_part(Path(tmp))
