@@ -34,6 +34,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 # Past this much unread body, the connection stops reading until the consumer catches up.
 _HIGH_WATER = 256 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# How long a released answer may take to end before its connection is closed instead of reused.
+_DRAIN_SECONDS = 1.0
 
 
 class ConnectFailed(OSError):
@@ -63,6 +65,7 @@ class UpstreamResponse:
         self._waiter: asyncio.Future[None] | None = None
         self._decoder: zlib._Decompress | None = None
         self._whole = False  # read() wants it all: no backpressure, the body is kept anyway
+        self._discard = False  # released before its end: the rest is read and dropped
 
     @property
     def content(self) -> UpstreamResponse:
@@ -98,6 +101,27 @@ class UpstreamResponse:
         self._chunks.clear()
         self._consumed(self._buffered)
         return body if limit is None else body[:limit]
+
+    def release(self) -> None:
+        """Done reading: the rest is dropped as it comes, then the connection is reused.
+
+        If the rest does not come within a second, the connection is closed instead. For a
+        stream whose last event has arrived, the message's end (the chunked terminator) follows
+        at once; reconnecting for every stream cost a TCP handshake before the next stream's
+        first token.
+        """
+        self.closed = True
+        connection = self._connection
+        if self._ended or connection is None:
+            return
+        self._discard = True
+        self._chunks.clear()
+        self._consumed(self._buffered)
+        asyncio.get_running_loop().call_later(_DRAIN_SECONDS, self._give_up)
+
+    def _give_up(self) -> None:
+        if not self._ended:
+            self.close()
 
     def close(self) -> None:
         """Stop reading; a connection whose answer did not end is closed, not reused."""
@@ -135,8 +159,8 @@ class UpstreamResponse:
 
     def _feed(self, data: bytes) -> bool:
         """Take body bytes; True when the reader is far enough behind to stop reading."""
-        if self._error is not None:
-            return False  # the answer already failed; its framing still has to be read
+        if self._error is not None or self._discard:
+            return False  # failed or released: its framing still has to be read, not its bytes
         if self._decoder is not None:
             try:
                 data = self._decoder.decompress(data)

@@ -436,7 +436,12 @@ class UpstreamStream:
                 "stream_broken", f"upstream stream failed: {_describe(exc)}"
             ) from exc
         finally:
-            self.response.close()
+            # A stream that reached its terminating event keeps its connection (the chunked
+            # end follows at once); one that broke, or was cut, closes it.
+            if self._done:
+                self.response.release()
+            else:
+                self.response.close()
 
     def _handle_pending(self) -> tuple[bytes, Exception | None]:
         """The downstream bytes of every event that has arrived, joined into one write.

@@ -235,6 +235,9 @@ class Response:
     def close(self) -> None:
         pass
 
+    def release(self) -> None:
+        pass
+
 
 async def stream_of(chunks: list[bytes], ended: list[Any], hang: bool = False) -> UpstreamStream:
     deadline = asyncio.get_running_loop().time() + 5

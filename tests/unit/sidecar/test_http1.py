@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
+from routemesh_sidecar.protocol import http1
 from routemesh_sidecar.protocol.http1 import (
     ConnectFailed,
     ConnectionPool,
@@ -342,4 +343,59 @@ async def test_a_large_body_is_read_whole_through_backpressure():
             await asyncio.sleep(0)  # a slow reader: the connection pauses and resumes
         assert received == body
         assert await post(pool) == (200, body)
+        await pool.close()
+
+
+def chunked_stream(*events: bytes, end: bool = True) -> bytes:
+    body = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events)
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + body
+        + (b"0\r\n\r\n" if end else b"")
+    )
+
+
+async def test_a_released_stream_is_read_to_its_end_and_its_connection_reused():
+    def script(server: Server) -> Handler:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(chunked_stream(b"data: 1\n\n")[:-5])  # the end not sent yet
+            await writer.drain()
+            await asyncio.sleep(0.02)
+            writer.write(b"0\r\n\r\n")  # the terminator, after the reader let go
+            while True:
+                await server.read_request(reader)
+                writer.write(OK)
+                await writer.drain()
+
+        return handle
+
+    async with serving(script) as (server, url):
+        pool = ConnectionPool(url)
+        response = await pool.post("/x", {}, b"{}", connect_timeout=2)
+        assert await response.readany() == b"data: 1\n\n"
+        response.release()
+        await asyncio.sleep(0.1)  # the terminator comes after 20 ms; then the connection idles
+        assert await post(pool) == (200, b'{"ok":true}')
+        await pool.close()
+    assert server.connections == 1
+
+
+async def test_a_released_answer_that_never_ends_is_closed(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(http1, "_DRAIN_SECONDS", 0.02)
+
+    def script(server: Server) -> Handler:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(chunked_stream(b"data: 1\n\n", end=False))
+            await reader.read()  # never ends the answer
+
+        return handle
+
+    async with serving(script) as (server, url):
+        pool = ConnectionPool(url)
+        response = await pool.post("/x", {}, b"{}", connect_timeout=2)
+        assert await response.readany() == b"data: 1\n\n"
+        response.release()
+        await asyncio.wait_for(server.disconnects.wait(), 2)
         await pool.close()

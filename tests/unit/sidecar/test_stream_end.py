@@ -49,6 +49,10 @@ class Response:
     def close(self) -> None:
         self.closed = True
 
+    def release(self) -> None:  # done with it: the real response may keep its connection
+        self.closed = True
+        self.released = True
+
 
 async def stream_of(chunks: list[bytes], ended: list[Any]) -> tuple[UpstreamStream, Response]:
     response = Response(chunks)
