@@ -134,9 +134,8 @@ class SidecarSettings(BaseSettings):
     )
     event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
         default="auto",
-        description="The event loop: uvloop (libuv; about a third less CPU per proxied request), "
-        "asyncio (the standard library's), or auto (uvloop when it is installed, as it is in the "
-        "sidecar image; asyncio otherwise).",
+        description="The event loop: uvloop (libuv), asyncio (the standard library's), or auto "
+        "(uvloop when it is installed, as the sidecar extra installs it; asyncio otherwise).",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level of the sidecar's own logs."

@@ -283,8 +283,10 @@ class _Connection(asyncio.Protocol):
         self.busy = True
         self._response = UpstreamResponse(self)
         self._headers_ready = asyncio.get_running_loop().create_future()
-        self.transport.write(head + body if len(body) < 16384 else head)
-        if len(body) >= 16384:
+        if len(body) < 16384:  # one segment for the usual small request; no copy of a big one
+            self.transport.write(head + body)
+        else:
+            self.transport.write(head)
             self.transport.write(body)
         return self._headers_ready
 
@@ -422,7 +424,7 @@ class ConnectionPool:
                     ssl=self._ssl,
                     server_hostname=self.host if self._ssl is not None else None,
                 )
-        except TimeoutError:
+        except TimeoutError:  # an OSError too, but the connect timeout is its own class
             raise
         except (OSError, ssl.SSLError) as exc:
             raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from exc

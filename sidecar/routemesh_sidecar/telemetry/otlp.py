@@ -72,7 +72,7 @@ def _any_value(value: Any) -> bytes:  # noqa: PLR0911  (one return per AnyValue 
     if isinstance(value, int):
         return b"\x18" + _varint(value)
     if isinstance(value, float):
-        return b"\x21" + struct.pack("<d", value)
+        return b"\x21" + _DOUBLE.pack(value)
     if isinstance(value, bytes):
         return _field(7, value)
     if isinstance(value, Sequence):

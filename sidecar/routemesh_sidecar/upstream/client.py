@@ -278,13 +278,10 @@ class UpstreamClient:
             reply = _reply(call, target, response.status, raw)
             reply.headers = response.headers
             return reply
-        except UpstreamFailure:
-            _release(response)
-            raise
         except (TimeoutError, OSError, ValueError) as exc:
             _release(response)
             raise UpstreamFailure(classify_exception(exc), _describe(exc)) from exc
-        except BaseException:  # cancelled (a hedge's loser): the provider must stop at once
+        except BaseException:  # classified already, or cancelled (a hedge's loser): close now
             _release(response)
             raise
 
