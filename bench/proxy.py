@@ -82,12 +82,20 @@ def _event_stream() -> str:
     return "".join(lines) + "data: [DONE]\\n\\n"
 
 
-def nginx_conf(tmp: Path, backend_port: int, proxy_port: int) -> str:
-    """One nginx, two servers: the backend (fixed answers, an OTLP sink) and a reverse proxy."""
-    completion = json.dumps(COMPLETION, separators=(",", ":"))
-    temp = "\n".join(
-        f"  {kind}_temp_path {tmp}/{kind};" for kind in ("client_body", "proxy", "fastcgi")
-    )
+def _tool(name: str) -> str | None:
+    """A program's path; nginx lives in /usr/sbin, which a non-root PATH may lack."""
+    found = shutil.which(name)
+    if found is None and Path(f"/usr/sbin/{name}").exists():
+        return f"/usr/sbin/{name}"
+    return found
+
+
+_NGINX_TEMP_KINDS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+
+
+def nginx_main(tmp: Path, http: str) -> str:
+    """An nginx config around `http` (its servers): one worker, in the foreground, files in tmp."""
+    temp = "\n".join(f"  {kind}_temp_path {tmp}/{kind};" for kind in _NGINX_TEMP_KINDS)
     return f"""
 worker_processes 1;
 daemon off;
@@ -97,9 +105,17 @@ events {{ worker_connections 4096; }}
 http {{
   access_log off;
 {temp}
-  uwsgi_temp_path {tmp}/uwsgi;
-  scgi_temp_path {tmp}/scgi;
-  keepalive_requests 10000000;
+{http}
+}}
+"""
+
+
+def nginx_conf(tmp: Path, backend_port: int, proxy_port: int) -> str:
+    """One nginx, two servers: the backend (fixed answers, an OTLP sink) and a reverse proxy."""
+    completion = json.dumps(COMPLETION, separators=(",", ":"))
+    return nginx_main(
+        tmp,
+        f"""  keepalive_requests 10000000;
   upstream backend {{ server 127.0.0.1:{backend_port}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{backend_port} reuseport;
@@ -116,9 +132,8 @@ http {{
       proxy_http_version 1.1;
       proxy_set_header Connection "";
     }}
-  }}
-}}
-"""
+  }}""",
+    )
 
 
 @contextmanager
@@ -126,11 +141,11 @@ def nginx(tmp: Path, name: str, conf: str, port: int, cpu: int) -> Iterator[None
     """One nginx master on `cpu`, with its own directory for its pid, logs and temp files."""
     directory = tmp / f"nginx-{name}"
     directory.mkdir()
-    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+    for kind in _NGINX_TEMP_KINDS:
         (directory / kind).mkdir()
     path = directory / "nginx.conf"
     path.write_text(conf.replace(str(tmp) + "/", str(directory) + "/"))
-    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    binary = _tool("nginx") or "nginx"
     with process([binary, "-c", str(path), "-e", "stderr"], port, cpu):
         yield
 
@@ -158,20 +173,9 @@ def nginx_pair(tmp: Path, backend_port: int, proxy_port: int) -> Iterator[None]:
 
 def nginx_stream_proxy_conf(tmp: Path, port: int, upstream_port: int) -> str:
     """An nginx that relays a stream as it comes (unbuffered): the compiled reference for TTFT."""
-    return f"""
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/client_body;
-  proxy_temp_path {tmp}/proxy;
-  fastcgi_temp_path {tmp}/fastcgi;
-  uwsgi_temp_path {tmp}/uwsgi;
-  scgi_temp_path {tmp}/scgi;
-  upstream provider {{ server 127.0.0.1:{upstream_port}; keepalive 8; }}
+    return nginx_main(
+        tmp,
+        f"""  upstream provider {{ server 127.0.0.1:{upstream_port}; keepalive 8; }}
   server {{
     listen 127.0.0.1:{port};
     location / {{
@@ -180,9 +184,8 @@ http {{
       proxy_set_header Connection "";
       proxy_buffering off;
     }}
-  }}
-}}
-"""
+  }}""",
+    )
 
 
 WRK_SCRIPT = """
@@ -429,7 +432,7 @@ def stream_rows(s: dict[str, list[list[float]]]) -> list[str]:
 
 def run() -> list[str]:
     for tool in ("wrk", "nginx", "taskset"):
-        if shutil.which(tool) is None and not Path("/usr/sbin/nginx").exists():
+        if _tool(tool) is None:
             raise SystemExit(f"{tool} is missing: `make bench-proxy` installs it from Debian")
     # The stream part's timing client is this process: it shares core 1 with the providers, as
     # wrk does, and never lands on the core the proxies run on.
