@@ -255,15 +255,7 @@ async def test_a_response_closed_before_its_end_closes_its_connection():
         b"data: 1\n\n"
     )
 
-    def script(server: Server) -> Handler:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_request(reader)
-            writer.write(half)
-            await reader.read()
-
-        return handle
-
-    async with serving(script) as (server, url):
+    async with serving(answering(half)) as (server, url):
         pool = ConnectionPool(url)
         response = await pool.post("/x", {}, b"{}", connect_timeout=2)
         assert await response.readany() == b"data: 1\n\n"
@@ -384,15 +376,8 @@ async def test_a_released_stream_is_read_to_its_end_and_its_connection_reused():
 async def test_a_released_answer_that_never_ends_is_closed(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(http1, "_DRAIN_SECONDS", 0.02)
 
-    def script(server: Server) -> Handler:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_request(reader)
-            writer.write(chunked_stream(b"data: 1\n\n", end=False))
-            await reader.read()  # never ends the answer
-
-        return handle
-
-    async with serving(script) as (server, url):
+    never_ends = chunked_stream(b"data: 1\n\n", end=False)
+    async with serving(answering(never_ends)) as (server, url):
         pool = ConnectionPool(url)
         response = await pool.post("/x", {}, b"{}", connect_timeout=2)
         assert await response.readany() == b"data: 1\n\n"
