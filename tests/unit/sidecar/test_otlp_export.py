@@ -97,10 +97,12 @@ def record_spans(recorder: SpanRecorder) -> None:
     failing.finish(usage=None, response_model=None, error_class="timeout", message="too slow")
 
 
-def both_ways(url: str = "http://127.0.0.1:9/v1/traces") -> tuple[OtlpExporter, list[ReadableSpan]]:
+def both_ways(
+    url: str = "http://127.0.0.1:9/v1/traces", **settings: Any
+) -> tuple[OtlpExporter, list[ReadableSpan]]:
     """The same spans queued as bytes by the exporter and kept as `ReadableSpan`s."""
     sink = Collect()
-    exporter = exporter_to(url)
+    exporter = exporter_to(url, **settings)
     recorder = SpanRecorder(
         sink,  # type: ignore[arg-type]
         RESOURCE,
@@ -171,9 +173,7 @@ def collector(*statuses: int) -> Iterator[tuple[str, type[Collector]]]:
 @pytest.mark.asyncio
 async def test_an_export_posts_protobuf_with_the_configured_headers():
     with collector() as (url, handler):
-        exporter, spans = both_ways(url)
-        exporter.settings = ExportSettings(url, headers={"x-api-key": "k 1"})
-        exporter._headers["x-api-key"] = "k 1"
+        exporter, spans = both_ways(url, headers={"x-api-key": "k 1"})
         await exporter.close()
     headers, body = handler.received[0]
     assert headers["content-type"] == "application/x-protobuf"
