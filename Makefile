@@ -32,13 +32,17 @@ controlplane: ## Build (or reuse from cache) kube-apiserver, kube-controller-man
 tools: ## Build (or reuse from cache) the helm CLI the chart tests render the chart with
 	bash hack/build-helm.sh >/dev/null
 
+.PHONY: otel-backend
+otel-backend: ## Install (or reuse from cache) the OTel trace backend, Phoenix, in its own virtualenv
+	bash hack/build-phoenix.sh >/dev/null
+
 .PHONY: test
-test: install controlplane tools ## Run every test: unit tests and tests against the local control plane
+test: install controlplane tools otel-backend ## Run every test: unit tests and tests against the local control plane and trace backend
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-unit
-test-unit: install ## Run only the tests that need no control plane
-	$(PY) -m pytest -m 'not controlplane' $(PYTEST_ARGS)
+test-unit: install ## Run only the tests that need neither the control plane nor the trace backend
+	$(PY) -m pytest -m 'not controlplane and not tracebackend' $(PYTEST_ARGS)
 
 .PHONY: lint
 lint: install ## ruff (lint and format check), mypy --strict, import-linter contracts
@@ -70,7 +74,7 @@ cluster-down: ## Stop the local control plane started with cluster-up
 	bash hack/localcluster.sh down
 
 .PHONY: demo
-demo: install controlplane ## Run the demo: control plane, operator, webhook, a sidecar, fake providers, traces
+demo: install controlplane otel-backend ## Run the demo: control plane, operator, webhook, a sidecar, fake providers, traces
 	PYTHONPATH=testing $(PY) -m routemesh_testing.demo $(DEMO_ARGS)
 
 .PHONY: bench

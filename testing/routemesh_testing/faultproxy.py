@@ -26,6 +26,9 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from routemesh_testing.fakes import FakeOpenAI
+from routemesh_testing.serving import ServerThread
+
 # Headers that describe one hop, not the message: the proxy's own connections set their own.
 # Content-Length is set again from what is actually relayed.
 HOP_BY_HOP = frozenset(
@@ -315,3 +318,33 @@ def _cut(request: web.Request) -> web.StreamResponse:
     if transport is not None:
         transport.abort()
     return web.StreamResponse()
+
+
+class FaultyUpstream:
+    """A fake OpenAI-compatible provider with a `FaultProxy` in front; `url` is the proxy's `/v1`.
+
+    A context manager that serves both and stops both, for tests and the demo alike.
+    """
+
+    def __init__(self, name: str, api_key: str) -> None:
+        self.fake = FakeOpenAI(name=name, api_key=api_key)
+        self._stack = contextlib.ExitStack()
+        self._proxy: FaultProxy | None = None
+        self.url = ""
+
+    def __enter__(self) -> FaultyUpstream:
+        fake_server = self._stack.enter_context(ServerThread(self.fake.app))
+        self._proxy = FaultProxy(fake_server.url)
+        proxy_server = self._stack.enter_context(ServerThread(self._proxy.app))
+        self.url = proxy_server.url + "/v1"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    @property
+    def faults(self) -> FaultProxy:
+        """The proxy, to arm and count faults."""
+        if self._proxy is None:
+            raise RuntimeError("the upstream is not serving")
+        return self._proxy

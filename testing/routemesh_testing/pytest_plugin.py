@@ -1,11 +1,12 @@
-"""Pytest fixtures for tests that run against the real local control plane.
+"""Pytest fixtures for tests that run against the real local control plane and trace backend.
 
 Loaded by `pyproject.toml` (`-p routemesh_testing.pytest_plugin`). One control plane serves the
 whole session; every test that asks for `namespace` gets a fresh namespace of its own, deleted
 afterwards.
 
-A test that needs the control plane **fails** when the binaries are missing. It never skips:
-a green run must mean the tests against the real API server ran.
+A test that needs the control plane (or the trace backend) **fails** when the binaries (or
+Phoenix) are missing. It never skips: a green run must mean the tests against the real API server
+and the real backend ran.
 """
 
 from __future__ import annotations
@@ -26,16 +27,20 @@ from routemesh_testing.controlplane import (
     LocalControlPlane,
 )
 from routemesh_testing.kubectl import Kubectl
+from routemesh_testing.phoenix import PhoenixServer
 from routemesh_testing.waiting import poll_until
 
 TEST_NAMESPACE_LABEL = "routemesh.dev/test-namespace"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that needs the control plane, so `-m 'not controlplane'` leaves it out."""
+    """Mark tests that need the control plane or the trace backend, so `-m` can leave them out."""
     for item in items:
-        if "control_plane" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "control_plane" in fixtures:
             item.add_marker(pytest.mark.controlplane)
+        if "trace_backend" in fixtures:
+            item.add_marker(pytest.mark.tracebackend)
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +66,17 @@ def control_plane(
     finally:
         _delete_test_webhooks(plane.kubectl())
         plane.stop()
+
+
+@pytest.fixture(scope="session")
+def trace_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PhoenixServer]:
+    """The real OTel backend (Phoenix) for the session; each test uses a project of its own."""
+    try:
+        executable = PhoenixServer.locate()
+    except BinariesMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+    with PhoenixServer(executable, tmp_path_factory.mktemp("phoenix")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -21,11 +21,16 @@ import pytest
 from opentelemetry.sdk.trace import SpanProcessor
 
 from routemesh_testing.clock import JumpClock
-from routemesh_testing.fakes import OPENAI_KEY, FakeOpenAI
-from routemesh_testing.faultproxy import AddLatency, FaultProxy, RateLimitStorm, Reset, Status
+from routemesh_testing.fakes import OPENAI_KEY
+from routemesh_testing.faultproxy import (
+    AddLatency,
+    FaultyUpstream,
+    RateLimitStorm,
+    Reset,
+    Status,
+)
 from routemesh_testing.faults import Blackhole
 from routemesh_testing.otlp import OTLPReceiver, ReceivedSpan
-from routemesh_testing.serving import ServerThread
 from routemesh_testing.sidecar import SidecarThread
 from routemesh_testing.tables import backend, model_info, route, table
 
@@ -39,42 +44,15 @@ NO_RETRY = {
 BREAKER = {"consecutive_failures": 3, "base_open_time": 30, "max_open_time": 300}
 
 
-class Upstream:
-    """A fake OpenAI-compatible server with a fault proxy in front of it."""
-
-    def __init__(self, name: str) -> None:
-        self.fake = FakeOpenAI(name=name, api_key=OPENAI_KEY)
-        self.proxy: FaultProxy | None = None
-        self._servers: list[ServerThread] = []
-        self.url = ""
-
-    def __enter__(self) -> Upstream:
-        fake_server = ServerThread(self.fake.app).__enter__()
-        self.proxy = FaultProxy(fake_server.url)
-        proxy_server = ServerThread(self.proxy.app).__enter__()
-        self._servers = [proxy_server, fake_server]
-        self.url = proxy_server.url + "/v1"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for server in self._servers:
-            server.__exit__(None, None, None)
-
-    @property
-    def faults(self) -> FaultProxy:
-        assert self.proxy is not None
-        return self.proxy
-
-
 @pytest.fixture
-def primary() -> Iterator[Upstream]:
-    with Upstream("primary") as upstream:
+def primary() -> Iterator[FaultyUpstream]:
+    with FaultyUpstream("primary", OPENAI_KEY) as upstream:
         yield upstream
 
 
 @pytest.fixture
-def spare() -> Iterator[Upstream]:
-    with Upstream("spare") as upstream:
+def spare() -> Iterator[FaultyUpstream]:
+    with FaultyUpstream("spare", OPENAI_KEY) as upstream:
         yield upstream
 
 
@@ -149,8 +127,8 @@ def fallback_table(primary_url: str, spare_url: str, **route_fields: Any) -> Any
 
 def test_a_5xx_storm_opens_the_breaker_and_only_probes_reach_the_backend_until_it_recovers(
     workdir: Path,
-    primary: Upstream,
-    spare: Upstream,
+    primary: FaultyUpstream,
+    spare: FaultyUpstream,
     clock: JumpClock,
     span_processor: SpanProcessor,
     otlp: OTLPReceiver,
@@ -193,8 +171,8 @@ def test_a_5xx_storm_opens_the_breaker_and_only_probes_reach_the_backend_until_i
 
 def test_connection_resets_fail_over_with_no_client_error_and_open_the_breaker(
     workdir: Path,
-    primary: Upstream,
-    spare: Upstream,
+    primary: FaultyUpstream,
+    spare: FaultyUpstream,
     clock: JumpClock,
     span_processor: SpanProcessor,
 ):
@@ -206,7 +184,7 @@ def test_connection_resets_fail_over_with_no_client_error_and_open_the_breaker(
 
 def test_a_blackholed_backend_costs_connect_timeouts_only_until_the_breaker_opens(
     workdir: Path,
-    spare: Upstream,
+    spare: FaultyUpstream,
     clock: JumpClock,
     span_processor: SpanProcessor,
 ):
@@ -227,8 +205,8 @@ def test_a_blackholed_backend_costs_connect_timeouts_only_until_the_breaker_open
 
 def test_a_429_storm_with_retry_after_cools_the_backend_down_for_exactly_that_long(
     workdir: Path,
-    primary: Upstream,
-    spare: Upstream,
+    primary: FaultyUpstream,
+    spare: FaultyUpstream,
     clock: JumpClock,
     span_processor: SpanProcessor,
     otlp: OTLPReceiver,
@@ -251,8 +229,8 @@ def test_a_429_storm_with_retry_after_cools_the_backend_down_for_exactly_that_lo
 
 def test_a_429_storm_without_retry_after_counts_as_failures(
     workdir: Path,
-    primary: Upstream,
-    spare: Upstream,
+    primary: FaultyUpstream,
+    spare: FaultyUpstream,
     clock: JumpClock,
     span_processor: SpanProcessor,
 ):
@@ -264,8 +242,8 @@ def test_a_429_storm_without_retry_after_counts_as_failures(
 
 def test_a_hanging_backend_is_left_after_the_breaker_opens_so_later_requests_are_fast(
     workdir: Path,
-    primary: Upstream,
-    spare: Upstream,
+    primary: FaultyUpstream,
+    spare: FaultyUpstream,
     clock: JumpClock,
     span_processor: SpanProcessor,
 ):
@@ -287,8 +265,8 @@ def test_a_hanging_backend_is_left_after_the_breaker_opens_so_later_requests_are
 
 def test_traffic_moves_away_from_a_slow_endpoint_and_comes_back_after_it_recovers(
     workdir: Path,
-    primary: Upstream,
-    spare: Upstream,
+    primary: FaultyUpstream,
+    spare: FaultyUpstream,
     clock: JumpClock,
     span_processor: SpanProcessor,
 ):
@@ -330,8 +308,8 @@ def test_traffic_moves_away_from_a_slow_endpoint_and_comes_back_after_it_recover
 
 def test_a_failing_endpoint_is_ejected_and_its_siblings_serve_without_client_errors(
     workdir: Path,
-    primary: Upstream,
-    spare: Upstream,
+    primary: FaultyUpstream,
+    spare: FaultyUpstream,
     clock: JumpClock,
     span_processor: SpanProcessor,
     otlp: OTLPReceiver,
@@ -387,8 +365,8 @@ def probe_all(sidecar: SidecarThread) -> None:
 
 def test_a_saturated_vllm_server_is_avoided_until_its_metrics_show_room(
     workdir: Path,
-    primary: Upstream,
-    spare: Upstream,
+    primary: FaultyUpstream,
+    spare: FaultyUpstream,
     clock: JumpClock,
     span_processor: SpanProcessor,
 ):
@@ -423,8 +401,8 @@ def test_a_saturated_vllm_server_is_avoided_until_its_metrics_show_room(
 
 def test_when_every_target_is_open_any_healthy_capable_backend_serves_and_the_trace_says_so(
     workdir: Path,
-    primary: Upstream,
-    spare: Upstream,
+    primary: FaultyUpstream,
+    spare: FaultyUpstream,
     clock: JumpClock,
     span_processor: SpanProcessor,
     otlp: OTLPReceiver,
