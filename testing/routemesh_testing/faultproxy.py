@@ -323,11 +323,13 @@ def _cut(request: web.Request) -> web.StreamResponse:
 class FaultyUpstream:
     """A fake OpenAI-compatible provider with a `FaultProxy` in front; `url` is the proxy's `/v1`.
 
-    A context manager that serves both and stops both, for tests and the demo alike.
+    A context manager that serves both and stops both, for tests and the demo alike. The proxy
+    listens on `host`; the fake behind it always on 127.0.0.1.
     """
 
-    def __init__(self, name: str, api_key: str) -> None:
+    def __init__(self, name: str, api_key: str | None, host: str = "127.0.0.1") -> None:
         self.fake = FakeOpenAI(name=name, api_key=api_key)
+        self.host = host
         self._stack = contextlib.ExitStack()
         self._proxy: FaultProxy | None = None
         self.url = ""
@@ -335,7 +337,7 @@ class FaultyUpstream:
     def __enter__(self) -> FaultyUpstream:
         fake_server = self._stack.enter_context(ServerThread(self.fake.app))
         self._proxy = FaultProxy(fake_server.url)
-        proxy_server = self._stack.enter_context(ServerThread(self._proxy.app))
+        proxy_server = self._stack.enter_context(ServerThread(self._proxy.app, host=self.host))
         self.url = proxy_server.url + "/v1"
         return self
 

@@ -81,6 +81,16 @@ class PhoenixServer:
         return f"{self.url}/redirects/traces/{trace_id}"
 
     def __enter__(self) -> PhoenixServer:
+        self.start()
+        try:
+            self.wait_until_healthy()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def start(self) -> None:
+        """Start the process and return at once; `wait_until_healthy` waits for it."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),  # noqa: TID251
@@ -97,19 +107,14 @@ class PhoenixServer:
             self._popen = subprocess.Popen(
                 [str(self.executable), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
             )
-        try:
-            self._wait_until_healthy()
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
 
     def __exit__(self, *exc_info: object) -> None:
         if self._popen is not None:
             terminate(self._popen)
             self._popen = None
 
-    def _wait_until_healthy(self) -> None:
+    def wait_until_healthy(self) -> None:
+        """Return when `/healthz` answers 200; raise with the log if the process died or hung."""
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self._popen is not None and self._popen.poll() is not None:

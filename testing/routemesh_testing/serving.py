@@ -49,10 +49,13 @@ class LoopThread:
 
 
 class ServerThread:
-    """An aiohttp application served on 127.0.0.1 from a `LoopThread`."""
+    """An aiohttp application served on 127.0.0.1 (or `host`) from a `LoopThread`."""
 
-    def __init__(self, app: web.Application, port: int = 0, name: str = "server") -> None:
+    def __init__(
+        self, app: web.Application, port: int = 0, name: str = "server", host: str = "127.0.0.1"
+    ) -> None:
         self.app = app
+        self.host = host
         self._requested_port = port
         self._name = name
         self._thread: LoopThread | None = None
@@ -62,7 +65,7 @@ class ServerThread:
     @property
     def url(self) -> str:
         """The server's origin, e.g. http://127.0.0.1:PORT."""
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def loop_thread(self) -> LoopThread:
@@ -80,7 +83,7 @@ class ServerThread:
         # Short shutdown timeout: a fake that hangs on purpose must not hold the test's exit.
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.1)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self._requested_port)
+        site = web.TCPSite(self._runner, self.host, self._requested_port)
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []

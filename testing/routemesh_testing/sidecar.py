@@ -42,6 +42,18 @@ def write_table(path: Path, table: RouteTable) -> None:
     temporary.replace(path)
 
 
+def metric_samples(admin_url: str, name: str, **labels: str) -> list[float]:
+    """The values of a sidecar's samples (admin /metrics) with this name and these labels."""
+    with urllib.request.urlopen(admin_url + "/metrics", timeout=5) as response:  # noqa: S310
+        text = response.read().decode()
+    return [
+        float(sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    ]
+
+
 class SidecarThread:
     """A sidecar on a private event loop in a daemon thread."""
 
@@ -128,15 +140,7 @@ class SidecarThread:
 
     def metric(self, name: str, **labels: str) -> float:
         """A sample's value from the admin /metrics, by name and labels (0 when absent)."""
-        with urllib.request.urlopen(self.admin_url + "/metrics", timeout=5) as response:  # noqa: S310
-            text = response.read().decode()
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(
-                    sample.labels.get(key) == value for key, value in labels.items()
-                ):
-                    return float(sample.value)
-        return 0.0
+        return next(iter(metric_samples(self.admin_url, name, **labels)), 0.0)
 
     def swap(self, table: RouteTable) -> None:
         """Write a new table file and have the file source load it now."""
