@@ -40,7 +40,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.trace.span import TraceState
 
 from routemesh_sidecar.protocol.usage import Usage
-from routemesh_sidecar.telemetry.otlp import OtlpExporter, SpanFields
+from routemesh_sidecar.telemetry.otlp import UNSET_STATUS, OtlpExporter, SpanFields
 from routemesh_sidecar.telemetry.records import AttemptRecord
 
 ROUTE_SPAN_NAME = "routemesh.route"
@@ -103,7 +103,7 @@ class _OpenSpan:
     attributes: dict[str, Any]
     start_ns: int = field(default_factory=time.time_ns)
     events: list[Event] = field(default_factory=list)
-    status: Status = field(default_factory=lambda: Status(StatusCode.UNSET))
+    status: Status = UNSET_STATUS
 
     def fail(self, error_class: str, message: str | None) -> None:
         self.attributes["error.type"] = error_class
