@@ -51,14 +51,30 @@ class Credentials:
         from kubernetes import client, config  # noqa: PLC0415  (start-up only)
 
         configuration = client.Configuration()
-        token_file = None
         try:
             config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-            token_file = IN_CLUSTER_TOKEN
         except config.ConfigException:
-            config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=kubeconfig, client_configuration=configuration
-            )
+            return cls.from_kubeconfig(kubeconfig)
+        return cls._from_configuration(configuration, IN_CLUSTER_TOKEN)
+
+    @classmethod
+    def from_kubeconfig(
+        cls, kubeconfig: str | None = None, context: str | None = None
+    ) -> Credentials:
+        """A kubeconfig's context (its current one by default), never the in-cluster account.
+
+        Raises the client's `ConfigException` when there is no usable kubeconfig.
+        """
+        from kubernetes import client, config  # noqa: PLC0415  (start-up only)
+
+        configuration = client.Configuration()
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, context=context, client_configuration=configuration
+        )
+        return cls._from_configuration(configuration, None)
+
+    @classmethod
+    def _from_configuration(cls, configuration: Any, token_file: str | None) -> Credentials:
         keys = configuration.api_key or {}
         # The loader files the token under BearerToken (older releases: authorization), as
         # "Bearer <token>".

@@ -16,7 +16,12 @@ from routemesh_sidecar import __version__ as sidecar_version
 pytestmark = pytest.mark.timeout(60)
 
 SCRIPTS = Path(sys.executable).parent
-ENTRY_POINTS = [("routemesh-operator", operator_version), ("routemesh-sidecar", sidecar_version)]
+ENTRY_POINTS = [
+    ("routemesh-operator", operator_version),
+    ("routemesh-sidecar", sidecar_version),
+    ("routemesh", operator_version),
+    ("kubectl-routemesh", operator_version),
+]
 
 
 @pytest.mark.parametrize(("script", "version"), ENTRY_POINTS)

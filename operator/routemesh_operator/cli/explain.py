@@ -1,0 +1,121 @@
+"""`routemesh explain`: one request dry-run against a policy's compiled route table.
+
+It runs the sidecar's own request parser and router (`routemesh_sidecar.routing`) on the table
+the operator compiled, so what it shows is what a sidecar on that table would decide for the
+request with every backend healthy: the request's signals, the route that takes it (and the
+semantic categories' similarities), the candidates, what each filter removed, the scores and
+the plan (the first target, then the fallbacks). Nothing is sent to any model. Called by
+`cli.main`; pure: a table and a request in, an explanation out.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from routemesh_operator.cli.errors import FINDING, USAGE, CliError
+from routemesh_sidecar.protocol.anthropic import parse_messages_request
+from routemesh_sidecar.protocol.errors import ApiError
+from routemesh_sidecar.protocol.openai import parse_chat_request
+from routemesh_sidecar.routetable import Api, RouteTable
+from routemesh_sidecar.routing.contracts import RoutingRequest
+from routemesh_sidecar.routing.pipeline import Decision, NoCandidate, NoRoute, Router
+
+
+@dataclass(frozen=True)
+class ExplainRequest:
+    """The request to explain: a prompt (or a whole body), its model, API and headers."""
+
+    model: str
+    prompt: str | None = None
+    body: dict[str, Any] | None = None  # the whole JSON body instead of a prompt
+    api: Api = "openai"
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def raw_body(self) -> bytes:
+        """The request body as the app would send it."""
+        if self.body is not None:
+            return json.dumps({"model": self.model, **self.body}).encode()
+        message = {"role": "user", "content": self.prompt or ""}
+        body: dict[str, Any] = {"model": self.model, "messages": [message]}
+        if self.api == "anthropic":
+            body["max_tokens"] = 1024
+        return json.dumps(body).encode()
+
+
+def explain(table_json: str, request: ExplainRequest) -> dict[str, Any]:
+    """What a sidecar on this table would do with the request; CliError when nothing would."""
+    table = _table(table_json)
+    raw = request.raw_body()
+    parse = parse_messages_request if request.api == "anthropic" else parse_chat_request
+    try:
+        body = parse(raw)
+    except ApiError as exc:
+        raise CliError(f"the sidecar would refuse this request: {exc.message}", USAGE) from exc
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    routing = RoutingRequest(
+        request.api, "chat", str(body["model"]), headers, body, random.Random(0), 0.0, len(raw)
+    )
+    try:
+        decision = Router().decide(table, routing)
+    except NoRoute as exc:
+        raise CliError(f"no route takes this request: {exc}", FINDING) from exc
+    except NoCandidate as exc:
+        raise CliError(f"the route has no target that can serve it: {exc}", FINDING) from exc
+    return {
+        "routeTableVersion": table.version_label,
+        "request": {"api": request.api, "model": request.model, "headers": headers},
+        "signals": _signals(routing),
+        **_decision(decision),
+    }
+
+
+def _table(table_json: str) -> RouteTable:
+    try:
+        return RouteTable.model_validate_json(table_json)
+    except ValidationError as exc:
+        raise CliError(
+            f"the compiled route table does not load in this CLI's version ({exc.error_count()} "
+            "errors); use a CLI of the operator's version",
+            FINDING,
+        ) from exc
+
+
+def _signals(request: RoutingRequest) -> dict[str, Any]:
+    signals = request.signals
+    return {
+        "promptTokens": signals.prompt_tokens,
+        "tokenCount": "estimate",
+        "maxOutputTokens": signals.max_output_tokens,
+        "codePresent": signals.code_present,
+        "toolsPresent": signals.tools_present,
+        "modalities": sorted(signals.modalities),
+        "messages": signals.message_count,
+    }
+
+
+def _decision(decision: Decision) -> dict[str, Any]:
+    plan = [c.label for c in decision.plan]
+    return {
+        "route": decision.route.name,
+        "strategy": decision.route.strategy,
+        "categories": [
+            {
+                "category": c.name,
+                "similarity": round(c.similarity, 4),
+                "threshold": c.threshold,
+                "matched": c.matched,
+            }
+            for c in decision.categories
+        ],
+        "candidates": [c.label for c in decision.candidates],
+        "removed": {name: list(labels) for name, labels in decision.removed.items() if labels},
+        "scores": {label: round(score, 6) for label, score in decision.scores.items()},
+        "plan": plan,
+        "decision": {"target": plan[0] if plan else None, "fallbacks": plan[1:]},
+        "degraded": decision.degraded,
+    }

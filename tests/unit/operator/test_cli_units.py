@@ -1,0 +1,106 @@
+"""The CLI's parts that need no cluster: the dry run, the cost window and the argument checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from aiohttp import web
+
+from routemesh_operator.cli import errors
+from routemesh_operator.cli.errors import CliError
+from routemesh_operator.cli.explain import ExplainRequest, explain
+from routemesh_operator.cli.main import main
+from routemesh_operator.cli.sidecars import cost_window
+from routemesh_testing.serving import ServerThread
+from routemesh_testing.tables import backend, model_info, route, table
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def two_routes() -> str:
+    routes = table(
+        {
+            "cheap": backend("http://127.0.0.1:9/v1", models={"m": model_info(input_price=0.1)}),
+            "strong": backend("http://127.0.0.1:9/v1", models={"m": model_info(input_price=5)}),
+        },
+        route(
+            "code",
+            ("strong", "m"),
+            ("cheap", "m"),
+            match={"signals": {"code_present": True}},
+        ),
+        route("rest", ("cheap", "m"), ("strong", "m"), strategy="CheapestCapable"),
+        version=7,
+    )
+    return routes.model_dump_json()
+
+
+@pytest.mark.parametrize(
+    ("prompt", "route_name", "first"),
+    [
+        ("", "rest", "cheap/m"),
+        ("x" * 200_000, "rest", "cheap/m"),
+        ("Quelle est la capitale de la France ?", "rest", "cheap/m"),
+        ("fix this:\n```python\nprint(1/0)\n```", "code", "strong/m"),
+    ],
+    ids=["empty", "200k-characters", "french", "code"],
+)
+def test_explain_takes_the_route_and_plan_a_sidecar_would(prompt: str, route_name: str, first: str):
+    explained = explain(two_routes(), ExplainRequest(model="m", prompt=prompt))
+    assert explained["route"] == route_name
+    assert explained["decision"]["target"] == first
+    assert explained["signals"]["promptTokens"] >= len(prompt) // 4
+
+
+def test_explain_refuses_a_body_the_sidecar_would_refuse_and_a_table_it_cannot_load():
+    with pytest.raises(CliError) as refused:
+        explain(two_routes(), ExplainRequest(model="m", body={"messages": "not a list"}))
+    assert refused.value.code == errors.USAGE
+    assert "the sidecar would refuse this request" in refused.value.message
+    with pytest.raises(CliError) as unloadable:
+        explain(json.dumps({"version": "x"}), ExplainRequest(model="m", prompt="hi"))
+    assert unloadable.value.code == errors.FINDING
+
+
+def test_an_anthropic_request_gets_the_max_tokens_its_api_requires():
+    explained = explain(two_routes(), ExplainRequest(model="m", prompt="hi", api="anthropic"))
+    assert explained["request"]["api"] == "anthropic"
+    assert explained["decision"]["target"] == "cheap/m"
+
+
+def test_the_cost_window_is_what_the_counters_grew_by_in_between():
+    samples = iter(["0.25", "0.75"])
+
+    async def metrics(_: web.Request) -> web.Response:
+        value = next(samples)
+        text = (
+            "# TYPE routemesh_cost_usd counter\n"
+            'routemesh_cost_usd_total{policy="p",route="chat",backend="b",model="m",tier=""} '
+            f"{value}\n"
+            "# TYPE routemesh_tokens counter\n"
+            'routemesh_tokens_total{backend="b",model="m",kind="input"} 10\n'
+        )
+        return web.Response(text=text)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    slept: list[float] = []
+    with ServerThread(app) as server:
+        report = cost_window([server.url], 60, sleep=slept.append)
+    assert slept == [60]
+    assert report["costUsd"] == [{"route": "chat", "backend": "b", "tier": "", "usd": 0.5}]
+    assert report["tokens"] == [], "no token was counted in the window"
+
+
+def test_a_negative_window_is_a_usage_error(capsys: pytest.CaptureFixture[str]):
+    assert main(["cost", "--sidecar", "http://127.0.0.1:9", "--window", "-1"]) == errors.USAGE
+    assert "--window cannot be negative" in capsys.readouterr().err
+
+
+def test_a_body_file_that_is_not_json_is_refused_before_the_cluster_is_asked(tmp_path, capsys):
+    body = tmp_path / "body.json"
+    body.write_text("{not json")
+    code = main(["explain", "p", "--body-file", str(body), "--kubeconfig", str(tmp_path / "none")])
+    assert code == errors.USAGE
+    assert f"--body-file {body}" in capsys.readouterr().err
