@@ -123,11 +123,22 @@ def check_chart_crds(write: bool) -> list[str]:
 
 def check_chart_schema(write: bool) -> list[str]:
     """values.schema.json is generated from the chart's values model."""
-    path = REPO / "charts/routemesh/values.schema.json"
-    expected = values_schema()
+    return _check_file(REPO / "charts/routemesh/values.schema.json", values_schema(), write)
+
+
+def check_chart_dashboard(write: bool) -> list[str]:
+    """The chart's dashboard is the one in docs/monitoring (Helm reads only its own files)."""
+    source = REPO / "docs/monitoring/routemesh-dashboard.json"
+    return _check_file(
+        REPO / "charts/routemesh/dashboards/routemesh-sidecars.json", source.read_text(), write
+    )
+
+
+def _check_file(path: Path, expected: str, write: bool) -> list[str]:
     if path.exists() and path.read_text() == expected:
         return []
     if write:
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(expected)
         print(f"     wrote {_shown(path)}")
         return []
@@ -140,6 +151,7 @@ CHECKS: dict[str, Check] = {
     "CRDs generated from the API models": check_crds,
     "chart CRDs are the generated CRDs": check_chart_crds,
     "chart values schema generated from its model": check_chart_schema,
+    "chart dashboard is the docs' dashboard": check_chart_dashboard,
 }
 
 

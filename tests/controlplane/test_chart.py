@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from routemesh_testing.controlplane import LocalControlPlane, free_port
+from routemesh_testing.controlplane import REPO_ROOT, LocalControlPlane, free_port
 from routemesh_testing.helm import Helm
 from routemesh_testing.kubectl import Kubectl
 from routemesh_testing.manifests import self_hosted_example
@@ -223,3 +223,18 @@ def test_the_operator_does_its_whole_job_with_exactly_the_charts_rbac(
     # It creates its certificate Secret in its own namespace, and nowhere else.
     assert can_i(kubectl, who, "create", "secrets", namespace)
     assert not can_i(kubectl, who, "create", "secrets", "default")
+
+
+def test_the_grafana_dashboard_is_a_configmap_only_when_asked_and_the_api_server_takes_it(
+    helm: Helm, kubectl: Kubectl, namespace: str
+):
+    assert "ConfigMap" not in by_kind(helm.template("rm", namespace)), "off by default"
+    values = {"monitoring": {"grafanaDashboard": {"enabled": True, "namespace": namespace}}}
+    (configmap,) = by_kind(helm.template("rm", "routemesh-system", values))["ConfigMap"]
+    assert configmap["metadata"]["namespace"] == namespace, "it goes where Grafana looks"
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(configmap["data"]["routemesh-sidecars.json"])
+    docs = REPO_ROOT / "docs" / "monitoring" / "routemesh-dashboard.json"
+    assert dashboard == json.loads(docs.read_text())
+    applied = kubectl.run("apply", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(configmap))
+    assert "created (server dry run)" in applied.stdout

@@ -94,6 +94,31 @@ class Sidecar(Values):
     )
 
 
+class GrafanaDashboard(Values):
+    """The Grafana dashboard (docs/monitoring/routemesh-dashboard.json) as a ConfigMap."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Install the dashboard as a ConfigMap, for Grafana's dashboard sidecar to "
+        "load (it watches ConfigMaps by label).",
+    )
+    namespace: str = Field(
+        default="", description="Where the ConfigMap goes (Grafana's); empty is the release's."
+    )
+    labels: dict[str, str] = Field(
+        default_factory=lambda: {"grafana_dashboard": "1"},
+        description="Labels Grafana's sidecar selects dashboards by (its default label shown).",
+    )
+
+
+class Monitoring(Values):
+    """What the chart installs for monitoring."""
+
+    grafana_dashboard: GrafanaDashboard = Field(
+        default_factory=GrafanaDashboard, description="The sidecars' Grafana dashboard."
+    )
+
+
 class Operator(Values):
     """The operator Deployment."""
 
@@ -137,6 +162,7 @@ class ChartValues(Values):
     )
     webhook: Webhook = Field(default_factory=Webhook, description="Sidecar injection.")
     sidecar: Sidecar = Field(default_factory=Sidecar, description="The injected sidecar.")
+    monitoring: Monitoring = Field(default_factory=Monitoring, description="Monitoring.")
     service_account_name: str = Field(
         default="routemesh-operator", description="The operator's ServiceAccount."
     )
