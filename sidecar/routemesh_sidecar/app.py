@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import signal
 from collections.abc import Mapping
 from typing import Any
 
@@ -119,6 +120,8 @@ class Sidecar:
         self.shadow_reporter: ShadowReporter | None = None
         self.source = source or self._discovery_source() or self._file_source()
         self._runners: list[web.AppRunner] = []
+        self._listener: web.AppRunner | None = None  # drained first, before anything else stops
+        self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
         self.listen_port: int | None = None
         self.admin_port: int | None = None
@@ -233,7 +236,9 @@ class Sidecar:
         return FileRouteTableSource(path, self.active, self.settings.route_table_poll_seconds)
 
     def not_ready_reason(self) -> str | None:
-        """Say why the sidecar cannot serve yet; None once it can."""
+        """Say why the sidecar cannot serve (yet, or any more); None while it can."""
+        if self.draining:
+            return "draining: stopping, finishing the requests in flight"
         if self.active.current is None:
             return self.active.last_error or "no route table loaded"
         if self.listen_port is None:
@@ -287,8 +292,12 @@ class Sidecar:
             await self._tokenizers(),
         )
         self.listen_port = await self._serve(
-            Listener(parts).app(), self.settings.listen_host, self.settings.listen_port
+            Listener(parts).app(),
+            self.settings.listen_host,
+            self.settings.listen_port,
+            shutdown_timeout=self.settings.drain_seconds,
         )
+        self._listener = self._runners[-1]
         log.info(
             "listening on %s:%d (admin %d)",
             self.settings.listen_host,
@@ -302,8 +311,12 @@ class Sidecar:
             return None
         return await asyncio.to_thread(load_tokenizers)
 
-    async def _serve(self, app: web.Application, host: str, port: int) -> int:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    async def _serve(
+        self, app: web.Application, host: str, port: int, *, shutdown_timeout: float = 1.0
+    ) -> int:
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout
+        )
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()
@@ -318,7 +331,17 @@ class Sidecar:
         self._tasks.append(task)
 
     async def stop(self) -> None:
-        """Stop the watch, close the listeners and pools, flush spans."""
+        """Drain the listener, then stop the watch, close the admin listener and pools, flush spans.
+
+        Draining first: the listening socket closes at once (new connections are refused, idle
+        keep-alive ones closed), and the requests in flight finish for up to `drain_seconds`,
+        with the route table, the pools and the exporter still running under them.
+        """
+        self.draining = True
+        if self._listener is not None:
+            await self._listener.cleanup()
+            self._runners.remove(self._listener)
+            self._listener = None
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -342,10 +365,15 @@ class Sidecar:
             await self.spans.exporter.close()  # the spans of the last requests go out too
 
     async def run_forever(self) -> None:
-        """Start, then wait until cancelled, then stop."""
+        """Start, serve until SIGTERM or SIGINT (or cancellation), then drain and stop."""
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
         await self.start()
         try:
-            await asyncio.Event().wait()
+            await stopping.wait()
+            log.info("stopping: draining for up to %g s", self.settings.drain_seconds)
         finally:
             await self.stop()
 

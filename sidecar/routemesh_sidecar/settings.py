@@ -38,6 +38,14 @@ class SidecarSettings(BaseSettings):
     admin_port: int = Field(
         default=15000, ge=0, le=65535, description="Port of the admin listener; 0 picks a free one."
     )
+    drain_seconds: float = Field(
+        default=20.0,
+        ge=0,
+        le=3600,
+        description="After SIGTERM (or SIGINT): how long requests in flight, streams too, may "
+        "take to finish while no new connection is accepted and /readyz says draining; what is "
+        "left then is cut. Keep it under the pod's terminationGracePeriodSeconds (30 by default).",
+    )
     route_table_path: Path | None = Field(
         default=None, description="A route table file to load and watch, when not using discovery."
     )
