@@ -49,7 +49,7 @@ lint: install ## ruff (lint and format check), mypy --strict, import-linter cont
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy operator/routemesh_operator sidecar/routemesh_sidecar testing/routemesh_testing hack/verify.py
-	$(VENV)/bin/mypy --config-file pyproject.toml tests bench
+	$(VENV)/bin/mypy --config-file pyproject.toml tests e2e bench
 	$(VENV)/bin/lint-imports
 
 .PHONY: fmt

@@ -324,25 +324,45 @@ class FaultyUpstream:
     """A fake OpenAI-compatible provider with a `FaultProxy` in front; `url` is the proxy's `/v1`.
 
     A context manager that serves both and stops both, for tests and the demo alike. The proxy
-    listens on `host`; the fake behind it always on 127.0.0.1.
+    listens on `host`; the fake behind it always on 127.0.0.1. `go_down` stops the proxy's
+    listener, so that connections are refused as from a host that is gone, and `come_back`
+    serves again on the same port (with a new proxy: its counts start again).
     """
 
     def __init__(self, name: str, api_key: str | None, host: str = "127.0.0.1") -> None:
         self.fake = FakeOpenAI(name=name, api_key=api_key)
         self.host = host
         self._stack = contextlib.ExitStack()
+        self._fake_url = ""
         self._proxy: FaultProxy | None = None
+        self._proxy_server: ServerThread | None = None
         self.url = ""
 
     def __enter__(self) -> FaultyUpstream:
-        fake_server = self._stack.enter_context(ServerThread(self.fake.app))
-        self._proxy = FaultProxy(fake_server.url)
-        proxy_server = self._stack.enter_context(ServerThread(self._proxy.app, host=self.host))
-        self.url = proxy_server.url + "/v1"
+        self._fake_url = self._stack.enter_context(ServerThread(self.fake.app)).url
+        self._serve_proxy(port=0)
+        self._stack.callback(self.go_down)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
+
+    def _serve_proxy(self, port: int) -> None:
+        self._proxy = FaultProxy(self._fake_url)
+        server = ServerThread(self._proxy.app, port=port, host=self.host)
+        self._proxy_server = server.__enter__()
+        self.url = server.url + "/v1"
+
+    def go_down(self) -> None:
+        """Stop listening: new connections are refused until `come_back`."""
+        if self._proxy_server is not None:
+            self._proxy_server.__exit__(None, None, None)
+            self._proxy_server = None
+
+    def come_back(self) -> None:
+        """Listen again, on the same port."""
+        if self._proxy_server is None:
+            self._serve_proxy(port=int(self.url.rsplit(":", 1)[1].split("/", 1)[0]))
 
     @property
     def faults(self) -> FaultProxy:

@@ -1,4 +1,6 @@
-"""Run the real operator in-process against the local control plane, with kopf's KopfRunner.
+"""Run the real operator against the local control plane, in-process or as a killable process.
+
+`OperatorProcess` runs it as a child process, which the end-to-end suite kills and restarts.
 
 Tests start it with `running_operator(control_plane)`; it watches the whole cluster, standalone
 (no peering), with the kubeconfig of the control plane's admin unless a test passes its own
@@ -16,10 +18,15 @@ happens to be running then: with GC timing, under load, a unit test.
 from __future__ import annotations
 
 import gc
+import json
+import os
 import ssl
+import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -27,7 +34,7 @@ from kopf.testing import KopfRunner
 
 from routemesh_operator.handlers import build_registry
 from routemesh_operator.settings import OperatorSettings
-from routemesh_testing.controlplane import LocalControlPlane
+from routemesh_testing.controlplane import LocalControlPlane, terminate
 from routemesh_testing.waiting import http_ok, poll_until
 
 
@@ -84,3 +91,67 @@ def _wait_until_serving(host: str, port: int, tls: bool) -> None:
         context.verify_mode = ssl.CERT_NONE
     if not poll_until(lambda: http_ok(url, 2.0, context), bool, timeout=60, interval=0.1):
         raise RuntimeError(f"the operator's distribution server never answered at {url}")
+
+
+class OperatorProcess:
+    """`python -m routemesh_operator` as a child process, its settings as its environment.
+
+    For the end-to-end suite, which kills it (SIGKILL, as an OOM kill or a node loss would) and
+    starts it again under load. It keeps one pod name across restarts, as a restarted container
+    keeps its pod's, so the new process takes its own Lease back at once.
+    """
+
+    def __init__(self, plane: LocalControlPlane, log_path: Path, **settings: Any) -> None:
+        self.settings = OperatorSettings(
+            **{
+                "kubeconfig": str(plane.kubeconfig),
+                "standalone": True,
+                "pod_name": "routemesh-operator-e2e",
+                "webhook_enabled": False,
+                **settings,
+            }
+        )
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def environment(self) -> dict[str, str]:
+        """The settings as the ROUTEMESH_OPERATOR_* variables the operator reads."""
+        env = dict(os.environ)  # noqa: TID251  (the child inherits this process's environment)
+        for name, value in self.settings.model_dump(mode="json").items():
+            if value is None:
+                continue
+            text = value if isinstance(value, str) else json.dumps(value)
+            env[f"ROUTEMESH_OPERATOR_{name.upper()}"] = text
+        env["PYTHONPATH"] = os.pathsep.join(sys.path)
+        return env
+
+    def start(self) -> None:
+        """Start it and return once its distribution server answers."""
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "routemesh_operator"],
+                env=self.environment(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        _wait_until_serving(
+            self.settings.distribution_host,
+            self.settings.distribution_port,
+            self.settings.distribution_tls,
+        )
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no goodbye to the API server or the sidecars."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+            self.process = None
+
+    def __enter__(self) -> OperatorProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            terminate(self.process)
+            self.process = None

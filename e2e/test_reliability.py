@@ -1,0 +1,111 @@
+"""The reliability suite: faults in the control plane and the providers, under traffic.
+
+Each scenario runs the whole system as processes (see conftest), breaks one thing while an app
+keeps sending requests through its injected sidecar, and asserts that no request was lost or
+answered short, that the system converged afterwards (a policy change still reaches the
+sidecar), and, where a request took a detour, that its trace in the backend says why.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from routemesh_testing.system import System, Traffic, assert_nothing_lost
+from routemesh_testing.waiting import poll_until
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def converges(system: System, model: str) -> None:
+    """A policy change reaches the sidecar: it runs the version the status shows, and ACKed it."""
+    before = system.policy_version()
+    system.apply_policy(model)
+    version = poll_until(system.policy_version, lambda v: v is not None and v != before, timeout=60)
+    assert version != before, "the operator compiled the change"
+    assert poll_until(system.sidecar_version, lambda v: v == version, timeout=60) == version
+    status = poll_until(
+        lambda: system.kubectl.get("routingpolicy", "chat", namespace=system.namespace)["status"],
+        lambda s: (s.get("sidecars") or {}).get("synced") == 1,
+        timeout=60,
+    )
+    assert status["sidecars"]["synced"] == 1, status
+
+
+def test_the_operator_killed_and_restarted_under_load_loses_no_request(system: System):
+    with Traffic(system.base_url) as traffic:
+        traffic.wait_for(20)
+        system.operator.kill()
+        traffic.wait_for(50)  # the sidecar keeps serving its last table with no operator
+        system.operator.start()
+        converges(system, "m2")
+        traffic.wait_for(20)
+    assert_nothing_lost(traffic.outcomes)
+
+
+def test_the_api_server_stopped_and_started_again_loses_no_request(system: System):
+    with Traffic(system.base_url) as traffic:
+        traffic.wait_for(20)
+        with system.plane.apiserver_outage():
+            traffic.wait_for(50)
+        converges(system, "m2")
+        traffic.wait_for(20)
+    assert_nothing_lost(traffic.outcomes)
+
+
+def test_an_invalid_policy_applied_under_load_is_refused_and_the_last_good_table_serves(
+    system: System,
+):
+    good = system.policy_version()
+    with Traffic(system.base_url) as traffic:
+        traffic.wait_for(20)
+        system.apply_policy("m", first="nowhere")  # a backend that does not exist
+        status = poll_until(
+            lambda: system.kubectl.get("routingpolicy", "chat", namespace=system.namespace)[
+                "status"
+            ],
+            lambda s: any(
+                c["type"] == "ResolvedRefs" and c["status"] == "False" for c in s["conditions"]
+            ),
+            timeout=60,
+        )
+        resolved = next(c for c in status["conditions"] if c["type"] == "ResolvedRefs")
+        assert "nowhere" in resolved["message"]
+        traffic.wait_for(30)
+        assert system.sidecar_version() == good, "the sidecar never got the invalid table"
+        converges(system, "m2")
+        traffic.wait_for(10)
+    assert_nothing_lost(traffic.outcomes)
+
+
+def test_a_provider_hard_down_then_back_fails_over_and_the_traces_say_why(system: System):
+    with Traffic(system.base_url) as traffic:
+        traffic.wait_for(10)
+        system.primary.go_down()  # its host is gone: connections refused
+        down_from = len(traffic.outcomes)
+        traffic.wait_for(20)
+        down = traffic.outcomes[down_from + 1 : len(traffic.outcomes)]
+        system.primary.come_back()
+        back_from = len(traffic.outcomes)
+        poll_until(
+            lambda: [o.backend for o in traffic.outcomes[back_from:]][-5:],
+            lambda last: last == ["primary"] * 5,
+            timeout=30,
+        )
+        recovered = [o.backend for o in traffic.outcomes[back_from:]][-5:]
+    assert_nothing_lost(traffic.outcomes)
+    assert {o.backend for o in down} == {"spare"}, "while primary was down, spare served"
+    assert recovered == ["primary"] * 5, "once it was back, its breaker closed and it served"
+    # The first request after it went down tried primary, failed to connect, and fell back.
+    failover = next(o for o in traffic.outcomes[down_from:] if o.backend == "spare")
+    trace = poll_until(
+        lambda: system.phoenix.trace("default", failover.trace_id),
+        lambda found: len(found) >= 3,
+        timeout=30,
+    )
+    [route_span] = [s for s in trace if s["name"] == "routemesh.route"]
+    assert route_span["attributes"]["routemesh.backend"] == "spare"
+    assert route_span["attributes"]["routemesh.fallback.cause"] == "connect_error"
+    attempts = {s["attributes"]["routemesh.backend"]: s for s in trace if s is not route_span}
+    assert attempts["primary"]["status_code"] == "ERROR"
+    assert attempts["primary"]["attributes"]["error.type"] == "connect_error"
+    assert attempts["spare"]["attributes"]["gen_ai.usage.output_tokens"] > 0
