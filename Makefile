@@ -77,14 +77,17 @@ cluster-down: ## Stop the local control plane started with cluster-up
 demo: install controlplane otel-backend ## Run the demo: control plane, operator, webhook, a sidecar, fake providers, traces
 	PYTHONPATH=testing $(PY) -m routemesh_testing.demo $(DEMO_ARGS)
 
+.PHONY: bench-tools
+bench-tools: ## Install wrk and nginx-light from Debian when missing (the load generator and the floor)
+	@command -v wrk >/dev/null && command -v nginx >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light; }
+
 .PHONY: bench
-bench: install ## Run the benchmarks in bench/ and print results for docs/benchmarks.md
+bench: install bench-tools ## Run the benchmarks in bench/ and print results for docs/benchmarks.md
 	PYTHONPATH=testing $(PY) bench/run.py
 
 .PHONY: bench-proxy
-bench-proxy: install ## Measure the sidecar from outside with wrk against nginx and an aiohttp+uvloop floor
-	@command -v wrk >/dev/null && command -v nginx >/dev/null || { apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light; }
+bench-proxy: install bench-tools ## Measure the sidecar from outside with wrk against nginx and an aiohttp+uvloop floor
 	PYTHONPATH=testing $(PY) bench/run.py proxy
 
 .PHONY: ci

@@ -21,6 +21,7 @@ BENCHMARKS = [
     "failover",
     "token_estimate",
     "operator_distribution",
+    "sustained_load",
 ]
 
 
