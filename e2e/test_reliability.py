@@ -8,9 +8,15 @@ sidecar), and, where a request took a detour, that its trace in the backend says
 
 from __future__ import annotations
 
+import secrets
+from typing import Any
+
+import openai
 import pytest
 
-from routemesh_testing.system import System, Traffic, assert_nothing_lost
+from routemesh_testing.fakes import BreakStream
+from routemesh_testing.faultproxy import AddLatency, RateLimitStorm
+from routemesh_testing.system import CHAT, System, Traffic, assert_nothing_lost
 from routemesh_testing.waiting import poll_until
 
 pytestmark = pytest.mark.timeout(240)
@@ -109,3 +115,110 @@ def test_a_provider_hard_down_then_back_fails_over_and_the_traces_say_why(system
     assert attempts["primary"]["status_code"] == "ERROR"
     assert attempts["primary"]["attributes"]["error.type"] == "connect_error"
     assert attempts["spare"]["attributes"]["gen_ai.usage.output_tokens"] > 0
+
+
+def trace_of(system: System, trace_id: str, spans: int) -> list[dict[str, Any]]:
+    """The trace's spans, once the backend has `spans` of them."""
+    found: list[dict[str, Any]] = poll_until(
+        lambda: system.phoenix.trace("default", trace_id),
+        lambda trace: len(trace) >= spans,
+        timeout=30,
+    )
+    assert len(found) >= spans, f"trace {trace_id} has {len(found)} spans in the backend"
+    return found
+
+
+def fallback_trace(system: System, trace_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A failover's route span and its failed attempt on the primary, from the backend."""
+    trace = trace_of(system, trace_id, 3)
+    [route_span] = [s for s in trace if s["name"] == "routemesh.route"]
+    [failed] = [
+        s
+        for s in trace
+        if s["attributes"].get("routemesh.backend") == "primary" and s is not route_span
+    ]
+    return route_span, failed
+
+
+@pytest.mark.parametrize("retry_after", [1.0, None], ids=["with-retry-after", "without"])
+def test_a_429_storm_fails_over_and_each_failover_is_marked_rate_limited(
+    system: System, retry_after: float | None
+):
+    with Traffic(system.base_url) as traffic:
+        traffic.wait_for(10)
+        system.primary.faults.set_fault(RateLimitStorm(retry_after=retry_after), paths=(CHAT,))
+        storm_from = len(traffic.outcomes)
+        traffic.wait_for(30)
+        system.primary.faults.clear()
+        traffic.wait_for(5)
+    assert_nothing_lost(traffic.outcomes)
+    storm = traffic.outcomes[storm_from + 1 : storm_from + 30]
+    assert {o.backend for o in storm} == {"spare"}
+    first = next(o for o in traffic.outcomes[storm_from:] if o.backend == "spare")
+    route_span, failed = fallback_trace(system, first.trace_id)
+    assert route_span["attributes"]["routemesh.fallback.cause"] == "rate_limited"
+    assert failed["attributes"]["error.type"] == "rate_limited"
+    assert failed["attributes"]["http.response.status_code"] == 429
+
+
+def test_a_slow_provider_is_left_for_the_spare_after_its_first_token_timeout(system: System):
+    with Traffic(system.base_url) as traffic:
+        traffic.wait_for(10)
+        system.primary.faults.set_fault(AddLatency(3.0), paths=(CHAT,))
+        slow_from = len(traffic.outcomes)
+        traffic.wait_for(10)
+        system.primary.faults.clear()
+    assert_nothing_lost(traffic.outcomes)
+    first = next(o for o in traffic.outcomes[slow_from:] if o.backend == "spare")
+    route_span, failed = fallback_trace(system, first.trace_id)
+    assert route_span["attributes"]["routemesh.fallback.cause"] == "timeout"
+    assert failed["attributes"]["error.type"] == "timeout"
+
+
+def stream(system: System) -> tuple[str, str, list[str | None]]:
+    """One streamed request: (its trace id, the text received, the finish reasons)."""
+    trace_id = secrets.token_hex(16)
+    with openai.OpenAI(base_url=system.base_url, api_key="app", max_retries=0) as client:
+        chunks = client.chat.completions.create(
+            model="m",
+            messages=[{"role": "user", "content": "tell me"}],
+            stream=True,
+            extra_headers={"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"},
+        )
+        text, finishes = "", []
+        for chunk in chunks:
+            for choice in chunk.choices:
+                text += choice.delta.content or ""
+                finishes.append(choice.finish_reason)
+    return trace_id, text, [f for f in finishes if f]
+
+
+def test_a_stream_broken_before_its_first_byte_fails_over_unseen(system: System):
+    system.primary.fake.always(BreakStream(after_chunks=0))
+    trace_id, text, finishes = stream(system)
+    assert text == "Hello from spare"
+    assert finishes == ["stop"]
+    route_span, failed = fallback_trace(system, trace_id)
+    assert route_span["attributes"]["routemesh.backend"] == "spare"
+    # The connection closed before any event: the classifier's class for an upstream that hung
+    # up without an answer (Envoy's "upstream connection termination").
+    assert failed["attributes"]["error.type"] == "server_error"
+    assert failed["status_code"] == "ERROR"
+
+
+def test_a_stream_broken_after_its_first_byte_ends_in_an_error_never_a_clean_finish(
+    system: System,
+):
+    system.primary.fake.always(BreakStream(after_chunks=2))
+    with pytest.raises(openai.APIError) as broken:
+        stream(system)
+    assert "stream" in str(broken.value).lower(), "the client is told the stream broke"
+    spans = poll_until(
+        lambda: system.phoenix.spans(
+            "default", name="routemesh.route", attributes={"error.type": "stream_broken"}
+        ),
+        bool,
+        timeout=30,
+    )
+    assert spans, "the route span in the backend says the stream broke"
+    assert spans[0]["status_code"] == "ERROR"

@@ -83,7 +83,7 @@ def policy_document(model: str, first: str = "primary") -> dict[str, Any]:
                 "retry": {"attempts": 1},
                 # Short, so that a provider that came back gets its probe within the scenario.
                 "circuitBreaker": {"consecutiveFailures": 3, "baseOpenTime": "2s"},
-                "timeouts": {"connect": "1s", "total": "20s"},
+                "timeouts": {"connect": "1s", "firstToken": "1s", "total": "20s"},
             },
             "routes": [
                 {
