@@ -65,6 +65,15 @@ verify: install ## Regenerate generated files (CRDs, chart schema) and fail on d
 generate: install ## Rewrite generated files (the CRDs in crds/) from their sources
 	$(PY) hack/verify.py --write
 
+.PHONY: lock
+lock: install ## Rewrite the images' lock files (images/locks/) after a dependency change
+	$(PY) hack/lock-images.py
+
+.PHONY: rootfs
+rootfs: install ## Build both images' Python trees without a daemon, into .rootfs/ (hack/build-rootfs.sh)
+	PYTHON=$(PY) bash hack/build-rootfs.sh sidecar .rootfs/sidecar
+	PYTHON=$(PY) bash hack/build-rootfs.sh operator .rootfs/operator
+
 .PHONY: cluster-up
 cluster-up: ## Start the local control plane by hand (prints the KUBECONFIG to use)
 	bash hack/localcluster.sh up

@@ -58,6 +58,16 @@ def test_the_api_server_stopped_and_started_again_loses_no_request(system: Syste
     assert_nothing_lost(traffic.outcomes)
 
 
+def test_the_api_server_restarted_under_load_loses_no_request(system: System):
+    with Traffic(system.base_url) as traffic:
+        traffic.wait_for(20)
+        with system.plane.apiserver_restart():
+            traffic.wait_for(50)  # no API server at all: connections refused
+        converges(system, "m2")
+        traffic.wait_for(20)
+    assert_nothing_lost(traffic.outcomes)
+
+
 def test_an_invalid_policy_applied_under_load_is_refused_and_the_last_good_table_serves(
     system: System,
 ):

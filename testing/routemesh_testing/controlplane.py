@@ -266,6 +266,24 @@ class LocalControlPlane:
         finally:
             os.kill(pid, signal.SIGCONT)
 
+    @contextlib.contextmanager
+    def apiserver_restart(self) -> Iterator[None]:
+        """Stop kube-apiserver (SIGTERM) for the block, then start it again on the same port.
+
+        Unlike an outage, clients see connections refused and their watches end; the new process
+        serves the same etcd, so nothing stored is lost. Back when its /readyz answers.
+        """
+        if self._apiserver is None:
+            raise ControlPlaneError("the API server is not running")
+        stopped = self._apiserver
+        terminate(stopped.popen)
+        self._processes.remove(stopped)
+        self._apiserver = None
+        try:
+            yield
+        finally:
+            self._start_apiserver()
+
     def stop(self) -> None:
         """Stop the processes in reverse order and remove etcd's data directory."""
         for proc in reversed(self._processes):

@@ -1,0 +1,70 @@
+"""Write the images' lock files, images/locks/<extras>.txt: every dependency pinned by hash.
+
+`make lock` runs it when pyproject.toml's dependencies change. It asks pip to resolve each
+image's extras (`pip install --dry-run --report`, wheels only, for this interpreter and platform:
+CPython 3.11 on Linux x86-64, the images' base) and keeps the exact version and the sha256 of
+the wheel pip chose. hack/build-rootfs.sh and the Dockerfiles install with `--require-hashes`,
+so nothing unpinned gets in. A test checks that each lock covers its extras.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LOCKS = REPO / "images" / "locks"
+# Each image (or variant) and the extras it installs.
+IMAGES = ("sidecar", "sidecar,tokenizer", "operator")
+
+
+def resolve(extras: str) -> list[str]:
+    """`name==version --hash=sha256:...` for every dependency of the project with `extras`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--dry-run",
+                "--ignore-installed",
+                "--only-binary=:all:",
+                "--quiet",
+                "--report",
+                str(report),
+                f"{REPO}[{extras}]",
+            ],
+            check=True,
+        )
+        resolved = json.loads(report.read_text())["install"]
+    lines = []
+    for item in resolved:
+        if item.get("is_direct"):  # the project itself: built from the source tree
+            continue
+        metadata = item["metadata"]
+        digest = item["download_info"]["archive_info"]["hashes"]["sha256"]
+        lines.append(f"{metadata['name'].lower()}=={metadata['version']} --hash=sha256:{digest}")
+    return sorted(lines)
+
+
+def main() -> int:
+    """Write every lock."""
+    LOCKS.mkdir(parents=True, exist_ok=True)
+    for extras in IMAGES:
+        path = LOCKS / f"{extras.replace(',', '-')}.txt"
+        header = (
+            f"# The {extras} image's dependencies, pinned by hash: written by hack/lock-images.py"
+            " (make lock).\n"
+        )
+        path.write_text(header + "\n".join(resolve(extras)) + "\n")
+        print(f"wrote {path.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
