@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from routemesh_operator.api.chart import values_schema
+from routemesh_operator.api.chart import values_reference, values_schema
 from routemesh_operator.api.crdgen import render_crds
 from routemesh_testing.controlplane import pinned_versions
 
@@ -126,6 +126,11 @@ def check_chart_schema(write: bool) -> list[str]:
     return _check_file(REPO / "charts/routemesh/values.schema.json", values_schema(), write)
 
 
+def check_values_reference(write: bool) -> list[str]:
+    """docs/chart-values.md is generated from the chart's values model."""
+    return _check_file(REPO / "docs/chart-values.md", values_reference(), write)
+
+
 def check_chart_dashboard(write: bool) -> list[str]:
     """The chart's dashboard is the one in docs/monitoring (Helm reads only its own files)."""
     source = REPO / "docs/monitoring/routemesh-dashboard.json"
@@ -151,6 +156,7 @@ CHECKS: dict[str, Check] = {
     "CRDs generated from the API models": check_crds,
     "chart CRDs are the generated CRDs": check_chart_crds,
     "chart values schema generated from its model": check_chart_schema,
+    "chart values reference generated from its model": check_values_reference,
     "chart dashboard is the docs' dashboard": check_chart_dashboard,
 }
 

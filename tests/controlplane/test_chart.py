@@ -238,3 +238,51 @@ def test_the_grafana_dashboard_is_a_configmap_only_when_asked_and_the_api_server
     assert dashboard == json.loads(docs.read_text())
     applied = kubectl.run("apply", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(configmap))
     assert "created (server dry run)" in applied.stdout
+
+
+def test_several_replicas_get_spread_over_nodes_and_a_disruption_budget(helm: Helm):
+    single = by_kind(helm.template("rm", "routemesh-system"))
+    assert "PodDisruptionBudget" not in single, "one replica: a budget would block every drain"
+    assert "affinity" not in single["Deployment"][0]["spec"]["template"]["spec"]
+    soft = by_kind(helm.template("rm", "routemesh-system", {"operator": {"replicas": 3}}))
+    (budget,) = soft["PodDisruptionBudget"]
+    assert budget["spec"]["maxUnavailable"] == 1
+    pod_spec = soft["Deployment"][0]["spec"]["template"]["spec"]
+    selector = soft["Deployment"][0]["spec"]["selector"]["matchLabels"]
+    assert budget["spec"]["selector"]["matchLabels"] == selector
+    [preferred] = pod_spec["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert preferred["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert preferred["podAffinityTerm"]["labelSelector"]["matchLabels"] == selector
+    hard = by_kind(
+        helm.template("rm", "ops", {"operator": {"replicas": 2, "podAntiAffinity": "hard"}})
+    )
+    anti = hard["Deployment"][0]["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert (
+        anti["requiredDuringSchedulingIgnoredDuringExecution"][0]["labelSelector"]["matchLabels"]
+        == selector
+    )
+
+
+def test_the_notes_say_how_to_label_a_namespace_check_status_and_find_traces(
+    helm: Helm, control_plane: LocalControlPlane
+):
+    chart = str(REPO_ROOT / "charts" / "routemesh")
+    kubeconfig = f"--kubeconfig={control_plane.kubeconfig}"  # helm asks the API server's version
+    notes = helm.run("install", "rm", chart, "-n", "ops", "--dry-run=client", kubeconfig).stdout
+    assert "kubectl label namespace NAME routemesh.dev/inject=enabled" in notes
+    assert "kubectl get rp,mb -A" in notes
+    assert "Set sidecar.otlpEndpoint" in notes
+    traced = helm.run(
+        "install",
+        "rm",
+        chart,
+        "-n",
+        "ops",
+        "--dry-run=client",
+        kubeconfig,
+        "--set",
+        "sidecar.otlpEndpoint=http://collector:4318",
+    ).stdout
+    assert "send them over OTLP/HTTP to\n   http://collector:4318" in traced

@@ -140,6 +140,17 @@ class Operator(Values):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level."
     )
+    pod_anti_affinity: Literal["soft", "hard", "none"] = Field(
+        default="soft",
+        description="Spread the replicas over nodes: soft prefers it, hard requires it (each "
+        "replica needs its own node), none leaves it to the scheduler. Only with 2 replicas "
+        "or more.",
+    )
+    max_unavailable: Annotated[int, Field(ge=1)] = Field(
+        default=1,
+        description="The PodDisruptionBudget's maxUnavailable, with 2 replicas or more: a node "
+        "drain never takes every replica at once (one leads, the others stand by).",
+    )
     watch_namespaces: list[str] = Field(
         default_factory=list,
         description="Namespaces to watch (globs allowed); empty watches the whole cluster.",
@@ -166,6 +177,45 @@ class ChartValues(Values):
     service_account_name: str = Field(
         default="routemesh-operator", description="The operator's ServiceAccount."
     )
+
+
+def values_reference() -> str:
+    """docs/chart-values.md: every value, its type, default and meaning, from the model."""
+    lines = [
+        "# Chart values",
+        "",
+        "Every value `charts/routemesh/values.yaml` may set. Generated from",
+        "`routemesh_operator.api.chart` by `make generate`; `make verify` fails when it drifts.",
+        "Helm refuses a value that is not here (`values.schema.json`, from the same model).",
+        "",
+        "| value | type | default | what it does |",
+        "|---|---|---|---|",
+    ]
+    defaults = ChartValues().model_dump(by_alias=True, mode="json")
+    lines += list(_reference_rows(ChartValues, defaults, ""))
+    return "\n".join(lines) + "\n"
+
+
+def _reference_rows(model: type[BaseModel], defaults: dict[str, Any], prefix: str) -> Any:
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{field.alias or name}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from _reference_rows(annotation, defaults[field.alias or name], f"{key}.")
+            continue
+        default = json.dumps(defaults[field.alias or name])
+        kind = _type_name(annotation)
+        description = (field.description or "").replace("|", "\\|")
+        yield f"| `{key}` | {kind} | `{default}` | {description} |"
+
+
+def _type_name(annotation: Any) -> str:
+    text = repr(annotation).replace("typing.", "")
+    if "Literal[" in text:
+        return " \\| ".join(f"`{v}`" for v in getattr(annotation, "__args__", ()))
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return text.replace("|", "or")
 
 
 def values_schema() -> str:
