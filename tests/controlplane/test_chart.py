@@ -286,3 +286,23 @@ def test_the_notes_say_how_to_label_a_namespace_check_status_and_find_traces(
         "sidecar.otlpEndpoint=http://collector:4318",
     ).stdout
     assert "send them over OTLP/HTTP to\n   http://collector:4318" in traced
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {"monitoring": {"grafanaDashboard": {"enabled": True}}, "operator": {"replicas": 2}},
+    ],
+    ids=["defaults", "monitoring-and-replicas"],
+)
+def test_the_rendered_chart_applies_with_a_server_side_dry_run(
+    helm: Helm, kubectl: Kubectl, namespace: str, values: dict[str, Any]
+):
+    docs = helm.template("rm", namespace, values, include_crds=True)
+    applied = kubectl.run(
+        "apply", "--dry-run=server", "-n", namespace, "-f", "-", stdin=yaml.safe_dump_all(docs)
+    )
+    lines = applied.stdout.splitlines()
+    assert len(lines) == len(docs), applied.stdout
+    assert all(line.endswith("(server dry run)") for line in lines), applied.stdout
