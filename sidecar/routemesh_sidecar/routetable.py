@@ -227,6 +227,10 @@ class Signals(WireModel):
     keywords: Annotated[frozenset[str], SortedSet] = frozenset()
     modalities: Annotated[frozenset[Literal["Text", "Image", "Audio"]], SortedSet] = frozenset()
     tools_present: bool | None = None
+    min_turns: int | None = None  # user messages in the request
+    max_turns: int | None = None
+    reasoning: bool | None = None
+    languages: Annotated[frozenset[str], SortedSet] = frozenset()  # ISO 639-1; any of them
     categories: tuple[Category, ...] = ()  # any of them must match; in the policy's order
 
     @cached_property

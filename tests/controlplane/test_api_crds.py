@@ -222,6 +222,16 @@ INVALID = [
         id="token-range-inverted",
     ),
     pytest.param(
+        changed(valid_policy(), "spec.routes.1.match.signals.turns", {"min": 5, "max": 2}),
+        ["spec.routes[1].match.signals.turns", "turns.min must not exceed turns.max"],
+        id="turn-range-inverted",
+    ),
+    pytest.param(
+        changed(valid_policy(), "spec.routes.1.match.signals.languages", ["english"]),
+        ["spec.routes[1].match.signals.languages[0]", "Unsupported value"],
+        id="unknown-language",
+    ),
+    pytest.param(
         changed(valid_policy(), "spec.routes", [SCORE_BASED]),
         ["spec.routes[0].strategy", "strategy.score is required for type ScoreBased"],
         id="score-based-without-weights",

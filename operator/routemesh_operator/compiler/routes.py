@@ -154,6 +154,10 @@ def _match(match: ApiMatch | None) -> wire.RouteMatch:
             keywords=frozenset(signals.keywords or ()),
             modalities=frozenset(signals.modalities or ()),
             tools_present=signals.tools_present,
+            min_turns=signals.turns.min if signals.turns else None,
+            max_turns=signals.turns.max if signals.turns else None,
+            reasoning=signals.reasoning,
+            languages=frozenset(signals.languages or ()),
             categories=tuple(_category(c) for c in signals.categories or ()),
         ),
     )

@@ -51,7 +51,11 @@ def signals_match(
         rule.code_present is None or signals.code_present == rule.code_present,
         rule.tools_present is None or signals.tools_present == rule.tools_present,
         not rule.modalities or bool(rule.modalities & signals.modalities),
+        rule.min_turns is None or signals.user_turns >= rule.min_turns,
+        rule.max_turns is None or signals.user_turns <= rule.max_turns,
         not rule.keywords or _any_keyword(rule.keywords, signals.text),
+        rule.reasoning is None or signals.reasoning == rule.reasoning,
+        not rule.languages or signals.language in rule.languages,
     )
     if not all(checks):
         return False

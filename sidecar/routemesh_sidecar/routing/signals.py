@@ -24,6 +24,171 @@ _CODE = re.compile(
 )
 _CHARS_PER_TOKEN = 4
 _TOKENS_PER_MESSAGE = 4
+# Markers of reasoning, math or analysis: asks to go step by step, prove, derive, calculate or
+# compare. Two of them (or one piece of math notation) make a prompt read like reasoning: one
+# "compare" or "why" alone is everyday speech.
+_REASONING_WORDS = re.compile(
+    r"\b(step[- ]by[- ]step|prove|proof|derive|derivation|calculate|compute|solve|theorem|"
+    r"lemma|equation|integral|derivative|probability|analy[sz]e|analysis|compare|trade-?offs?|"
+    r"reasoning|explain why|why does|why is|estimate|optimi[sz]e|justify)\b",
+    re.IGNORECASE,
+)
+_MATH = re.compile(r"\\(frac|sum|int|sqrt)|[∑∫√≤≥≠±∞]|\b\d+\s*[-+*/^\u00d7\u00f7=]\s*\d+\b")
+# How much of a long prompt the content markers read: enough to judge, bounded in time.
+_MARKER_CHARS = 20_000
+_LANGUAGE_CHARS = 4_000
+# Scripts that name their language (kana before the CJK ideographs, which Japanese uses too).
+_SCRIPTS = (
+    ("ja", re.compile(r"[\u3040-\u30ff]")),
+    ("ko", re.compile(r"[\uac00-\ud7af]")),
+    ("zh", re.compile(r"[\u4e00-\u9fff]")),
+    ("ru", re.compile(r"[\u0400-\u04ff]")),
+    ("ar", re.compile(r"[\u0600-\u06ff]")),
+    ("he", re.compile(r"[\u0590-\u05ff]")),
+    ("hi", re.compile(r"[\u0900-\u097f]")),
+    ("el", re.compile(r"[\u0370-\u03ff]")),
+    ("th", re.compile(r"[\u0e00-\u0e7f]")),
+)
+# Latin-script languages, told apart by their commonest short words.
+_COMMON_WORDS = {
+    "en": frozenset(
+        [
+            "the",
+            "and",
+            "is",
+            "of",
+            "to",
+            "in",
+            "what",
+            "how",
+            "you",
+            "that",
+            "it",
+            "for",
+            "with",
+            "this",
+            "are",
+            "can",
+            "do",
+        ]
+    ),
+    "fr": frozenset(
+        [
+            "le",
+            "la",
+            "les",
+            "est",
+            "et",
+            "des",
+            "une",
+            "un",
+            "que",
+            "pour",
+            "dans",
+            "quel",
+            "quelle",
+            "pas",
+            "vous",
+            "je",
+        ]
+    ),
+    "de": frozenset(
+        [
+            "der",
+            "die",
+            "das",
+            "und",
+            "ist",
+            "nicht",
+            "ein",
+            "eine",
+            "ich",
+            "sie",
+            "wie",
+            "was",
+            "mit",
+            "zu",
+            "für",
+        ]
+    ),
+    "es": frozenset(
+        [
+            "el",
+            "los",
+            "las",
+            "es",
+            "y",
+            "que",
+            "un",
+            "una",
+            "por",
+            "para",
+            "cómo",
+            "qué",
+            "con",
+            "del",
+            "está",
+        ]
+    ),
+    "it": frozenset(
+        [
+            "il",
+            "lo",
+            "gli",
+            "è",
+            "di",
+            "che",
+            "un",
+            "una",
+            "per",
+            "non",
+            "come",
+            "sono",
+            "con",
+            "della",
+            "questo",
+        ]
+    ),
+    "pt": frozenset(
+        [
+            "o",
+            "os",
+            "as",
+            "é",
+            "de",
+            "que",
+            "um",
+            "uma",
+            "para",
+            "não",
+            "como",
+            "com",
+            "você",
+            "do",
+            "está",
+        ]
+    ),
+    "nl": frozenset(
+        [
+            "de",
+            "het",
+            "een",
+            "en",
+            "is",
+            "van",
+            "niet",
+            "dat",
+            "ik",
+            "je",
+            "wat",
+            "hoe",
+            "met",
+            "voor",
+            "zijn",
+        ]
+    ),
+}
+_WORD = re.compile(r"[^\W\d_]+")
 
 
 @dataclass(frozen=True)
@@ -36,11 +201,54 @@ class RequestSignals:
     modalities: frozenset[str]
     tools_present: bool
     message_count: int = 0
+    user_turns: int = 0  # user messages: the conversation's depth
 
     @cached_property
     def code_present(self) -> bool:
         """Whether the prompt contains code; searched only when a route asks."""
         return bool(_CODE.search(self.text))
+
+    @cached_property
+    def reasoning(self) -> bool:
+        """Whether the prompt reads like reasoning, math or analysis; only when a route asks."""
+        return reads_like_reasoning(self.text)
+
+    @cached_property
+    def language(self) -> str | None:
+        """The prompt's language (ISO 639-1), None when not recognised; only when a route asks."""
+        return detect_language(self.text)
+
+
+def reads_like_reasoning(text: str) -> bool:
+    """Two reasoning markers, or math notation, in the prompt's first 20,000 characters."""
+    head = text[:_MARKER_CHARS]
+    if _MATH.search(head):
+        return True
+    markers = {m.group(0).lower() for m in _REASONING_WORDS.finditer(head)}
+    return len(markers) >= 2
+
+
+def detect_language(text: str) -> str | None:
+    """The language of the prompt's first 4,000 characters, by script or by common words.
+
+    A script that names a language wins when a fifth of the letters are in it; otherwise the
+    Latin-script language with the most common words, when it has at least two and more than
+    any other. None when nothing decides (an empty prompt, a few words, code).
+    """
+    head = text[:_LANGUAGE_CHARS]
+    letters = sum(1 for c in head if c.isalpha())
+    if letters == 0:
+        return None
+    for language, script in _SCRIPTS:
+        if len(script.findall(head)) * 5 >= letters:
+            return language
+    words = [w.lower() for w in _WORD.findall(head)]
+    scores = sorted(
+        ((sum(w in common for w in words), lang) for lang, common in _COMMON_WORDS.items()),
+        reverse=True,
+    )
+    (best, language), (second, _) = scores[0], scores[1]
+    return language if best >= 2 and best > second else None
 
 
 def read_signals(api: Api, body: dict[str, Any]) -> RequestSignals:
@@ -48,11 +256,12 @@ def read_signals(api: Api, body: dict[str, Any]) -> RequestSignals:
     texts: list[str] = []
     modalities: set[str] = set()
     messages = body.get("messages")
-    message_count = 0
+    message_count = user_turns = 0
     if isinstance(messages, list):
         for message in messages:
             if isinstance(message, dict):
                 message_count += 1
+                user_turns += message.get("role") == "user"
                 _collect(message.get("content"), texts, modalities)
     for key in ("system", "prompt", "input"):
         _collect(body.get(key), texts, modalities)
@@ -66,6 +275,10 @@ def read_signals(api: Api, body: dict[str, Any]) -> RequestSignals:
         modalities=frozenset(modalities or {"Text"}),
         tools_present=bool(body.get("tools")),
         message_count=message_count,
+        # A completion or embedding request is one turn: its prompt or input.
+        user_turns=user_turns
+        if isinstance(messages, list)
+        else int(any(key in body for key in ("prompt", "input"))),
     )
 
 

@@ -45,6 +45,10 @@ StrategyType = Literal[
     "Fallback", "Weighted", "CheapestCapable", "Fastest", "Cascade", "ScoreBased"
 ]
 Modality = Literal["Text", "Image", "Audio"]
+# The languages the sidecar recognises (ISO 639-1): by script, or by common words for Latin ones.
+Language = Literal[
+    "en", "fr", "de", "es", "it", "pt", "nl", "ru", "zh", "ja", "ko", "ar", "he", "hi", "el", "th"
+]
 HeaderName = Annotated[
     str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 ]
@@ -309,6 +313,24 @@ class TokenRange(ApiModel):
     """Most tokens, inclusive."""
 
 
+class TurnRange(ApiModel):
+    """A range of conversation depths: user messages in the request, this one included."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "!has(self.min) || !has(self.max) || self.min <= self.max",
+                "turns.min must not exceed turns.max",
+            )
+        )
+    )
+
+    min: Annotated[int, Field(ge=0)] | None = None
+    """Fewest user messages, inclusive."""
+    max: Annotated[int, Field(ge=0)] | None = None
+    """Most user messages, inclusive."""
+
+
 class Category(ApiModel):
     """A semantic category, defined by example utterances rather than by keywords."""
 
@@ -350,6 +372,16 @@ class Signals(ApiModel):
     """Input modalities, any of which must be present: Text, Image, Audio."""
     tools_present: bool | None = None
     """The request offers tools (true) or does not (false)."""
+    turns: TurnRange | None = None
+    """The conversation's depth: how many user messages the request holds."""
+    reasoning: bool | None = None
+    """The prompt reads like reasoning, math or analysis (true) or does not (false): asks to go
+    step by step, prove, derive, calculate or compare, or math notation."""
+    languages: (
+        Annotated[list[Language], Field(max_length=16, json_schema_extra=SET_LIST)] | None
+    ) = None
+    """Languages (ISO 639-1), any of which the prompt must be written in. A prompt whose language
+    is not recognised (too short, or not among these) matches none."""
 
 
 class RouteMatch(ApiModel):
