@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -68,7 +69,13 @@ class Nginx:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        time.sleep(0.3)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # bound once it accepts a connection
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.02)
+        raise RuntimeError(f"nginx did not listen on {self.port} within 10 s")
 
     def kill(self) -> None:
         """SIGKILL the master and its worker."""
@@ -157,12 +164,15 @@ def measure(tmp: Path) -> tuple[str, dict[str, float], list[str]]:
     spare.start()
     timeline: list[str] = []
     started = time.monotonic()
+    ended = threading.Event()  # set if wrk ends early: the faults stop where they are
 
     def faults() -> None:
-        time.sleep(KILL_AT)
+        if ended.wait(KILL_AT):
+            return
         primary.kill()
         timeline.append(f"{time.monotonic() - started:.1f} s: primary killed")
-        time.sleep(RESTORE_AT - KILL_AT)
+        if ended.wait(RESTORE_AT - KILL_AT):
+            return
         primary.start()
         timeline.append(f"{time.monotonic() - started:.1f} s: primary restored")
 
@@ -188,11 +198,14 @@ def measure(tmp: Path) -> tuple[str, dict[str, float], list[str]]:
     ]
     try:
         with process(argv, port, 0):
-            fault_thread = threading.Thread(target=faults, name="faults")
+            fault_thread = threading.Thread(target=faults, name="faults", daemon=True)
             started = time.monotonic()
             fault_thread.start()
-            output = wrk(f"http://127.0.0.1:{port}/v1/chat/completions", script)
-            fault_thread.join()
+            try:
+                output = wrk(f"http://127.0.0.1:{port}/v1/chat/completions", script)
+            finally:
+                ended.set()
+                fault_thread.join()
             counts = sidecar_counts(f"http://127.0.0.1:{admin}")
     finally:
         primary.kill()

@@ -113,11 +113,7 @@ def test_a_provider_hard_down_then_back_fails_over_and_the_traces_say_why(system
     assert recovered == ["primary"] * 5, "once it was back, its breaker closed and it served"
     # The first request after it went down tried primary, failed to connect, and fell back.
     failover = next(o for o in traffic.outcomes[down_from:] if o.backend == "spare")
-    trace = poll_until(
-        lambda: system.phoenix.trace("default", failover.trace_id),
-        lambda found: len(found) >= 3,
-        timeout=30,
-    )
+    trace = trace_of(system, failover.trace_id, 3)
     [route_span] = [s for s in trace if s["name"] == "routemesh.route"]
     assert route_span["attributes"]["routemesh.backend"] == "spare"
     assert route_span["attributes"]["routemesh.fallback.cause"] == "connect_error"
@@ -129,13 +125,9 @@ def test_a_provider_hard_down_then_back_fails_over_and_the_traces_say_why(system
 
 def trace_of(system: System, trace_id: str, spans: int) -> list[dict[str, Any]]:
     """The trace's spans, once the backend has `spans` of them."""
-    found: list[dict[str, Any]] = poll_until(
-        lambda: system.phoenix.trace("default", trace_id),
-        lambda trace: len(trace) >= spans,
-        timeout=30,
+    return system.phoenix.wait_for(
+        "default", lambda trace: len(trace) >= spans, trace_id=trace_id, timeout=30
     )
-    assert len(found) >= spans, f"trace {trace_id} has {len(found)} spans in the backend"
-    return found
 
 
 def fallback_trace(system: System, trace_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -185,9 +177,9 @@ def test_a_slow_provider_is_left_for_the_spare_after_its_first_token_timeout(sys
     assert failed["attributes"]["error.type"] == "timeout"
 
 
-def stream(system: System) -> tuple[str, str, list[str | None]]:
+def stream(system: System, trace_id: str = "") -> tuple[str, str, list[str | None]]:
     """One streamed request: (its trace id, the text received, the finish reasons)."""
-    trace_id = secrets.token_hex(16)
+    trace_id = trace_id or secrets.token_hex(16)
     with openai.OpenAI(base_url=system.base_url, api_key="app", max_retries=0) as client:
         chunks = client.chat.completions.create(
             model="m",
@@ -220,15 +212,10 @@ def test_a_stream_broken_after_its_first_byte_ends_in_an_error_never_a_clean_fin
     system: System,
 ):
     system.primary.fake.always(BreakStream(after_chunks=2))
+    trace_id = secrets.token_hex(16)
     with pytest.raises(openai.APIError) as broken:
-        stream(system)
+        stream(system, trace_id)
     assert "stream" in str(broken.value).lower(), "the client is told the stream broke"
-    spans = poll_until(
-        lambda: system.phoenix.spans(
-            "default", name="routemesh.route", attributes={"error.type": "stream_broken"}
-        ),
-        bool,
-        timeout=30,
-    )
-    assert spans, "the route span in the backend says the stream broke"
-    assert spans[0]["status_code"] == "ERROR"
+    [route_span] = [s for s in trace_of(system, trace_id, 2) if s["name"] == "routemesh.route"]
+    assert route_span["attributes"]["error.type"] == "stream_broken"
+    assert route_span["status_code"] == "ERROR"

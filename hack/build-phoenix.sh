@@ -24,7 +24,6 @@ start=$(date +%s)
 # only a marker written last makes it count as cached.
 rm -rf "$out"
 python3 -m venv "$out"
-"$out/bin/python" -m pip install --quiet --upgrade pip
 "$out/bin/python" -m pip install --quiet --no-deps -r "$here/phoenix/requirements.txt"
 "$out/bin/python" -m pip check >&2
 touch "$out/.complete"

@@ -10,6 +10,7 @@ so nothing unpinned gets in. A test checks that each lock covers its extras.
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 import tempfile
@@ -53,7 +54,13 @@ def resolve(extras: str) -> list[str]:
 
 
 def main() -> int:
-    """Write every lock."""
+    """Write every lock (refusing to run where the hashes would not be the images')."""
+    if sys.version_info[:2] != (3, 11) or platform.machine() != "x86_64" or sys.platform != "linux":
+        raise SystemExit(
+            "lock-images: run it with CPython 3.11 on Linux x86-64, the images' base: the "
+            f"wheels pip picks (and their hashes) depend on it; this is Python "
+            f"{platform.python_version()} on {sys.platform} {platform.machine()}"
+        )
     LOCKS.mkdir(parents=True, exist_ok=True)
     for extras in IMAGES:
         path = LOCKS / f"{extras.replace(',', '-')}.txt"

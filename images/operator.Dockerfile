@@ -5,7 +5,7 @@
 #   docker build -f images/operator.Dockerfile -t routemesh/operator .
 # The build stage's steps are hack/build-rootfs.sh's, which builds the same tree without a daemon
 # and is what the tests start. The runtime stage runs as a non-root user on a read-only root
-# filesystem and needs no shell: the chart's command (`routemesh-operator`) is a console script
+# filesystem and needs no shell (the base has one; nothing runs it): the chart's command (`routemesh-operator`) is a console script
 # run by Python directly.
 ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
 

@@ -153,8 +153,12 @@ def free_port() -> int:
         return port
 
 
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: if pytest is killed, its control plane dies too.
+def die_with_parent() -> None:
+    """A child's `preexec_fn`: the kernel kills the child when its parent dies.
+
+    It runs in the child between fork and exec, so that a killed pytest leaves no process of
+    its own behind (the control plane, an operator, Phoenix).
+    """
     pr_set_pdeathsig = 1
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
@@ -462,7 +466,7 @@ class LocalControlPlane:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=self.detached,
-                preexec_fn=None if self.detached else _die_with_parent,  # noqa: PLW1509
+                preexec_fn=None if self.detached else die_with_parent,  # noqa: PLW1509
             )
         proc = _Process(name, popen, log_path)
         self._processes.append(proc)

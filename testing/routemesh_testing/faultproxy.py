@@ -132,9 +132,12 @@ class _Armed:
 class FaultProxy:
     """An aiohttp application that forwards to `upstream`, except where a fault is armed."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, allowed_peers: frozenset[str] | None = None) -> None:
         # The origin (optionally with a path prefix) that request paths are appended to.
         self.upstream = upstream.rstrip("/")
+        # When set, only these client addresses are served: a proxy on a network address (the
+        # demo's vLLM pod) must not answer the rest of the network.
+        self.allowed_peers = allowed_peers
         self._lock = threading.Lock()
         self._armed: _Armed | None = None
         self._received: list[str] = []
@@ -205,6 +208,11 @@ class FaultProxy:
             return armed.fault
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if self.allowed_peers is not None and request.remote not in self.allowed_peers:
+            return web.json_response(
+                openai_error(f"{request.remote} may not use this test provider", "forbidden"),
+                status=403,
+            )
         fault = self._take(request.path)
         if isinstance(fault, RateLimitStorm):
             fault = fault.as_status()
@@ -348,7 +356,9 @@ class FaultyUpstream:
         self._stack.close()
 
     def _serve_proxy(self, port: int) -> None:
-        self._proxy = FaultProxy(self._fake_url)
+        # On a network address, only this machine may use it (it asks for no key).
+        local = None if self.host == "127.0.0.1" else frozenset({"127.0.0.1", self.host})
+        self._proxy = FaultProxy(self._fake_url, allowed_peers=local)
         server = ServerThread(self._proxy.app, port=port, host=self.host)
         self._proxy_server = server.__enter__()
         self.url = server.url + "/v1"

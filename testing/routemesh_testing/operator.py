@@ -34,7 +34,7 @@ from kopf.testing import KopfRunner
 
 from routemesh_operator.handlers import build_registry
 from routemesh_operator.settings import OperatorSettings
-from routemesh_testing.controlplane import LocalControlPlane, terminate
+from routemesh_testing.controlplane import LocalControlPlane, die_with_parent, terminate
 from routemesh_testing.waiting import http_ok, poll_until
 
 
@@ -97,8 +97,9 @@ class OperatorProcess:
     """`python -m routemesh_operator` as a child process, its settings as its environment.
 
     For the end-to-end suite, which kills it (SIGKILL, as an OOM kill or a node loss would) and
-    starts it again under load. It keeps one pod name across restarts, as a restarted container
-    keeps its pod's, so the new process takes its own Lease back at once.
+    starts it again under load. Standalone, as one replica runs: no Lease, so a restart is
+    back at once (the takeover of a Lease is tested in test_leader.py). It dies with the test
+    process, and a start that fails stops what it started.
     """
 
     def __init__(self, plane: LocalControlPlane, log_path: Path, **settings: Any) -> None:
@@ -127,18 +128,25 @@ class OperatorProcess:
 
     def start(self) -> None:
         """Start it and return once its distribution server answers."""
+        if self.process is not None:
+            raise RuntimeError("the operator process is already running")
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "routemesh_operator"],
                 env=self.environment(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,  # noqa: PLW1509  (nothing else runs in the child)
             )
-        _wait_until_serving(
-            self.settings.distribution_host,
-            self.settings.distribution_port,
-            self.settings.distribution_tls,
-        )
+        try:
+            _wait_until_serving(
+                self.settings.distribution_host,
+                self.settings.distribution_port,
+                self.settings.distribution_tls,
+            )
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, no goodbye to the API server or the sidecars."""

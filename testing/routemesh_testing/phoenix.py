@@ -23,7 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from routemesh_testing.controlplane import REPO_ROOT, BinariesMissing, free_port, terminate
+from routemesh_testing.controlplane import (
+    REPO_ROOT,
+    BinariesMissing,
+    die_with_parent,
+    free_port,
+    terminate,
+)
 
 VERSIONS_SCRIPT = REPO_ROOT / "hack" / "versions.sh"
 PROJECT_ATTRIBUTE = "openinference.project.name"
@@ -105,7 +111,11 @@ class PhoenixServer:
         }
         with self.log_path.open("wb") as log:
             self._popen = subprocess.Popen(
-                [str(self.executable), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+                [str(self.executable), "serve"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,  # noqa: PLW1509  (nothing else runs in the child)
             )
 
     def __exit__(self, *exc_info: object) -> None:
@@ -135,12 +145,19 @@ class PhoenixServer:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def spans(
-        self, project: str, *, name: str | None = None, attributes: dict[str, Any] | None = None
+        self,
+        project: str,
+        *,
+        name: str | None = None,
+        attributes: dict[str, Any] | None = None,
+        trace_id: str | None = None,
     ) -> list[Span]:
-        """The project's spans, filtered by name and attribute values; [] before it exists."""
+        """The project's spans, by name, attribute values and trace; [] before it exists."""
         params: list[tuple[str, str]] = [("limit", "1000")]
         if name is not None:
             params.append(("name", name))
+        if trace_id is not None:
+            params.append(("trace_id", trace_id))
         for key, value in (attributes or {}).items():
             # Phoenix parses the value as JSON, so a string that looks like a number is quoted.
             params.append(("attribute", f"{key}:{json.dumps(value)}"))
@@ -163,8 +180,8 @@ class PhoenixServer:
                 return found
 
     def trace(self, project: str, trace_id: str) -> list[Span]:
-        """Every span of one trace in the project."""
-        return [s for s in self.spans(project) if s["context"]["trace_id"] == trace_id]
+        """Every span of one trace in the project (filtered by the server)."""
+        return self.spans(project, trace_id=trace_id)
 
     def wait_for(
         self,
@@ -173,17 +190,19 @@ class PhoenixServer:
         *,
         name: str | None = None,
         attributes: dict[str, Any] | None = None,
+        trace_id: str | None = None,
         timeout: float = 30.0,
     ) -> list[Span]:
         """Poll the REST API until the matching spans satisfy `predicate`; return them."""
         deadline = time.monotonic() + timeout
         spans: list[Span] = []
         while time.monotonic() < deadline:
-            spans = self.spans(project, name=name, attributes=attributes)
+            spans = self.spans(project, name=name, attributes=attributes, trace_id=trace_id)
             if predicate(spans):
                 return spans
             time.sleep(0.2)
         raise AssertionError(
             f"Phoenix project {project!r} had no matching spans in {timeout} s "
-            f"(name={name!r}, attributes={attributes!r}); last answer: {spans[:3]!r}"
+            f"(name={name!r}, attributes={attributes!r}, trace_id={trace_id!r}); last answer: "
+            f"{spans[:3]!r}"
         )

@@ -25,6 +25,7 @@ from typing import Any
 
 from routemesh_testing.controlplane import terminate
 from routemesh_testing.kubectl import Kubectl
+from routemesh_testing.sidecar import DRAIN_GRACE
 from routemesh_testing.waiting import http_ok, poll_until
 
 SIDECAR = "routemesh-sidecar"
@@ -89,7 +90,7 @@ class InjectedSidecar:
         tb: TracebackType | None,
     ) -> None:
         if self.process is not None:
-            terminate(self.process)
+            terminate(self.process, grace=DRAIN_GRACE)
         for path in self._written:
             shutil.rmtree(path, ignore_errors=True)
 

@@ -70,7 +70,7 @@ def control_plane(
 
 @pytest.fixture(scope="session")
 def trace_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PhoenixServer]:
-    """The real OTel backend (Phoenix) for the session; each test uses a project of its own."""
+    """The real OTel backend (Phoenix) for the session, its spans told apart by project or trace."""
     try:
         executable = PhoenixServer.locate()
     except BinariesMissing as exc:

@@ -54,6 +54,10 @@ def metric_samples(admin_url: str, name: str, **labels: str) -> list[float]:
     ]
 
 
+# Long enough for a sidecar process's drain (20 s by default) to end on its own before SIGKILL.
+DRAIN_GRACE = 25.0
+
+
 class SidecarThread:
     """A sidecar on a private event loop in a daemon thread."""
 
@@ -78,7 +82,9 @@ class SidecarThread:
             route_table_path=self.table_path,
             route_table_poll_seconds=3600,  # tests reload explicitly, never by waiting
             max_body_bytes=max_body_bytes,
-            **settings,
+            # A test that leaves a request hanging (a fake that never answers, on a virtual
+            # clock no timeout fires on) must not wait out a production drain at teardown.
+            **{"drain_seconds": 1.0, **settings},
         )
         self._options: dict[str, Any] = {
             "clock": clock,
@@ -204,4 +210,4 @@ class SidecarProcess:
         tb: TracebackType | None,
     ) -> None:
         if self.process is not None:
-            terminate(self.process)
+            terminate(self.process, grace=DRAIN_GRACE)

@@ -131,12 +131,20 @@ class Traffic:
         """Stop sending and return what every request got."""
         self._stop.set()
         self._thread.join(timeout=60)
+        if self._thread.is_alive():
+            raise AssertionError("the traffic thread did not stop within 60 s")
         return self.outcomes
 
     def wait_for(self, count: int, timeout: float = 60) -> None:
-        """Block until at least `count` more requests have been answered."""
+        """Block until at least `count` more requests have been answered; fail if they are not."""
         target = len(self.outcomes) + count
         poll_until(lambda: len(self.outcomes), lambda n: n >= target, timeout=timeout)
+        if len(self.outcomes) < target:
+            state = "running" if self._thread.is_alive() else "dead"
+            raise AssertionError(
+                f"only {len(self.outcomes)} of {target} requests answered in {timeout} s "
+                f"(the traffic thread is {state})"
+            )
 
     def _run(self) -> None:
         with openai.OpenAI(
@@ -159,8 +167,12 @@ class Traffic:
             return Outcome(trace_id, error.status_code, "", "", str(error))
         except openai.APIError as error:
             return Outcome(trace_id, 0, "", "", f"{type(error).__name__}: {error}")
-        text = raw.parse().choices[0].message.content or ""
-        return Outcome(trace_id, raw.status_code, text, raw.headers["x-routemesh-backend"])
+        try:
+            text = raw.parse().choices[0].message.content or ""
+            backend = raw.headers["x-routemesh-backend"]
+        except Exception as error:  # a bad answer is an outcome, not a dead traffic thread
+            return Outcome(trace_id, raw.status_code, "", "", f"{type(error).__name__}: {error}")
+        return Outcome(trace_id, raw.status_code, text, backend)
 
 
 def assert_nothing_lost(outcomes: list[Outcome]) -> None:

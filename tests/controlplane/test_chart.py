@@ -306,3 +306,8 @@ def test_the_rendered_chart_applies_with_a_server_side_dry_run(
     lines = applied.stdout.splitlines()
     assert len(lines) == len(docs), applied.stdout
     assert all(line.endswith("(server dry run)") for line in lines), applied.stdout
+
+
+def test_a_disruption_budget_that_would_let_every_replica_go_is_refused(helm: Helm):
+    with pytest.raises(RuntimeError, match=r"maxUnavailable must be below operator\.replicas"):
+        helm.template("rm", "ops", {"operator": {"replicas": 2, "maxUnavailable": 2}})

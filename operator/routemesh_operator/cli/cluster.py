@@ -106,6 +106,12 @@ async def list_objects(api: KubeApi, plural: str, namespace: str | None) -> list
 async def routing_policy(api: KubeApi, namespace: str, name: str) -> dict[str, Any]:
     """One RoutingPolicy; a missing one is an error that says how to list them."""
     found = await api.get(f"{_collection('routingpolicies', namespace)}/{name}")
+    if found is None and await api.get(_collection("routingpolicies", namespace)) is None:
+        raise CliError(
+            "the API server has no RoutingPolicy kind: are the RouteMesh CRDs installed? "
+            "`kubectl get crd routingpolicies.routemesh.dev` tells",
+            NOT_FOUND,
+        )
     if found is None:
         raise CliError(
             f"no RoutingPolicy {name!r} in namespace {namespace!r}; "

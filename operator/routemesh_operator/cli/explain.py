@@ -88,6 +88,7 @@ def _table(table_json: str) -> RouteTable:
 def _signals(request: RoutingRequest) -> dict[str, Any]:
     signals = request.signals
     return {
+        # The CLI carries no tokenizer: a sidecar with one counts exactly where it matters.
         "promptTokens": signals.prompt_tokens,
         "tokenCount": "estimate",
         "maxOutputTokens": signals.max_output_tokens,
@@ -95,6 +96,9 @@ def _signals(request: RoutingRequest) -> dict[str, Any]:
         "toolsPresent": signals.tools_present,
         "modalities": sorted(signals.modalities),
         "messages": signals.message_count,
+        "turns": signals.user_turns,
+        "reasoning": request.reasoning,
+        "language": request.language,
     }
 
 

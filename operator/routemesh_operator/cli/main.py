@@ -32,18 +32,14 @@ from routemesh_operator.kube import KubeApi
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser, with the common flags accepted after the command too."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--kubeconfig", help="kubeconfig file (default: KUBECONFIG, ~/.kube/config)"
-    )
-    common.add_argument("--context", help="kubeconfig context (default: the current one)")
-    common.add_argument("-n", "--namespace", help="namespace (default: the context's)")
-    common.add_argument("-o", "--output", choices=render.FORMATS, default="table")
-    # No fixed prog: it is `routemesh`, or `kubectl-routemesh` when kubectl runs it as a plugin.
     root = argparse.ArgumentParser(
         description="What RouteMesh runs in a cluster, and why a request goes where it goes.",
-        parents=[common],
-    )
+    )  # no fixed prog: it is `routemesh`, or `kubectl-routemesh` when kubectl runs it
+    _common_flags(root, defaults=True)
+    # The commands take the same flags, so that they work after the command too; there they
+    # default to nothing set, or argparse would overwrite what was given before the command.
+    common = argparse.ArgumentParser(add_help=False)
+    _common_flags(common, defaults=False)
     root.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     status = commands.add_parser(
@@ -85,6 +81,24 @@ def parser() -> argparse.ArgumentParser:
         help="measure over this window (default 0: totals since each started)",
     )
     return root
+
+
+def _common_flags(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    def default(value: str | None) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--kubeconfig",
+        default=default(None),
+        help="kubeconfig file (default: KUBECONFIG, ~/.kube/config)",
+    )
+    parser.add_argument(
+        "--context", default=default(None), help="kubeconfig context (default: the current one)"
+    )
+    parser.add_argument(
+        "-n", "--namespace", default=default(None), help="namespace (default: the context's)"
+    )
+    parser.add_argument("-o", "--output", choices=render.FORMATS, default=default("table"))
 
 
 def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None) -> int:

@@ -45,7 +45,13 @@ def fetch(url: str, path: str, timeout: float = 5.0) -> bytes:
 
 def sidecar_status(url: str) -> dict[str, Any]:
     """One sidecar: its table version, ACK/NACK, and what its health mechanisms say now."""
-    dump = json.loads(fetch(url, "/config_dump"))
+    try:
+        dump = json.loads(fetch(url, "/config_dump"))
+    except ValueError as exc:
+        raise CliError(
+            f"{url}/config_dump is not JSON: is that a RouteMesh sidecar's admin port?",
+            UNREACHABLE,
+        ) from exc
     table = dump.get("route_table") or {}
     error = dump.get("last_error")
     state = "NACK" if error else ("ACK" if table else "NO TABLE")
@@ -108,7 +114,8 @@ def cost_window(
     tokens: dict[tuple[str, str], float] = defaultdict(float)
     for url, earlier in zip(urls, before, strict=True):
         for (name, labels), value in counters(url).items():
-            spent = value - earlier.get((name, labels), 0.0)
+            previous = earlier.get((name, labels), 0.0)
+            spent = value if value < previous else value - previous  # a restart reset it
             label = dict(labels)
             if name == "routemesh_cost_usd_total":
                 cost[label.get("route", ""), label.get("backend", ""), label.get("tier", "")] += (
@@ -116,15 +123,16 @@ def cost_window(
                 )
             else:
                 tokens[label.get("backend", ""), label.get("kind", "")] += spent
+    rows: list[dict[str, Any]] = [
+        {"route": r, "backend": b, "tier": t, "usd": round(usd, 8)}
+        for (r, b, t), usd in sorted(cost.items())
+        if usd > 0
+    ]
     return {
         "windowSeconds": window_seconds,
         "sidecars": list(urls),
-        "costUsd": [
-            {"route": r, "backend": b, "tier": t, "usd": round(usd, 8)}
-            for (r, b, t), usd in sorted(cost.items())
-            if usd > 0
-        ],
-        "totalUsd": round(sum(cost.values()), 8),
+        "costUsd": rows,
+        "totalUsd": round(sum(row["usd"] for row in rows), 8),
         "tokens": [
             {"backend": b, "kind": k, "tokens": int(n)}
             for (b, k), n in sorted(tokens.items())

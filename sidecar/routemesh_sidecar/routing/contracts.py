@@ -25,7 +25,13 @@ from typing import Any, Protocol, runtime_checkable
 
 from routemesh_sidecar.routetable import Api, Backend, ModelInfo, Route, Target
 from routemesh_sidecar.routing.categories import CategoryMatch
-from routemesh_sidecar.routing.signals import RequestSignals, last_user_text, read_signals
+from routemesh_sidecar.routing.signals import (
+    RequestSignals,
+    detect_language,
+    last_user_text,
+    read_signals,
+    reads_like_reasoning,
+)
 from routemesh_sidecar.routing.tokens import Tokenizers, chat_tokens
 from routemesh_sidecar.upstream.registry import BackendHealth
 
@@ -198,6 +204,20 @@ class RoutingRequest:
     def last_user_text(self) -> str:
         """The text of the last user message: what semantic categories classify."""
         return last_user_text(self.body)
+
+    @cached_property
+    def reasoning(self) -> bool:
+        """Whether what the user last wrote reads like reasoning, math or analysis.
+
+        What the user wrote, not the system prompt or earlier turns: an instruction to "think
+        step by step" in every request's system prompt must not make every request reasoning.
+        """
+        return reads_like_reasoning(self.last_user_text)
+
+    @cached_property
+    def language(self) -> str | None:
+        """The language (ISO 639-1) of what the user last wrote; None when not recognised."""
+        return detect_language(self.last_user_text)
 
     @cached_property
     def classified(self) -> list[CategoryMatch]:

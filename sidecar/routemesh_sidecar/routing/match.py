@@ -45,19 +45,21 @@ def signals_match(
     if not rule.required:
         return True
     signals = request.signals
-    checks = (
-        rule.min_tokens is None or signals.prompt_tokens >= rule.min_tokens,
-        rule.max_tokens is None or signals.prompt_tokens <= rule.max_tokens,
-        rule.code_present is None or signals.code_present == rule.code_present,
-        rule.tools_present is None or signals.tools_present == rule.tools_present,
-        not rule.modalities or bool(rule.modalities & signals.modalities),
-        rule.min_turns is None or signals.user_turns >= rule.min_turns,
-        rule.max_turns is None or signals.user_turns <= rule.max_turns,
-        not rule.keywords or _any_keyword(rule.keywords, signals.text),
-        rule.reasoning is None or signals.reasoning == rule.reasoning,
-        not rule.languages or signals.language in rule.languages,
+    # One chain, so that a bound that fails spares the dearer checks after it (the markers and
+    # the language read the text).
+    holds = (
+        (rule.min_tokens is None or signals.prompt_tokens >= rule.min_tokens)
+        and (rule.max_tokens is None or signals.prompt_tokens <= rule.max_tokens)
+        and (rule.min_turns is None or signals.user_turns >= rule.min_turns)
+        and (rule.max_turns is None or signals.user_turns <= rule.max_turns)
+        and (rule.tools_present is None or signals.tools_present == rule.tools_present)
+        and (not rule.modalities or bool(rule.modalities & signals.modalities))
+        and (rule.code_present is None or signals.code_present == rule.code_present)
+        and (not rule.keywords or _any_keyword(rule.keywords, signals.text))
+        and (rule.reasoning is None or request.reasoning == rule.reasoning)
+        and (not rule.languages or request.language in rule.languages)
     )
-    if not all(checks):
+    if not holds:
         return False
     return not rule.categories or _in_a_category(rule, request, categories or CategoryIndex())
 

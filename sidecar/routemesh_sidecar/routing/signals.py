@@ -33,7 +33,13 @@ _REASONING_WORDS = re.compile(
     r"reasoning|explain why|why does|why is|estimate|optimi[sz]e|justify)\b",
     re.IGNORECASE,
 )
-_MATH = re.compile(r"\\(frac|sum|int|sqrt)|[∑∫√≤≥≠±∞]|\b\d+\s*[-+*/^\u00d7\u00f7=]\s*\d+\b")
+# Math: LaTeX, math symbols, or arithmetic on numbers. A bare dash or slash between numbers is
+# a date, a phone number, a range or a fraction of an inch far more often than a sum, so those
+# count only in an equation (`12 - 7 =`).
+_MATH = re.compile(
+    r"\\(frac|sum|int|sqrt)|[∑∫√≤≥≠±∞]|\b\d+\s*[+*^\u00d7\u00f7]\s*\d+\b"
+    r"|\b\d+\s*[-/]\s*\d+\s*=|\b\d+\s*=\s*\d+\b"
+)
 # How much of a long prompt the content markers read: enough to judge, bounded in time.
 _MARKER_CHARS = 20_000
 _LANGUAGE_CHARS = 4_000
@@ -208,19 +214,9 @@ class RequestSignals:
         """Whether the prompt contains code; searched only when a route asks."""
         return bool(_CODE.search(self.text))
 
-    @cached_property
-    def reasoning(self) -> bool:
-        """Whether the prompt reads like reasoning, math or analysis; only when a route asks."""
-        return reads_like_reasoning(self.text)
-
-    @cached_property
-    def language(self) -> str | None:
-        """The prompt's language (ISO 639-1), None when not recognised; only when a route asks."""
-        return detect_language(self.text)
-
 
 def reads_like_reasoning(text: str) -> bool:
-    """Two reasoning markers, or math notation, in the prompt's first 20,000 characters."""
+    """Two reasoning markers, or math notation, in the text's first 20,000 characters."""
     head = text[:_MARKER_CHARS]
     if _MATH.search(head):
         return True
@@ -229,7 +225,7 @@ def reads_like_reasoning(text: str) -> bool:
 
 
 def detect_language(text: str) -> str | None:
-    """The language of the prompt's first 4,000 characters, by script or by common words.
+    """The language of the text's first 4,000 characters, by script or by common words.
 
     A script that names a language wins when a fifth of the letters are in it; otherwise the
     Latin-script language with the most common words, when it has at least two and more than

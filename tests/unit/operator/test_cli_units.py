@@ -10,7 +10,7 @@ from aiohttp import web
 from routemesh_operator.cli import errors
 from routemesh_operator.cli.errors import CliError
 from routemesh_operator.cli.explain import ExplainRequest, explain
-from routemesh_operator.cli.main import main
+from routemesh_operator.cli.main import main, parser
 from routemesh_operator.cli.sidecars import cost_window
 from routemesh_testing.serving import ServerThread
 from routemesh_testing.tables import backend, model_info, route, table
@@ -104,3 +104,17 @@ def test_a_body_file_that_is_not_json_is_refused_before_the_cluster_is_asked(tmp
     code = main(["explain", "p", "--body-file", str(body), "--kubeconfig", str(tmp_path / "none")])
     assert code == errors.USAGE
     assert f"--body-file {body}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-o", "json", "--kubeconfig", "/k", "-n", "ns", "--context", "c", "status"],
+        ["status", "-o", "json", "--kubeconfig", "/k", "-n", "ns", "--context", "c"],
+        ["--kubeconfig", "/k", "--context", "c", "status", "-o", "json", "-n", "ns"],
+    ],
+    ids=["before", "after", "both"],
+)
+def test_the_common_flags_count_before_and_after_the_command(argv: list[str]):
+    args = parser().parse_args(argv)
+    assert (args.output, args.kubeconfig, args.namespace, args.context) == ("json", "/k", "ns", "c")

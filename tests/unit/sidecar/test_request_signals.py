@@ -66,6 +66,11 @@ def test_the_language_is_the_scripts_or_the_common_words_and_none_when_unsure(
         ("Prove that the sum of two even numbers is even, step by step.", True),
         ("Compare the trade-offs of these designs and justify the choice.", True),
         ("What is 12 * 7?", True),
+        ("What is 12 - 7 = ?", True),
+        ("Book a table for 2024-12-04", False),  # dates, phones, ranges, sizes are not math
+        ("Call me at 555-1234", False),
+        ("I need 3-4 apples", False),
+        ("Size 1/2 inch", False),
         ("Simplify \\frac{3}{9}", True),
         ("Démontrez que √2 est irrationnel.", True),  # math notation reads in any language
         ("Erkläre mir das Wetter.", False),
@@ -132,8 +137,33 @@ def test_a_route_takes_the_request_only_within_its_signals(
 def test_a_signal_no_rule_reads_is_never_computed():
     routing = request(chat(("user", "Prove it step by step, in English please.")))
     assert signals_match(Signals(min_turns=1), routing)
-    assert "reasoning" not in vars(routing.signals)
-    assert "language" not in vars(routing.signals)
+    assert "reasoning" not in vars(routing)
+    assert "language" not in vars(routing)
+    assert not signals_match(Signals(min_turns=2, reasoning=True), routing)
+    assert "reasoning" not in vars(routing), "a failed bound spares the checks after it"
+
+
+def test_reasoning_and_language_read_what_the_user_wrote_not_the_system_prompt():
+    body = chat(
+        ("system", "You are a careful assistant. Think step by step and prove each claim."),
+        ("user", "Quelle est la capitale de la France et pourquoi ?"),
+    )
+    routing = request(body)
+    assert routing.language == "fr"
+    assert routing.reasoning is False
+    anthropic = RoutingRequest(
+        "anthropic",
+        "chat",
+        "m",
+        {},
+        {
+            "model": "m",
+            "system": "Answer in English, and think step by step, then prove it.",
+            "messages": [{"role": "user", "content": "Wie spät ist es und was machst du?"}],
+        },
+    )
+    assert anthropic.language == "de"
+    assert anthropic.reasoning is False
 
 
 def test_the_policy_fields_compile_onto_the_wire():

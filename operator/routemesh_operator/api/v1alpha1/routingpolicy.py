@@ -375,13 +375,13 @@ class Signals(ApiModel):
     turns: TurnRange | None = None
     """The conversation's depth: how many user messages the request holds."""
     reasoning: bool | None = None
-    """The prompt reads like reasoning, math or analysis (true) or does not (false): asks to go
-    step by step, prove, derive, calculate or compare, or math notation."""
+    """What the user last wrote reads like reasoning, math or analysis (true) or does not
+    (false): asks to go step by step, prove, derive, calculate or compare, or math notation."""
     languages: (
         Annotated[list[Language], Field(max_length=16, json_schema_extra=SET_LIST)] | None
     ) = None
-    """Languages (ISO 639-1), any of which the prompt must be written in. A prompt whose language
-    is not recognised (too short, or not among these) matches none."""
+    """Languages (ISO 639-1), any of which what the user last wrote must be in. A message whose
+    language is not recognised (too short, or not among these) matches none."""
 
 
 class RouteMatch(ApiModel):
