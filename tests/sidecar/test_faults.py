@@ -14,6 +14,9 @@ import openai
 import pytest
 from opentelemetry.sdk.trace import SpanProcessor
 
+from routemesh_sidecar.listener.proxy import counted_usage
+from routemesh_sidecar.routing.contracts import RoutingRequest
+from routemesh_sidecar.routing.tokens import load_tokenizers
 from routemesh_testing.fakes import BreakStream, Fail, FakeOpenAI, Hang, Malformed
 from routemesh_testing.faults import Blackhole, refused_url
 from routemesh_testing.otlp import OTLPReceiver, ReceivedSpan
@@ -353,3 +356,47 @@ def test_metrics_count_attempts_and_errors_by_class(sidecar: SidecarThread, upst
         'routemesh_requests_total{backend="primary",code="200",model="m",route="chat"} 1.0' in text
     )
     assert "routemesh_time_to_first_token_seconds_bucket" in text
+
+
+def test_a_stream_cut_before_its_usage_is_counted_and_billed_by_what_was_sent(
+    sidecar: SidecarThread, upstreams, otlp: OTLPReceiver
+):
+    primary, _ = upstreams
+    otlp.clear()
+    primary.script(BreakStream(after_chunks=3))
+    received: list[str] = []
+    prompt = "Tell me about the weather in Lisbon in the spring."
+
+    def read_stream() -> None:
+        with client(sidecar) as c:
+            stream = c.chat.completions.create(
+                model="any", messages=[{"role": "user", "content": prompt}], stream=True
+            )
+            received.extend(chunk.choices[0].delta.content or "" for chunk in stream)
+
+    with pytest.raises(openai.APIError):
+        read_stream()
+    text = "".join(received)
+    assert text, "some of the answer arrived before the cut"
+    span, attempts = route_span(otlp, sidecar)
+    assert sidecar.running.settings.exact_tokens, "the sidecar under test counts exactly"
+    tokenizers = load_tokenizers()
+    assert tokenizers is not None
+    vocabulary = tokenizers.for_model("m")
+    assert span.attributes["routemesh.usage.counted"] == vocabulary.name
+    assert span.attributes["gen_ai.usage.output_tokens"] == vocabulary.count(text)
+    assert span.attributes["gen_ai.usage.input_tokens"] > 0
+    assert span.attributes["routemesh.cost.usd"] > 0, "a cut stream is not free"
+    assert attempts[-1].attributes["gen_ai.usage.output_tokens"] == vocabulary.count(text)
+    assert sidecar.metric("routemesh_tokens_total", kind="output") == vocabulary.count(text)
+
+
+def test_without_a_tokenizer_a_cut_stream_is_counted_by_the_estimate():
+    body = {"model": "m", "messages": [{"role": "user", "content": "x" * 40}]}
+    routing = RoutingRequest("openai", "chat", "m", {}, body)
+    usage, method = counted_usage(routing, "m", "y" * 18)
+    assert method == "estimate"
+    assert usage.output_tokens == 5  # a quarter of the characters, rounded up
+    assert usage.input_tokens == routing.signals.prompt_tokens
+    usage, _ = counted_usage(routing, "m", "")
+    assert usage.output_tokens == 0

@@ -41,6 +41,7 @@ from routemesh_sidecar.routing.pipeline import (
     NoRoute,
     Router,
 )
+from routemesh_sidecar.routing.signals import CHARS_PER_TOKEN
 from routemesh_sidecar.routing.tokens import Tokenizers
 from routemesh_sidecar.telemetry.accounting import request_cost
 from routemesh_sidecar.telemetry.content import (
@@ -314,6 +315,7 @@ class Listener:
             return await self._stream(
                 request,
                 outcome.result,
+                routing=routing_request,
                 call=call,
                 decision=decision,
                 trace=trace,
@@ -345,6 +347,7 @@ class Listener:
         request: web.Request,
         stream: UpstreamStream | BufferedStream,
         *,
+        routing: RoutingRequest,
         call: DownstreamCall,
         decision: Decision,
         trace: RequestTrace,
@@ -390,15 +393,21 @@ class Listener:
             self.parts.metrics.of(self.parts.metrics.errors, "stream_broken").inc()
             trace.event("routemesh.stream.broken", {"routemesh.error.message": message})
             await _write_terminal_error(response, call.api, message)
-        cost = self._account(outcome, stream.usage, cost_labels)
-        self._settle_shadow(trace, shadowed, stream.usage, cost)
+        usage, counted = stream.usage, {}
+        if usage is None and isinstance(stream, UpstreamStream):
+            # Cut before the upstream said what it used: count what was sent and received, so
+            # that the cost and the budgets never read a stream that was billed as free.
+            usage, method = counted_usage(routing, stream.target.model, stream.output_text)
+            counted = {"routemesh.usage.counted": method}
+        cost = self._account(outcome, usage, cost_labels)
+        self._settle_shadow(trace, shadowed, usage, cost)
         self._finish(decision, outcome, 200, started)
         trace.finish(
-            usage=stream.usage,
+            usage=usage,
             response_model=stream.response_model,
             error_class="stream_broken" if error_class else None,
             message=message,
-            attributes=_outcome_attributes(outcome, cost) | _budget_attributes(limits),
+            attributes=_outcome_attributes(outcome, cost) | _budget_attributes(limits) | counted,
             content=capture.attributes(streamed.messages(), streamed.truncated)
             if capture is not None and streamed is not None
             else None,
@@ -691,6 +700,20 @@ def _routing_headers(decision: Decision, outcome: Outcome) -> dict[str, str]:
         "x-routemesh-model": outcome.target.model,
         "x-routemesh-attempts": str(len(outcome.attempts)),
     }
+
+
+def counted_usage(routing: RoutingRequest, model: str, output: str) -> tuple[Usage, str]:
+    """A stream's usage counted from its prompt and the text it streamed; and how it was counted.
+
+    With a tokenizer, both counts are exact (the answering model's vocabulary for the output);
+    without one, both are the estimate.
+    """
+    tokenizers = routing.tokenizers
+    if tokenizers is None:
+        estimate = -(-len(output) // CHARS_PER_TOKEN)
+        return Usage(routing.prompt_tokens(exact=False), estimate), "estimate"
+    tokenizer = tokenizers.for_model(model)
+    return Usage(routing.prompt_tokens(exact=True), tokenizer.count(output)), tokenizer.name
 
 
 def _decision_attributes(

@@ -353,6 +353,9 @@ class UpstreamStream:
     _pending: list[SSEEvent] = field(default_factory=list)
     _done: bool = False
     _translator: AnthropicToOpenAIStream | OpenAIToAnthropicStream | None = None
+    # The text the upstream streamed, kept so that a stream cut before its usage arrived can
+    # still be counted (and billed) by what was received.
+    _output: list[str] = field(default_factory=list)
     # Told how the stream ended (None: properly), so health counts a stream by its end.
     on_end: Callable[[ErrorClass | None], None] | None = None
 
@@ -363,6 +366,11 @@ class UpstreamStream:
             self._translator = AnthropicToOpenAIStream(model=model, created=0)
         elif api == "openai" and downstream == "anthropic":
             self._translator = OpenAIToAnthropicStream(model=model, message_id="msg_routemesh")
+
+    @property
+    def output_text(self) -> str:
+        """What the upstream streamed so far, as text."""
+        return "".join(self._output)
 
     async def read_first_event(self) -> None:
         """Read until one event has arrived; an error event here is a failure (it can fail over)."""
@@ -479,9 +487,16 @@ class UpstreamStream:
         chunk = orjson.loads(event.data)
         if isinstance(chunk.get("model"), str):
             self.response_model = chunk["model"]
-        usage_only = not chunk.get("choices") and chunk.get("usage")
+        choices = chunk.get("choices")
+        usage_only = not choices and chunk.get("usage")
         if chunk.get("usage"):
             self.usage = usage_from_openai(chunk)
+        for choice in choices or ():
+            content = (
+                (choice.get("delta") or {}).get("content") if isinstance(choice, dict) else None
+            )
+            if isinstance(content, str):
+                self._output.append(content)
         if isinstance(self._translator, OpenAIToAnthropicStream):
             return b"".join(encode_event(dumps_json(d), e) for e, d in self._translator.feed(chunk))
         if usage_only and not self.call.wants_stream_usage:
@@ -491,6 +506,10 @@ class UpstreamStream:
     def _from_anthropic(self, event: SSEEvent) -> bytes:
         data = orjson.loads(event.data)
         name = event.event or str(data.get("type", ""))
+        if name == "content_block_delta":
+            text = (data.get("delta") or {}).get("text")
+            if isinstance(text, str):
+                self._output.append(text)
         if name == "message_stop":
             self._done = True
         if isinstance(self._translator, AnthropicToOpenAIStream):
