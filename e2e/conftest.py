@@ -19,12 +19,15 @@ from routemesh_testing.controlplane import LocalControlPlane, free_port
 from routemesh_testing.fakes import OPENAI_KEY
 from routemesh_testing.faultproxy import FaultyUpstream
 from routemesh_testing.kubectl import Kubectl
-from routemesh_testing.manifests import injection_webhook, wait_for_table_version
+from routemesh_testing.manifests import (
+    injection_webhook,
+    wait_for_ca_bundle,
+    wait_for_table_version,
+)
 from routemesh_testing.operator import OperatorProcess
 from routemesh_testing.phoenix import PhoenixServer
 from routemesh_testing.podrun import InjectedSidecar
 from routemesh_testing.system import OPERATOR_NAMESPACE, System, setup_documents
-from routemesh_testing.waiting import poll_until
 
 
 def _namespaces(kubectl: Kubectl, namespace: str) -> None:
@@ -68,13 +71,7 @@ def system(
             ),
         )
         stack.enter_context(operator)
-        poll_until(
-            lambda: kubectl.get("mutatingwebhookconfiguration", webhook)["webhooks"][0][
-                "clientConfig"
-            ].get("caBundle"),
-            bool,
-            timeout=60,
-        )
+        wait_for_ca_bundle(kubectl, webhook)
         docs = setup_documents(primary.url, spare.url)
         kubectl.apply(yaml.safe_dump_all(docs), namespace=namespace)
         wait_for_table_version(kubectl, namespace, timeout=60)

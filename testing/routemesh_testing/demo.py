@@ -47,7 +47,7 @@ from routemesh_testing.demo_traffic import App, Outcome, Price, Summary, send_to
 from routemesh_testing.fakes import OPENAI_KEY
 from routemesh_testing.faultproxy import FaultyUpstream, RateLimitStorm, Reset
 from routemesh_testing.kubectl import Kubectl
-from routemesh_testing.manifests import endpoint_slice, injection_webhook
+from routemesh_testing.manifests import endpoint_slice, injection_webhook, wait_for_ca_bundle
 from routemesh_testing.operator import running_operator
 from routemesh_testing.phoenix import PhoenixServer
 from routemesh_testing.podrun import InjectedSidecar
@@ -287,13 +287,7 @@ def operator(stack: ExitStack, plane: LocalControlPlane, workdir: Path, otlp_end
             ),
         )
     )
-    poll_until(
-        lambda: kubectl.get("mutatingwebhookconfiguration", WEBHOOK)["webhooks"][0][
-            "clientConfig"
-        ].get("caBundle"),
-        bool,
-        timeout=60,
-    )
+    wait_for_ca_bundle(kubectl, WEBHOOK)
 
 
 def apply_and_wait(kubectl: Kubectl, upstreams: dict[str, FaultyUpstream]) -> None:

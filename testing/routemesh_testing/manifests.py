@@ -138,6 +138,19 @@ def self_hosted_example(address: str) -> list[dict[str, Any]]:
     return [secret, endpoint_slice("llama-8b", 8000, [(address, None)]), *docs]
 
 
+def wait_for_ca_bundle(kubectl: Kubectl, name: str, timeout: float = 60) -> str:
+    """The webhook configuration's caBundle, once the operator has patched it in."""
+
+    def bundle() -> str:
+        found = kubectl.get("mutatingwebhookconfiguration", name)
+        return str(found["webhooks"][0]["clientConfig"].get("caBundle") or "")
+
+    found: str = poll_until(bundle, bool, timeout=timeout)
+    if not found:
+        raise AssertionError(f"the operator never patched the caBundle of {name}")
+    return found
+
+
 def injection_webhook(
     name: str, port: int, namespaces: list[str], labels: dict[str, str] | None = None
 ) -> dict[str, Any]:

@@ -31,7 +31,12 @@ from routemesh_operator.injection.settings import InjectionSettings
 from routemesh_testing.controlplane import LocalControlPlane, free_port
 from routemesh_testing.fakes import OPENAI_KEY, FakeOpenAI
 from routemesh_testing.kubectl import Kubectl, KubectlError
-from routemesh_testing.manifests import chat_setup, injection_webhook, wait_for_table_version
+from routemesh_testing.manifests import (
+    chat_setup,
+    injection_webhook,
+    wait_for_ca_bundle,
+    wait_for_table_version,
+)
 from routemesh_testing.operator import running_operator
 from routemesh_testing.podrun import InjectedSidecar
 from routemesh_testing.pytest_plugin import TEST_NAMESPACE_LABEL
@@ -91,16 +96,6 @@ def operator_settings(
         ),
         **overrides,
     }
-
-
-def wait_for_ca_bundle(kubectl: Kubectl, name: str) -> str:
-    def bundle() -> str:
-        found = kubectl.get("mutatingwebhookconfiguration", name)
-        return str(found["webhooks"][0]["clientConfig"].get("caBundle") or "")
-
-    found = poll_until(bundle, bool, timeout=60)
-    assert found, "the operator never patched the caBundle"
-    return found
 
 
 @contextmanager
