@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from routemesh_operator.injection.settings import InjectionSettings
 from routemesh_testing.controlplane import LocalControlPlane, free_port
 from routemesh_testing.fakes import OPENAI_KEY
 from routemesh_testing.faultproxy import FaultyUpstream
@@ -24,7 +23,7 @@ from routemesh_testing.manifests import (
     wait_for_ca_bundle,
     wait_for_table_version,
 )
-from routemesh_testing.operator import OperatorProcess
+from routemesh_testing.operator import OperatorProcess, injecting_settings
 from routemesh_testing.phoenix import PhoenixServer
 from routemesh_testing.podrun import InjectedSidecar
 from routemesh_testing.system import OPERATOR_NAMESPACE, System, setup_documents
@@ -55,18 +54,12 @@ def system(
         operator = OperatorProcess(
             control_plane,
             tmp_path / "operator.log",
-            namespace=OPERATOR_NAMESPACE,
-            webhook_enabled=True,
-            webhook_host="127.0.0.1",
-            webhook_port=webhook_port,
-            webhook_extra_hosts=["127.0.0.1"],
-            webhook_configuration=webhook,
-            webhook_cert_dir=str(tmp_path / "webhook"),
-            distribution_host="127.0.0.1",
-            distribution_port=distribution_port,
-            injection=InjectionSettings(
-                operator_namespace=OPERATOR_NAMESPACE,
-                discovery_url=f"http://127.0.0.1:{distribution_port}",
+            **injecting_settings(
+                namespace=OPERATOR_NAMESPACE,
+                webhook_configuration=webhook,
+                webhook_port=webhook_port,
+                distribution_port=distribution_port,
+                cert_dir=tmp_path / "webhook",
                 otlp_endpoint=trace_backend.otlp_endpoint,
             ),
         )

@@ -35,7 +35,6 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from routemesh_operator.injection.settings import InjectionSettings
 from routemesh_testing.controlplane import (
     REPO_ROOT,
     Binaries,
@@ -47,8 +46,14 @@ from routemesh_testing.demo_traffic import App, Outcome, Price, Summary, send_to
 from routemesh_testing.fakes import OPENAI_KEY
 from routemesh_testing.faultproxy import FaultyUpstream, RateLimitStorm, Reset
 from routemesh_testing.kubectl import Kubectl
-from routemesh_testing.manifests import endpoint_slice, injection_webhook, wait_for_ca_bundle
-from routemesh_testing.operator import running_operator
+from routemesh_testing.manifests import (
+    endpoint_slice,
+    hosted_backend,
+    injection_webhook,
+    key_secret,
+    wait_for_ca_bundle,
+)
+from routemesh_testing.operator import injecting_settings, running_operator
 from routemesh_testing.phoenix import PhoenixServer
 from routemesh_testing.podrun import InjectedSidecar
 from routemesh_testing.sidecar import metric_samples
@@ -126,24 +131,9 @@ def pod_address() -> str:
 
 def backends(urls: dict[str, str], llama_ip: str, llama_port: int) -> list[dict[str, Any]]:
     """What a user would apply for the providers: a key, two hosted backends, a self-hosted one."""
-    key = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "provider-key"},
-        "stringData": {"api-key": OPENAI_KEY},
-    }
+    key = key_secret("provider-key", OPENAI_KEY)
     hosted = [
-        {
-            "apiVersion": "routemesh.dev/v1alpha1",
-            "kind": "ModelBackend",
-            "metadata": {"name": name},
-            "spec": {
-                "provider": "OpenAICompatible",
-                "endpoint": {"url": urls[name]},
-                "credentials": {"secretRef": {"name": "provider-key", "key": "api-key"}},
-                "models": [model(model_name, price, tier)],
-            },
-        }
+        hosted_backend(name, urls[name], [model(model_name, price, tier)])
         for name, model_name, price, tier in HOSTED
     ]
     name, model_name, price, tier = LLAMA
@@ -268,25 +258,15 @@ def operator(stack: ExitStack, plane: LocalControlPlane, workdir: Path, otlp_end
     webhook_port, distribution_port = free_port(), free_port()
     kubectl.apply(yaml.safe_dump(injection_webhook(WEBHOOK, webhook_port, [DEMO])))
     stack.callback(kubectl.run, "delete", "mutatingwebhookconfiguration", WEBHOOK, check=False)
-    stack.enter_context(
-        running_operator(
-            plane,
-            namespace=OPERATOR_NAMESPACE,
-            webhook_enabled=True,
-            webhook_host="127.0.0.1",
-            webhook_port=webhook_port,
-            webhook_extra_hosts=["127.0.0.1"],
-            webhook_configuration=WEBHOOK,
-            webhook_cert_dir=str(workdir / "webhook"),
-            distribution_host="127.0.0.1",
-            distribution_port=distribution_port,
-            injection=InjectionSettings(
-                operator_namespace=OPERATOR_NAMESPACE,
-                discovery_url=f"http://127.0.0.1:{distribution_port}",
-                otlp_endpoint=otlp_endpoint,
-            ),
-        )
+    settings = injecting_settings(
+        namespace=OPERATOR_NAMESPACE,
+        webhook_configuration=WEBHOOK,
+        webhook_port=webhook_port,
+        distribution_port=distribution_port,
+        cert_dir=workdir / "webhook",
+        otlp_endpoint=otlp_endpoint,
     )
+    stack.enter_context(running_operator(plane, **settings))
     wait_for_ca_bundle(kubectl, WEBHOOK)
 
 

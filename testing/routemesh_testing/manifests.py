@@ -16,6 +16,38 @@ from routemesh_testing.kubectl import Kubectl
 from routemesh_testing.waiting import poll_until
 
 
+def key_secret(name: str, api_key: str) -> dict[str, Any]:
+    """A Secret holding a provider's API key under `api-key`, as backends name it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name},
+        "stringData": {"api-key": api_key},
+    }
+
+
+def hosted_backend(
+    name: str,
+    url: str,
+    models: list[dict[str, Any]],
+    *,
+    provider: str = "OpenAICompatible",
+    secret: str = "provider-key",  # noqa: S107 (the Secret's name)
+) -> dict[str, Any]:
+    """A ModelBackend for a provider at `url`, its key in `secret`, serving `models`."""
+    return {
+        "apiVersion": "routemesh.dev/v1alpha1",
+        "kind": "ModelBackend",
+        "metadata": {"name": name},
+        "spec": {
+            "provider": provider,
+            "endpoint": {"url": url},
+            "credentials": {"secretRef": {"name": secret, "key": "api-key"}},
+            "models": models,
+        },
+    }
+
+
 def chat_setup(
     model: str = "small",
     *,
@@ -36,32 +68,18 @@ def chat_setup(
         docs.append(
             {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": service_account}}
         )
+    models = [
+        {
+            "name": name,
+            "contextWindow": 8000,
+            "pricing": {"inputPerMillion": "1", "outputPerMillion": "2"},
+            "qualityTier": "Standard",
+        }
+        for name in ("small", "big")
+    ]
     docs += [
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": secret},
-            "stringData": {"api-key": api_key},
-        },
-        {
-            "apiVersion": "routemesh.dev/v1alpha1",
-            "kind": "ModelBackend",
-            "metadata": {"name": "provider"},
-            "spec": {
-                "provider": provider,
-                "endpoint": {"url": url},
-                "credentials": {"secretRef": {"name": secret, "key": "api-key"}},
-                "models": [
-                    {
-                        "name": name,
-                        "contextWindow": 8000,
-                        "pricing": {"inputPerMillion": "1", "outputPerMillion": "2"},
-                        "qualityTier": "Standard",
-                    }
-                    for name in ("small", "big")
-                ],
-            },
-        },
+        key_secret(secret, api_key),
+        hosted_backend("provider", url, models, provider=provider, secret=secret),
         {
             "apiVersion": "routemesh.dev/v1alpha1",
             "kind": "RoutingPolicy",

@@ -33,9 +33,46 @@ import kopf
 from kopf.testing import KopfRunner
 
 from routemesh_operator.handlers import build_registry
+from routemesh_operator.injection.settings import InjectionSettings
 from routemesh_operator.settings import OperatorSettings
 from routemesh_testing.controlplane import LocalControlPlane, die_with_parent, terminate
 from routemesh_testing.waiting import http_ok, poll_until
+
+
+def injecting_settings(
+    *,
+    namespace: str,
+    webhook_configuration: str,
+    webhook_port: int,
+    distribution_port: int,
+    cert_dir: Path,
+    tls: bool = False,
+    otlp_endpoint: str | None = None,
+) -> dict[str, Any]:
+    """Operator settings for injection on this machine: webhook and distribution on 127.0.0.1.
+
+    The injected sidecars find the distribution server on 127.0.0.1 too (over TLS, trusting
+    the CA the operator publishes, when `tls`); `otlp_endpoint` is where they send spans.
+    """
+    scheme = "https" if tls else "http"
+    return {
+        "namespace": namespace,
+        "webhook_enabled": True,
+        "webhook_host": "127.0.0.1",
+        "webhook_port": webhook_port,
+        "webhook_extra_hosts": ["127.0.0.1"],
+        "webhook_configuration": webhook_configuration,
+        "webhook_cert_dir": str(cert_dir),
+        "distribution_host": "127.0.0.1",
+        "distribution_port": distribution_port,
+        "distribution_tls": tls,
+        "injection": InjectionSettings(
+            operator_namespace=namespace,
+            discovery_url=f"{scheme}://127.0.0.1:{distribution_port}",
+            discovery_ca_configmap="routemesh-ca" if tls else None,
+            otlp_endpoint=otlp_endpoint,
+        ),
+    }
 
 
 @contextmanager

@@ -25,6 +25,7 @@ from routemesh_testing.controlplane import LocalControlPlane
 from routemesh_testing.fakes import OPENAI_KEY
 from routemesh_testing.faultproxy import FaultyUpstream
 from routemesh_testing.kubectl import Kubectl
+from routemesh_testing.manifests import hosted_backend, key_secret
 from routemesh_testing.operator import OperatorProcess
 from routemesh_testing.phoenix import PhoenixServer
 from routemesh_testing.podrun import InjectedSidecar
@@ -36,36 +37,21 @@ CHAT = "/chat/completions"
 
 def setup_documents(primary: str, spare: str, model: str = "m") -> list[dict[str, Any]]:
     """A key, two backends and a Fallback policy (primary, then spare) for `app: chat`."""
-    backends = [
+    models = [
         {
-            "apiVersion": "routemesh.dev/v1alpha1",
-            "kind": "ModelBackend",
-            "metadata": {"name": name},
-            "spec": {
-                "provider": "OpenAICompatible",
-                "endpoint": {"url": url},
-                "credentials": {"secretRef": {"name": "provider-key", "key": "api-key"}},
-                "models": [
-                    {
-                        "name": served,
-                        "contextWindow": 128000,
-                        "pricing": {"inputPerMillion": "1", "outputPerMillion": "2"},
-                        "qualityTier": "Standard",
-                    }
-                    for served in ("m", "m2")
-                ],
-            },
+            "name": served,
+            "contextWindow": 128000,
+            "pricing": {"inputPerMillion": "1", "outputPerMillion": "2"},
+            "qualityTier": "Standard",
         }
-        for name, url in (("primary", primary), ("spare", spare))
+        for served in ("m", "m2")
     ]
     return [
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "provider-key"},
-            "stringData": {"api-key": OPENAI_KEY},
-        },
-        *backends,
+        key_secret("provider-key", OPENAI_KEY),
+        *(
+            hosted_backend(name, url, models)
+            for name, url in (("primary", primary), ("spare", spare))
+        ),
         policy_document(model),
     ]
 

@@ -27,7 +27,6 @@ import openai
 import pytest
 import yaml
 
-from routemesh_operator.injection.settings import InjectionSettings
 from routemesh_testing.controlplane import LocalControlPlane, free_port
 from routemesh_testing.fakes import OPENAI_KEY, FakeOpenAI
 from routemesh_testing.kubectl import Kubectl, KubectlError
@@ -37,7 +36,7 @@ from routemesh_testing.manifests import (
     wait_for_ca_bundle,
     wait_for_table_version,
 )
-from routemesh_testing.operator import running_operator
+from routemesh_testing.operator import injecting_settings, running_operator
 from routemesh_testing.podrun import InjectedSidecar
 from routemesh_testing.pytest_plugin import TEST_NAMESPACE_LABEL
 from routemesh_testing.serving import ServerThread
@@ -74,30 +73,6 @@ def make_namespace(kubectl: Kubectl, name: str, labels: dict[str, str]) -> None:
     )
 
 
-def operator_settings(
-    setup: Injecting, cert_dir: Path, *, tls: bool = False, **overrides: Any
-) -> dict[str, Any]:
-    scheme = "https" if tls else "http"
-    return {
-        "namespace": setup.operator_namespace,
-        "webhook_enabled": True,
-        "webhook_host": "127.0.0.1",
-        "webhook_port": setup.webhook_port,
-        "webhook_extra_hosts": ["127.0.0.1"],
-        "webhook_configuration": setup.configuration,
-        "webhook_cert_dir": str(cert_dir),
-        "distribution_host": "127.0.0.1",
-        "distribution_port": setup.distribution_port,
-        "distribution_tls": tls,
-        "injection": InjectionSettings(
-            operator_namespace=setup.operator_namespace,
-            discovery_url=f"{scheme}://127.0.0.1:{setup.distribution_port}",
-            discovery_ca_configmap="routemesh-ca" if tls else None,
-        ),
-        **overrides,
-    }
-
-
 @contextmanager
 def injecting_operator(
     plane: LocalControlPlane,
@@ -131,7 +106,15 @@ def injecting_operator(
         )
     )
     try:
-        with running_operator(plane, **operator_settings(setup, workdir, tls=tls, **overrides)):
+        settings = injecting_settings(
+            namespace=setup.operator_namespace,
+            webhook_configuration=setup.configuration,
+            webhook_port=setup.webhook_port,
+            distribution_port=setup.distribution_port,
+            cert_dir=workdir,
+            tls=tls,
+        )
+        with running_operator(plane, **(settings | overrides)):
             wait_for_ca_bundle(kubectl, setup.configuration)
             yield setup
     finally:
