@@ -213,38 +213,57 @@ def _micros(text: str) -> float:
     return float(number) * _UNITS[unit]
 
 
-def _percentile(wrk_output: str, percent: str) -> float:
+def _percentile(output: str, percent: str) -> float:
     """A latency percentile from wrk's distribution (its own lines: `  50%  359.00us`)."""
-    found = re.search(rf"^\s+{percent}%\s+(\S+)\s*$", wrk_output, re.MULTILINE)
+    found = re.search(rf"^\s+{percent}%\s+(\S+)\s*$", output, re.MULTILINE)
     if found is None:
-        raise RuntimeError(f"no {percent}% line in wrk's output:\n{wrk_output}")
+        raise RuntimeError(f"no {percent}% line in wrk's output:\n{output}")
     return _micros(found.group(1))
 
 
-def wrk(url: str, script: Path, connections: int) -> WrkResult:
-    """One wrk run against `url`, pinned to core 1 with the backend."""
-    out = subprocess.run(
+def wrk_output(url: str, script: Path, connections: int, seconds: int, *flags: str) -> str:
+    """What one wrk run against `url` prints, wrk pinned to core 1 with the backend."""
+    return subprocess.run(
         [
-            *("taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{SECONDS}s"),
-            *("--latency", "-s", str(script), url),
+            *("taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s"),
+            *("--latency", *flags, "-s", str(script), url),
         ],
         capture_output=True,
         text=True,
         check=True,
-        timeout=SECONDS * 4 + 10,
+        timeout=seconds * 4 + 10,
     ).stdout
+
+
+def wrk_errors(output: str) -> int:
+    """The requests wrk saw fail: non-2xx answers and socket errors."""
+    errors = 0
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors += int(non_2xx.group(1)) if non_2xx else 0
+    socket = re.search(r"Socket errors: (.*)", output)
+    errors += sum(int(n) for n in re.findall(r"\d+", socket.group(1))) if socket else 0
+    return errors
+
+
+def wrk(url: str, script: Path, connections: int) -> WrkResult:
+    """One wrk run against `url` for SECONDS: its rate, p50, p99 and errors."""
+    out = wrk_output(url, script, connections, SECONDS)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50, p99 = (_percentile(out, p) for p in ("50", "99"))
-    errors = 0
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors += int(non_2xx.group(1)) if non_2xx else 0
-    socket = re.search(r"Socket errors: (.*)", out)
-    errors += sum(int(n) for n in re.findall(r"\d+", socket.group(1))) if socket else 0
-    return WrkResult(rps, p50, p99, errors)
+    return WrkResult(rps, p50, p99, wrk_errors(out))
 
 
-def sidecar_argv(table: Path, port: int) -> list[str]:
-    flags = ["--port", str(port), "--admin-port", str(free_port()), "--log-level", "warning"]
+def require_tools() -> None:
+    """Stop with the fix when wrk, nginx or taskset is missing."""
+    for tool in ("wrk", "nginx", "taskset"):
+        if _tool(tool) is None:
+            raise SystemExit(f"{tool} is missing: `make bench-tools` installs it from Debian")
+
+
+def sidecar_argv(table: Path, port: int, admin: int | None = None) -> list[str]:
+    """A standalone sidecar on `port` (its admin on `admin`, or a free port), logging warnings."""
+    admin_port = free_port() if admin is None else admin
+    flags = ["--port", str(port), "--admin-port", str(admin_port), "--log-level", "warning"]
     return [sys.executable, "-m", "routemesh_sidecar", "--route-table", str(table), *flags]
 
 
@@ -431,9 +450,7 @@ def stream_rows(s: dict[str, list[list[float]]]) -> list[str]:
 
 
 def run() -> list[str]:
-    for tool in ("wrk", "nginx", "taskset"):
-        if _tool(tool) is None:
-            raise SystemExit(f"{tool} is missing: `make bench-proxy` installs it from Debian")
+    require_tools()
     # The stream part's timing client is this process: it shares core 1 with the providers, as
     # wrk does, and never lands on the core the proxies run on.
     os.sched_setaffinity(0, {1})

@@ -17,7 +17,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -26,7 +25,19 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy import BODY, COMPLETION, WRK_SCRIPT, _tool, nginx_main
+from proxy import (
+    BODY,
+    COMPLETION,
+    WRK_SCRIPT,
+    _micros,
+    _percentile,
+    _tool,
+    nginx_main,
+    require_tools,
+    sidecar_argv,
+    wrk_errors,
+    wrk_output,
+)
 from routemesh_testing.tables import backend, model_info, route, table
 from sidecar_overhead import free_port, process
 
@@ -104,41 +115,12 @@ def table_json(primary: str, spare: str) -> str:
     return routes.model_dump_json()
 
 
-def wrk(url: str, script: Path) -> str:
-    return subprocess.run(
-        [
-            *("taskset", "-c", "1", "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{SECONDS}s"),
-            *("--latency", "--timeout", "10s", "-s", str(script), url),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=SECONDS * 3,
-    ).stdout
-
-
-def _number(pattern: str, text: str) -> float:
-    found = re.search(pattern, text)
-    return float(found.group(1)) if found else 0.0
-
-
-def _ms(token: str) -> float:
-    """A wrk duration (`812.00us`, `1.23ms`, `2.01s`) in milliseconds."""
-    found = re.fullmatch(r"([\d.]+)(us|ms|s)", token)
+def _max_ms(output: str) -> float:
+    """The slowest request, from wrk's `Latency` line (average, deviation, max)."""
+    found = re.search(r"^\s*Latency\s+\S+\s+\S+\s+(\S+)", output, re.MULTILINE)
     if found is None:
-        return float("nan")
-    value, unit = float(found.group(1)), found.group(2)
-    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-
-
-def _percentile_ms(text: str, label: str) -> float:
-    found = re.search(rf"^\s*{label}\s+(\S+)", text, re.MULTILINE)
-    return _ms(found.group(1)) if found else float("nan")
-
-
-def _max_ms(text: str) -> float:
-    found = re.search(r"^\s*Latency\s+\S+\s+\S+\s+(\S+)", text, re.MULTILINE)
-    return _ms(found.group(1)) if found else float("nan")
+        raise RuntimeError(f"no Latency line in wrk's output:\n{output}")
+    return _micros(found.group(1)) / 1000
 
 
 def sidecar_counts(admin_url: str) -> dict[str, float]:
@@ -183,26 +165,15 @@ def measure(tmp: Path) -> tuple[str, dict[str, float], list[str]]:
     script = tmp / "post.lua"
     script.write_text(WRK_SCRIPT.format(body=json.dumps(BODY)))
     port, admin = free_port(), free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "routemesh_sidecar",
-        "--route-table",
-        str(path),
-        "--port",
-        str(port),
-        "--admin-port",
-        str(admin),
-        "--log-level",
-        "warning",
-    ]
+    argv = sidecar_argv(path, port, admin)
     try:
         with process(argv, port, 0):
             fault_thread = threading.Thread(target=faults, name="faults", daemon=True)
             started = time.monotonic()
             fault_thread.start()
             try:
-                output = wrk(f"http://127.0.0.1:{port}/v1/chat/completions", script)
+                url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                output = wrk_output(url, script, CONNECTIONS, SECONDS, "--timeout", "10s")
             finally:
                 ended.set()
                 fault_thread.join()
@@ -214,28 +185,21 @@ def measure(tmp: Path) -> tuple[str, dict[str, float], list[str]]:
 
 
 def run() -> list[str]:
-    for tool in ("wrk", "nginx", "taskset"):
-        if _tool(tool) is None:
-            raise SystemExit(f"{tool} is missing: `make bench-proxy` installs it from Debian")
+    require_tools()
     os.sched_setaffinity(0, {1})
     with tempfile.TemporaryDirectory() as tmp:
         output, counts, timeline = measure(Path(tmp))
-    rps = _number(r"Requests/sec:\s+([\d.]+)", output)
-    total = _number(r"(\d+) requests in", output)
-    non_2xx = _number(r"Non-2xx or 3xx responses: (\d+)", output)
-    socket_line = re.search(r"Socket errors: (.*)", output)
-    socket_errors = (
-        sum(int(n) for n in re.findall(r"\d+", socket_line.group(1))) if socket_line else 0
-    )
-    errors = int(non_2xx) + socket_errors
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    errors = wrk_errors(output)
     return [
         f"{SECONDS} s, {CONNECTIONS} connections; primary killed at {KILL_AT} s, restored at "
         f"{RESTORE_AT} s ({'; '.join(timeline)})",
         "",
         "| requests | req/s | p50 ms | p99 ms | max ms | client errors (non-2xx + socket) |",
         "|---|---|---|---|---|---|",
-        f"| {int(total):,} | {rps:,.0f} | {_percentile_ms(output, '50%'):.2f} | "
-        f"{_percentile_ms(output, '99%'):.2f} | {_max_ms(output):.2f} | {errors} |",
+        f"| {total:,} | {rps:,.0f} | {_percentile(output, '50') / 1000:.2f} | "
+        f"{_percentile(output, '99') / 1000:.2f} | {_max_ms(output):.2f} | {errors} |",
         "",
         f"- goal: at least 500 req/s ({'met' if rps >= 500 else 'NOT met'}) and zero client "
         f"errors ({'met' if errors == 0 else 'NOT met'})",
