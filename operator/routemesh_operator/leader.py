@@ -49,6 +49,7 @@ class LeaseElector:
         on_change: Callable[[bool], None] = lambda leading: None,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
         monotonic: Callable[[], float] = time.monotonic,
+        owners: Callable[[], list[dict[str, Any]]] = list,
     ) -> None:
         self._api = api
         self._path = namespaced(LEASES, namespace, "leases", name)
@@ -60,6 +61,7 @@ class LeaseElector:
         self._on_change = on_change
         self._wall = wall
         self._monotonic = monotonic
+        self._owners = owners  # written on every renewal, so an older Lease is adopted
         self.leading = False
         self._renewed_at = 0.0
         self._namespace = namespace
@@ -119,7 +121,7 @@ class LeaseElector:
         return {
             "apiVersion": LEASES,
             "kind": "Lease",
-            "metadata": {"name": self._name},
+            "metadata": {"name": self._name, "ownerReferences": self._owners()},
             "spec": {
                 "holderIdentity": self.identity,
                 "leaseDurationSeconds": max(1, round(self._lease_seconds)),

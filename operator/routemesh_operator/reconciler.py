@@ -72,8 +72,10 @@ class Reconciler:
         debounce: float = 0.02,
         retry_after: float = 2.0,
         clock: Callable[[], str] = utc_now,
+        owners: Callable[[], list[dict[str, Any]]] = list,
     ) -> None:
         self._inventory = inventory
+        self._owners = owners  # of the CA ConfigMaps, which no policy owns (see anchor.py)
         self._api = api
         self._board = board
         self._tracker = tracker or SyncTracker()
@@ -206,6 +208,7 @@ class Reconciler:
                 "name": CA_CONFIGMAP,
                 "namespace": namespace,
                 "labels": {workloads.MANAGED_BY_LABEL: workloads.MANAGED_BY},
+                "ownerReferences": self._owners(),
             },
             "data": {"ca.crt": bundle.decode()},
         }

@@ -10,6 +10,7 @@ Secret missing just because the Secrets' watch had not caught up with the polici
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import logging
 import socket
@@ -25,6 +26,7 @@ from aiohttp import web
 from routemesh_operator.admission.certstore import WebhookCertificates
 from routemesh_operator.admission.server import AdmissionServer, NamespaceLabelCache
 from routemesh_operator.admission.serving import serve_webhook
+from routemesh_operator.anchor import Anchor
 from routemesh_operator.api.v1alpha1.kinds import GROUP_VERSION
 from routemesh_operator.distribution.auth import PodLabels, TokenReviewer
 from routemesh_operator.distribution.board import Board
@@ -32,7 +34,7 @@ from routemesh_operator.distribution.server import DistributionServer
 from routemesh_operator.distribution.shared_health import SharedHealth
 from routemesh_operator.distribution.sync import SyncTracker
 from routemesh_operator.inventory import Inventory
-from routemesh_operator.kube import Credentials, KubeApi
+from routemesh_operator.kube import ApiError, Credentials, KubeApi
 from routemesh_operator.leader import LeaseElector
 from routemesh_operator.reconciler import Reconciler
 from routemesh_operator.settings import OperatorSettings
@@ -63,7 +65,14 @@ class Runtime:
         self.inventory = Inventory()
         self.board = Board()
         self.tracker = SyncTracker(forget_after=settings.sidecar_forget_seconds)
-        self.reconciler = Reconciler(self.inventory, self.api, self.board, tracker=self.tracker)
+        self.anchor = Anchor(self.api, settings.webhook_configuration)
+        self.reconciler = Reconciler(
+            self.inventory,
+            self.api,
+            self.board,
+            tracker=self.tracker,
+            owners=self.anchor.references,
+        )
         self.distribution = DistributionServer(
             self.board,
             self.tracker,
@@ -89,6 +98,7 @@ class Runtime:
                 lease_seconds=settings.lease_seconds,
                 renew_seconds=settings.lease_seconds / 3,
                 on_change=self.reconciler.set_writing,
+                owners=self.anchor.references,
             )
         self._stack = AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
@@ -98,6 +108,9 @@ class Runtime:
         try:
             await self._stack.enter_async_context(self.api)
             await self._seed()
+            with contextlib.suppress(ApiError):  # RBAC may forbid it; `follow` says so
+                await self.anchor.refresh()
+            self._spawn("routemesh-owner-anchor", self.anchor.follow())
             self._spawn("routemesh-reconcile", self.reconciler.run())
             self._spawn("routemesh-sidecar-expiry", self._expire_sidecars())
             if self.elector is not None:
@@ -149,7 +162,7 @@ class Runtime:
     async def _serve_webhook(self) -> None:
         settings = self.settings
         certificates = (
-            WebhookCertificates.from_settings(self.api, settings)
+            WebhookCertificates.from_settings(self.api, settings, owners=self.anchor.references)
             if settings.webhook_certificates == "operator"
             else None
         )

@@ -59,13 +59,16 @@ class Helm:
         values: dict[str, Any] | None = None,
         *,
         include_crds: bool = False,
+        hooks: bool = False,
     ) -> list[dict[str, Any]]:
-        """The rendered chart, parsed."""
+        """The rendered chart, parsed: what `helm install` creates, and its hooks when asked."""
         # Render for the Kubernetes version the tests run (helm's own default is old).
         kube = pinned_versions()["k8s"]
         args = ["template", release, str(CHART), "--namespace", namespace, "--kube-version", kube]
         if include_crds:
             args.append("--include-crds")
+        if not hooks:
+            args.append("--no-hooks")
         if values:
             for key, value in _flatten(values).items():
                 args += ["--set-json", f"{key}={json.dumps(value)}"]

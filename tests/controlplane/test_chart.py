@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from routemesh_operator.injection import InjectionSettings, decide
 from routemesh_testing.controlplane import REPO_ROOT, LocalControlPlane, free_port
 from routemesh_testing.helm import Helm
 from routemesh_testing.kubectl import Kubectl
@@ -69,15 +70,19 @@ def test_the_chart_renders_its_crds_rbac_and_operator(helm: Helm):
         "verbs": ["get", "update"],
     }
     (webhook,) = kinds["MutatingWebhookConfiguration"]
-    (entry,) = webhook["webhooks"]
-    assert entry["failurePolicy"] == "Fail"
-    assert entry["namespaceSelector"]["matchExpressions"][0]["values"] == [
-        "kube-system",
-        "kube-public",
-        "kube-node-lease",
-        "routemesh-system",
+    assert [entry["name"] for entry in webhook["webhooks"]] == [
+        "namespace.inject.routemesh.dev",
+        "pod.inject.routemesh.dev",
     ]
-    assert entry["clientConfig"]["service"]["path"] == "/mutate-pods"
+    for entry in webhook["webhooks"]:
+        assert entry["failurePolicy"] == "Ignore"
+        assert entry["namespaceSelector"]["matchExpressions"][1]["values"] == [
+            "kube-system",
+            "kube-public",
+            "kube-node-lease",
+            "routemesh-system",
+        ]
+        assert entry["clientConfig"]["service"]["path"] == "/mutate-pods"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     # Several replicas elect a leader, and may touch only their own Lease.
     peered = by_kind(helm.template("rm", "routemesh-system", {"operator": {"replicas": 2}}))
@@ -103,6 +108,61 @@ def test_cert_manager_issues_the_webhook_certificate_when_chosen(helm: Helm):
     (deployment,) = kinds["Deployment"]
     volume = deployment["spec"]["template"]["spec"]["volumes"][0]
     assert volume["secret"]["secretName"] == "rm-webhook-certs"
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A label selector's matchExpressions, evaluated the way the API server does."""
+    for term in selector.get("matchExpressions", ()):
+        key, operator, values = term["key"], term["operator"], term.get("values", ())
+        present = key in labels
+        held = {
+            "In": present and labels.get(key) in values,
+            "NotIn": not present or labels.get(key) not in values,
+            "Exists": present,
+            "DoesNotExist": not present,
+        }[operator]
+        if not held:
+            return False
+    return True
+
+
+CHOICES = [None, "enabled", "true", "disabled", "false", "maybe"]
+
+
+@pytest.mark.parametrize("namespace_choice", CHOICES)
+def test_the_webhook_is_sent_exactly_the_pods_injection_would_inject(
+    helm: Helm, namespace_choice: str | None
+):
+    # The selectors must never hide a pod that decide() would inject, never send one pod to
+    # both entries, and never send a pod of a system or excluded namespace at all.
+    values = {"webhook": {"excludedNamespaces": ["batch"]}}
+    (webhook,) = by_kind(helm.template("rm", "routemesh-system", values))[
+        "MutatingWebhookConfiguration"
+    ]
+    settings = InjectionSettings(
+        operator_namespace="routemesh-system", excluded_namespaces=("batch",)
+    )
+    for namespace in ("apps", "kube-system", "routemesh-system", "batch"):
+        namespace_labels = {"kubernetes.io/metadata.name": namespace}
+        if namespace_choice is not None:
+            namespace_labels["routemesh.dev/inject"] = namespace_choice
+        for pod_choice in CHOICES:
+            pod_labels = {"app": "chat"}
+            if pod_choice is not None:
+                pod_labels["routemesh.dev/inject"] = pod_choice
+            sent = [
+                entry["name"]
+                for entry in webhook["webhooks"]
+                if selects(entry["namespaceSelector"], namespace_labels)
+                and selects(entry["objectSelector"], pod_labels)
+            ]
+            pod = {"metadata": {"labels": pod_labels}, "spec": {"containers": []}}
+            injected = decide(pod, namespace, namespace_labels, settings).inject
+            case = (namespace, namespace_choice, pod_choice, sent)
+            assert len(sent) <= 1, case
+            assert not injected or sent, case
+            if namespace != "apps":
+                assert not sent, case
 
 
 def test_values_the_schema_refuses_never_render(helm: Helm):

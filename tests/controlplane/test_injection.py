@@ -218,11 +218,12 @@ def test_a_pod_in_a_labelled_namespace_is_injected(kubectl: Kubectl, injecting: 
     )
 
 
-def test_an_annotated_pod_in_an_unlabelled_namespace_is_injected(
+def test_a_labelled_pod_in_an_unlabelled_namespace_is_injected(
     kubectl: Kubectl, injecting: Injecting
 ):
+    # A label, not an annotation: the chart's webhook selectors can only see labels.
     assert_injected(
-        create_pod(kubectl, injecting.plain, annotations={"routemesh.dev/inject": "enabled"})
+        create_pod(kubectl, injecting.plain, labels={"routemesh.dev/inject": "enabled"})
     )
     assert_not_injected(create_pod(kubectl, injecting.plain))
 

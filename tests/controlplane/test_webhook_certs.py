@@ -29,6 +29,7 @@ import pytest
 from routemesh_operator.admission import certs
 from routemesh_operator.admission.certs import KeyPair
 from routemesh_operator.admission.certstore import WebhookCertificates, write_files
+from routemesh_operator.anchor import Anchor
 from routemesh_operator.kube import Credentials, KubeApi
 from routemesh_testing.controlplane import LocalControlPlane, free_port
 from routemesh_testing.kubectl import Kubectl
@@ -178,6 +179,37 @@ def test_first_ensure_stores_the_certificates_and_trusts_them_in_every_webhook(
     assert with_api(control_plane, again) == [pair, pair]
     assert version(kubectl, "secret", SECRET, namespace=namespace) == secret_version
     assert version(kubectl, "mutatingwebhookconfiguration", configuration) == configuration_version
+
+
+def test_an_older_unowned_secret_is_adopted_by_the_configuration_and_collected_with_it(
+    control_plane: LocalControlPlane, kubectl: Kubectl, namespace: str, configuration: str
+):
+    # As chart 0.1.0 left it: the Secret has no owner. Once the anchor knows the configuration,
+    # the next check adds it as owner, keeps the certificates, and deleting the configuration
+    # (as helm uninstall does) lets the garbage collector delete the Secret.
+    clock = Clock(START)
+
+    async def unowned_then_owned(api: KubeApi) -> tuple[KeyPair, KeyPair, list[dict[str, Any]]]:
+        first = await store(api, namespace, configuration, clock).ensure()
+        anchor = Anchor(api, configuration)
+        await anchor.refresh()
+        certificates = store(api, namespace, configuration, clock, owners=anchor.references)
+        return first, await certificates.ensure(), anchor.references()
+
+    first, adopted, owners = with_api(control_plane, unowned_then_owned)
+    assert adopted == first, "adopting never reissues"
+    uid = kubectl.get("mutatingwebhookconfiguration", configuration)["metadata"]["uid"]
+    assert [o["uid"] for o in owners] == [uid]
+    stored_owners = secret(kubectl, namespace)["metadata"]["ownerReferences"]
+    assert [(o["kind"], o["name"], o["uid"]) for o in stored_owners] == [
+        ("MutatingWebhookConfiguration", configuration, uid)
+    ]
+    kubectl.run("delete", "mutatingwebhookconfiguration", configuration)
+    poll_until(
+        lambda: kubectl.run("get", "secret", SECRET, "-n", namespace, check=False).returncode,
+        lambda code: code != 0,
+        timeout=60,
+    )
 
 
 def test_serving_then_ca_rotation_keeps_the_old_ca_trusted_until_it_expires(

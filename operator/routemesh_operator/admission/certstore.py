@@ -106,6 +106,7 @@ class WebhookCertificates:
         serving_validity: timedelta,
         rotate_before: timedelta,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        owners: Callable[[], list[dict[str, Any]]] = list,
     ) -> None:
         # A certificate that is due as soon as it is issued would be reissued on every check.
         if not timedelta(0) < rotate_before < min(ca_validity, serving_validity):
@@ -126,6 +127,7 @@ class WebhookCertificates:
         self._serving_validity = serving_validity
         self._rotate_before = rotate_before
         self._clock = clock
+        self._owners = owners
         self.current: KeyPair | None = None
         """The serving pair the last successful `ensure()` returned."""
         self.ca_bundle: bytes = b""
@@ -140,6 +142,7 @@ class WebhookCertificates:
         settings: OperatorSettings,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        owners: Callable[[], list[dict[str, Any]]] = list,
     ) -> WebhookCertificates:
         """The store the operator's settings describe (for `webhook_certificates: operator`)."""
         return cls(
@@ -154,6 +157,7 @@ class WebhookCertificates:
             serving_validity=timedelta(days=settings.webhook_serving_validity_days),
             rotate_before=timedelta(days=settings.webhook_rotate_before_days),
             clock=clock,
+            owners=owners,
         )
 
     async def ensure(self) -> KeyPair:
@@ -167,7 +171,7 @@ class WebhookCertificates:
             secret = await self._api.get(self._secret_path)
             stored = _read(secret)
             wanted = self._plan(stored, self._clock())
-            if wanted.differs(stored):
+            if wanted.differs(stored) or self._unowned(secret):
                 try:
                     await self._write(secret, wanted)
                 except ApiError as exc:
@@ -272,6 +276,13 @@ class WebhookCertificates:
 
     # ------------------------------------------------------------------ writing
 
+    def _unowned(self, secret: dict[str, Any] | None) -> bool:
+        """Whether a stored Secret lacks an owner it should have (one written before 0.2.0)."""
+        owners = self._owners()
+        present = (secret or {}).get("metadata", {}).get("ownerReferences") or []
+        uids = {o.get("uid") for o in present}
+        return secret is not None and any(o["uid"] not in uids for o in owners)
+
     @property
     def _name(self) -> str:
         return f"{self._namespace}/{self._secret_name}"
@@ -290,7 +301,11 @@ class WebhookCertificates:
                 "apiVersion": "v1",
                 "kind": "Secret",
                 "type": SECRET_TYPE,
-                "metadata": {"name": self._secret_name, "labels": LABELS},
+                "metadata": {
+                    "name": self._secret_name,
+                    "labels": LABELS,
+                    "ownerReferences": self._owners(),
+                },
                 "data": encoded,
             }
             await self._api.create(self._secrets, body)
@@ -300,6 +315,7 @@ class WebhookCertificates:
         # it: the type of a Secret cannot change. The resourceVersion makes it a compare-and-swap.
         metadata = dict(secret.get("metadata") or {})
         metadata.pop("managedFields", None)
+        metadata["ownerReferences"] = _merged(metadata.get("ownerReferences") or [], self._owners())
         body = {**secret, "metadata": metadata, "data": {**secret.get("data", {}), **encoded}}
         body.pop("stringData", None)
         await self._api.request("PUT", self._secret_path, body)
@@ -373,6 +389,12 @@ def _write_atomically(path: Path, content: bytes, mode: int) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def _merged(present: list[dict[str, Any]], wanted: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The owners already there (others may have added theirs), plus the wanted ones missing."""
+    uids = {o.get("uid") for o in present}
+    return [*present, *(o for o in wanted if o["uid"] not in uids)]
 
 
 def _read(secret: dict[str, Any] | None) -> _State:

@@ -56,10 +56,12 @@ class Webhook(Values):
         default=8443, description="Port the operator serves the webhook on (TLS)."
     )
     failure_policy: Literal["Fail", "Ignore"] = Field(
-        default="Fail",
-        description="What the API server does when the webhook cannot answer: Fail refuses "
-        "the pod (no pod runs without its sidecar), Ignore creates it without one. The system "
-        "namespaces and the operator's own are never sent to the webhook either way.",
+        default="Ignore",
+        description="What the API server does when the webhook cannot answer: Ignore creates "
+        "the pod without a sidecar (`routemesh status` lists such pods), Fail refuses it until "
+        "the operator answers. Either way only pods that opt in reach the webhook: those of a "
+        "namespace labelled routemesh.dev/inject=enabled and pods with that label; the system "
+        "namespaces, the operator's own and the excluded ones never do.",
     )
     timeout_seconds: Annotated[int, Field(ge=1, le=30)] = Field(
         default=10, description="How long the API server waits for the webhook."

@@ -3,8 +3,9 @@
 `Cluster` is built from a kubeconfig (`--kubeconfig`, `--context`, or `KUBECONFIG` as kubectl
 reads it) and runs each read on a short-lived event loop. Every failure becomes a `CliError`
 whose message says what to do: the cluster cannot be reached, the credentials were refused,
-RBAC forbids the read, the CRDs or the policy do not exist. Called by `cli.main` only; it reads
-and never writes.
+RBAC forbids the read, the CRDs or the policy do not exist. `uninjected_pods` finds the pods that
+opt in to the sidecar but run without one (created while the webhook could not answer, under
+failurePolicy Ignore). Called by `cli.main` only; it reads and never writes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import aiohttp
 
 from routemesh_operator.cli.errors import NOT_FOUND, REFUSED, UNREACHABLE, CliError
 from routemesh_operator.conventions import TABLE_KEY, configmap_name
+from routemesh_operator.injection import InjectionSettings, decide, is_injected
 from routemesh_operator.kube import ApiError, Credentials, KubeApi
 
 GROUP_VERSION = "routemesh.dev/v1alpha1"
@@ -135,3 +137,43 @@ async def route_table_json(api: KubeApi, namespace: str, policy: str) -> str:
             NOT_FOUND,
         )
     return str(table)
+
+
+async def uninjected_pods(api: KubeApi, namespace: str | None) -> list[dict[str, str]] | None:
+    """Live pods that opt in to the sidecar but have none; None when RBAC forbids the check.
+
+    The rules are injection's own `decide`, with the chart's default operator namespace, so a
+    pod counts exactly when the webhook would have injected it had it answered.
+    """
+    scope = f"/namespaces/{namespace}" if namespace else ""
+    try:
+        pods = (await api.request("GET", f"/api/v1{scope}/pods")).get("items") or []
+        if namespace:
+            namespaces = [await api.request("GET", f"/api/v1/namespaces/{namespace}")]
+        else:
+            namespaces = (await api.request("GET", "/api/v1/namespaces")).get("items") or []
+    except ApiError as exc:
+        if exc.status == 403:
+            return None
+        raise
+    labels = {n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in namespaces}
+    settings = InjectionSettings()
+    found = []
+    for pod in pods:
+        metadata = pod["metadata"]
+        finished = (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+        if finished or metadata.get("deletionTimestamp") or is_injected(pod):
+            continue
+        decision = decide(
+            pod, metadata["namespace"], labels.get(metadata["namespace"], {}), settings
+        )
+        if decision.inject:
+            found.append(
+                {
+                    "namespace": metadata["namespace"],
+                    "name": metadata["name"],
+                    "created": metadata.get("creationTimestamp", ""),
+                    "why": decision.reason,
+                }
+            )
+    return sorted(found, key=lambda p: (p["namespace"], p["name"]))

@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 from routemesh_operator import __version__
 from routemesh_operator.cli import render
-from routemesh_operator.cli.cluster import Cluster, list_objects, route_table_json
+from routemesh_operator.cli.cluster import Cluster, list_objects, route_table_json, uninjected_pods
 from routemesh_operator.cli.errors import FINDING, OK, USAGE, CliError
 from routemesh_operator.cli.explain import ExplainRequest, explain
 from routemesh_operator.cli.sidecars import cost_window, sidecar_status
@@ -120,15 +120,18 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
     cluster = Cluster(args.kubeconfig, args.context)
     namespace = None if args.all_namespaces else (args.namespace or cluster.default_namespace)
 
-    async def reads(api: KubeApi) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    async def reads(api: KubeApi) -> tuple[list[Any], list[Any], list[Any] | None]:
         policies = await list_objects(api, "routingpolicies", namespace)
-        return policies, await list_objects(api, "modelbackends", namespace)
+        backends = await list_objects(api, "modelbackends", namespace)
+        return policies, backends, await uninjected_pods(api, namespace)
 
-    policies, backends = cluster.read(reads)
-    report = {
+    policies, backends, not_injected = cluster.read(reads)
+    report: dict[str, Any] = {
         "policies": [_policy_row(p) for p in policies],
         "backends": [_backend_row(b) for b in backends],
         "sidecars": [sidecar_status(url) for url in args.sidecar],
+        # None: RBAC forbade listing pods, so nobody knows; [] means none were found.
+        "notInjected": not_injected,
     }
     versions = {p["routeTableVersion"]: p["name"] for p in report["policies"]}
     for sidecar in report["sidecars"]:
@@ -138,6 +141,7 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
         any(not p["valid"] or p["rejected"] for p in report["policies"])
         or any(not b["valid"] for b in report["backends"])
         or any(s["state"] != "ACK" for s in report["sidecars"])
+        or bool(not_injected)
     )
     return FINDING if troubled else OK
 
@@ -226,6 +230,7 @@ def _print_status(report: dict[str, Any], output: str, out: TextIO) -> None:
         ],
         out,
     )
+    _print_not_injected(report["notInjected"], out)
     if report["sidecars"]:
         render.table(
             "SIDECARS",
@@ -254,6 +259,21 @@ def _print_status(report: dict[str, Any], output: str, out: TextIO) -> None:
             ],
             out,
         )
+
+
+def _print_not_injected(pods: list[dict[str, str]] | None, out: TextIO) -> None:
+    if pods is None:
+        out.write("NOT INJECTED\n  not checked: RBAC forbids listing pods and namespaces\n\n")
+        return
+    if not pods:
+        return
+    render.table(
+        "NOT INJECTED (they opt in but run without a sidecar: the webhook could not answer "
+        "when they were created; recreate them, e.g. `kubectl rollout restart`)",
+        ("NAMESPACE", "POD", "CREATED", "WHY IT SHOULD HAVE ONE"),
+        [(p["namespace"], p["name"], p["created"], p["why"]) for p in pods],
+        out,
+    )
 
 
 def _explain(args: argparse.Namespace, out: TextIO) -> int:

@@ -10,6 +10,10 @@ injected; an injected pod is left alone; host-network pods are not injected (a l
 there would listen on the node); the pod's annotation decides when it has one (a pod saying
 disabled wins over its namespace's label); a namespace label of `disabled` wins over a pod
 saying enabled (the namespace's owner turned injection off); otherwise the namespace's label.
+A pod says so with its `routemesh.dev/inject` label, or else the annotation of that name. The
+chart's webhook configuration selects on labels only (an annotation is invisible to the API
+server's selectors), so in a namespace that chose nothing only the label brings a pod here; the
+annotation still opts a pod out of a labelled namespace.
 """
 
 from __future__ import annotations
@@ -80,22 +84,22 @@ def _never(pod: Mapping[str, Any], namespace: str, settings: InjectionSettings) 
 def _by_choice(
     pod: Mapping[str, Any], namespace: str, namespace_labels: Mapping[str, str]
 ) -> Decision:
-    value = _annotations(pod).get(INJECT_KEY)
+    where, value = _pod_says(pod)
     pod_choice = _choice(value)
     namespace_choice = _choice(namespace_labels.get(INJECT_KEY))
     if pod_choice == "unknown":
         # Not injecting is the safer reading of an annotation nobody can interpret.
         return Decision(
             False,
-            f"annotation {INJECT_KEY}={value!r} is not understood "
+            f"{where} {INJECT_KEY}={value!r} is not understood "
             "(enabled or true to inject, disabled or false not to)",
         )
     if pod_choice == "disabled":
-        return Decision(False, f"the pod opts out ({INJECT_KEY} annotation)")
+        return Decision(False, f"the pod opts out ({INJECT_KEY} {where})")
     if namespace_choice == "disabled":
         return Decision(False, f"namespace {namespace} opts out ({INJECT_KEY} label)")
     if pod_choice == "enabled":
-        return Decision(True, f"the pod opts in ({INJECT_KEY} annotation)")
+        return Decision(True, f"the pod opts in ({INJECT_KEY} {where})")
     if namespace_choice == "enabled":
         return Decision(True, f"namespace {namespace} opts in ({INJECT_KEY} label)")
     return Decision(False, "neither the pod nor its namespace opts in")
@@ -111,6 +115,14 @@ def _choice(value: object) -> str | None:
     if text in DISABLED_VALUES:
         return "disabled"
     return "unknown"
+
+
+def _pod_says(pod: Mapping[str, Any]) -> tuple[str, object]:
+    """Where the pod states its choice (its label wins over its annotation), and the value."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    if INJECT_KEY in labels:
+        return "label", labels[INJECT_KEY]
+    return "annotation", _annotations(pod).get(INJECT_KEY)
 
 
 def _annotations(pod: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -13,7 +13,7 @@ from pathlib import PurePosixPath
 from routemesh_operator.compiler.inputs import CompilerSettings
 
 # --- annotations and labels users write, and the one injection writes
-INJECT_KEY = "routemesh.dev/inject"  # namespace label or pod annotation
+INJECT_KEY = "routemesh.dev/inject"  # namespace label, pod label (or pod annotation)
 INJECTED_ANNOTATION = "routemesh.dev/injected"  # set by injection: the operator's version
 ENABLED_VALUES = frozenset({"enabled", "true"})
 DISABLED_VALUES = frozenset({"disabled", "false"})

@@ -126,3 +126,43 @@ def test_a_malformed_pod_gets_an_answer_not_an_exception(odd):
     # The API server validates the pod after the webhooks; the decision must not crash first.
     assert decide(odd, "apps", LABELLED, SETTINGS).inject
     assert not decide(odd, "apps", {}, SETTINGS).inject
+
+
+def labelled_pod(value: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    labelled = pod(annotations)
+    labelled["metadata"]["labels"]["routemesh.dev/inject"] = value
+    return labelled
+
+
+@pytest.mark.parametrize(
+    ("value", "annotation", "namespace_labels", "expected"),
+    [
+        ("enabled", None, {}, Decision(True, "the pod opts in (routemesh.dev/inject label)")),
+        ("true", None, {}, Decision(True, "the pod opts in (routemesh.dev/inject label)")),
+        (
+            "disabled",
+            None,
+            LABELLED,
+            Decision(False, "the pod opts out (routemesh.dev/inject label)"),
+        ),
+        # The label is what the webhook's selectors saw, so it wins over the annotation.
+        (
+            "disabled",
+            "enabled",
+            LABELLED,
+            Decision(False, "the pod opts out (routemesh.dev/inject label)"),
+        ),
+        ("enabled", "disabled", {}, Decision(True, "the pod opts in (routemesh.dev/inject label)")),
+    ],
+)
+def test_a_pods_label_states_its_choice_before_its_annotation(
+    value: str, annotation: str | None, namespace_labels: dict[str, str], expected: Decision
+):
+    annotations = {"routemesh.dev/inject": annotation} if annotation else None
+    assert decide(labelled_pod(value, annotations), "apps", namespace_labels, SETTINGS) == expected
+
+
+def test_a_pod_label_nobody_can_read_is_not_injected_and_says_where():
+    decision = decide(labelled_pod("maybe"), "apps", LABELLED, SETTINGS)
+    assert not decision.inject
+    assert decision.reason.startswith("label routemesh.dev/inject='maybe' is not understood")
