@@ -38,13 +38,13 @@ from routemesh_testing.manifests import (
 )
 from routemesh_testing.operator import injecting_settings, running_operator
 from routemesh_testing.podrun import InjectedSidecar
+from routemesh_testing.pods import SIDECAR, create_pod, make_namespace, sidecar_of
 from routemesh_testing.pytest_plugin import TEST_NAMESPACE_LABEL
 from routemesh_testing.serving import ServerThread
 from routemesh_testing.waiting import poll_until
 
 pytestmark = pytest.mark.timeout(240)
 
-SIDECAR = "routemesh-sidecar"
 BASE_URL_VARS = ("OPENAI_BASE_URL", "OPENAI_API_BASE", "ANTHROPIC_BASE_URL")
 
 
@@ -58,19 +58,6 @@ class Injecting:
     webhook_port: int
     distribution_port: int
     configuration: str
-
-
-def make_namespace(kubectl: Kubectl, name: str, labels: dict[str, str]) -> None:
-    body = {
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": {"name": name, "labels": {TEST_NAMESPACE_LABEL: "true", **labels}},
-    }
-    kubectl.apply(yaml.safe_dump(body))
-    poll_until(
-        lambda: kubectl.run("get", "serviceaccount", "default", "-n", name, check=False),
-        lambda result: result.returncode == 0,
-    )
 
 
 @contextmanager
@@ -130,38 +117,6 @@ def injecting(
 ) -> Iterator[Injecting]:
     with injecting_operator(control_plane, kubectl, tmp_path_factory.mktemp("webhook")) as setup:
         yield setup
-
-
-def create_pod(
-    kubectl: Kubectl,
-    namespace: str,
-    *,
-    labels: dict[str, str] | None = None,
-    annotations: dict[str, str] | None = None,
-    env: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    name = f"app-{secrets.token_hex(3)}"
-    container: dict[str, Any] = {"name": "app", "image": "example/app:1"}
-    if env is not None:
-        container["env"] = env
-    body = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "labels": labels or {},
-            "annotations": annotations or {},
-        },
-        "spec": {"containers": [container]},
-    }
-    kubectl.apply(yaml.safe_dump(body), namespace=namespace)
-    stored: dict[str, Any] = kubectl.get("pod", name, namespace=namespace)
-    return stored
-
-
-def sidecar_of(pod: dict[str, Any]) -> dict[str, Any] | None:
-    found = [c for c in pod["spec"].get("initContainers") or () if c["name"] == SIDECAR]
-    return found[0] if found else None
 
 
 def env_of(container: dict[str, Any]) -> dict[str, Any]:
