@@ -29,8 +29,9 @@ controlplane: ## Build (or reuse from cache) kube-apiserver, kube-controller-man
 	bash hack/build-controlplane.sh >/dev/null
 
 .PHONY: tools
-tools: ## Build (or reuse from cache) the helm CLI the chart tests render the chart with
+tools: ## Build (or reuse from cache) the helm CLI, and fetch the third-party CRDs the chart tests apply
 	bash hack/build-helm.sh >/dev/null
+	bash hack/fetch-crds.sh >/dev/null
 
 .PHONY: otel-backend
 otel-backend: ## Install (or reuse from cache) the OTel trace backend, Phoenix, in its own virtualenv

@@ -7,6 +7,10 @@ K8S_MINOR=33
 ETCD_VERSION=v3.5.23
 HELM_VERSION=v3.22.0
 PHOENIX_VERSION=20.26.1
+# Third-party CRDs the chart's optional objects need (its dry-run test applies them), read from
+# these projects' Go modules.
+PROMETHEUS_OPERATOR_VERSION=v0.85.0
+CERT_MANAGER_VERSION=v1.21.2
 
 routemesh_controlplane_dir() {
   local cache="${ROUTEMESH_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/routemesh}"
@@ -29,6 +33,11 @@ routemesh_phoenix_dir() {
   here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
   lock="$(sha256sum "$here/phoenix/requirements.txt" | cut -c1-12)"
   echo "$cache/tools/phoenix-$PHOENIX_VERSION-$lock"
+}
+
+routemesh_crds_dir() {
+  local cache="${ROUTEMESH_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/routemesh}"
+  echo "$cache/tools/crds-prometheus-operator-$PROMETHEUS_OPERATOR_VERSION-cert-manager-$CERT_MANAGER_VERSION"
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" && "${1:-}" == "print" ]]; then

@@ -18,11 +18,13 @@ import ssl
 import uuid
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from routemesh_operator.admission import certs
 from routemesh_operator.admission.certstore import WebhookCertificates
 from routemesh_operator.admission.server import AdmissionServer, NamespaceLabelCache
 from routemesh_operator.admission.serving import serve_webhook
@@ -36,6 +38,7 @@ from routemesh_operator.distribution.sync import SyncTracker
 from routemesh_operator.inventory import Inventory
 from routemesh_operator.kube import ApiError, Credentials, KubeApi
 from routemesh_operator.leader import LeaseElector
+from routemesh_operator.metrics import OperatorMetrics, RuntimeState
 from routemesh_operator.reconciler import Reconciler
 from routemesh_operator.settings import OperatorSettings
 from routemesh_operator.workloads import MANAGED_BY, MANAGED_BY_LABEL
@@ -86,6 +89,16 @@ class Runtime:
                 window=settings.shared_health_window_seconds,
             ),
         )
+        self._certificates: WebhookCertificates | None = None
+        self.metrics = OperatorMetrics(
+            RuntimeState(
+                leading=lambda: self.reconciler.writing,
+                route_tables=lambda: len(self.board),
+                sidecars=self.tracker.states,
+                compiles=lambda: self.reconciler.compiles,
+                certificate_expiry=self._certificate_expiry,
+            )
+        )
         self.distribution_port: int | None = None  # once listening
         self.webhook_port: int | None = None  # once listening
         self.elector: LeaseElector | None = None
@@ -115,6 +128,8 @@ class Runtime:
             self._spawn("routemesh-sidecar-expiry", self._expire_sidecars())
             if self.elector is not None:
                 self._spawn("routemesh-leader-election", self.elector.run())
+            if self.settings.metrics_port:
+                await self._serve_metrics()
             if not self.settings.distribution_tls:
                 await self._serve_distribution()
             if self.settings.webhook_enabled:
@@ -141,6 +156,18 @@ class Runtime:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._stack.aclose()
 
+    async def _serve_metrics(self) -> None:
+        runner = web.AppRunner(self.metrics.app(), access_log=None)
+        await runner.setup()
+        self._stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, self.settings.metrics_host, self.settings.metrics_port)
+        await site.start()
+        logger.info("operator metrics on port %s", self.settings.metrics_port)
+
+    def _certificate_expiry(self) -> datetime | None:
+        current = self._certificates.current if self._certificates is not None else None
+        return certs.not_after(current.cert_pem) if current is not None else None
+
     async def _serve_distribution(self, shared: ssl.SSLContext | None = None) -> None:
         settings = self.settings
         runner = web.AppRunner(self.distribution.app(), access_log=None)
@@ -166,8 +193,12 @@ class Runtime:
             if settings.webhook_certificates == "operator"
             else None
         )
+        self._certificates = certificates
         server = AdmissionServer(
-            self.board, lambda: settings.injection, NamespaceLabelCache(self.api)
+            self.board,
+            lambda: settings.injection,
+            NamespaceLabelCache(self.api),
+            on_decision=self.metrics.count_admission,
         )
         # The CA is published only for a distribution server that serves with its certificate.
         if settings.distribution_tls and certificates is not None:

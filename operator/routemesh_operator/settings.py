@@ -98,6 +98,17 @@ class OperatorSettings(BaseSettings):
     webhook_port: int = Field(
         default=8443, ge=0, le=65535, description="Port the admission webhook serves TLS on."
     )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of the operator's own Prometheus metrics (plain HTTP, `/metrics`); "
+        "0 serves none. The chart sets 8080.",
+    )
+    metrics_host: str = Field(
+        default="0.0.0.0",  # noqa: S104 (a pod's port, scraped from outside it)
+        description="Address the metrics port binds.",
+    )
     webhook_host: str = Field(
         default="0.0.0.0",  # noqa: S104 (the API server connects through the Service)
         description="Address the admission webhook listens on.",

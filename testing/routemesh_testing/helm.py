@@ -1,8 +1,10 @@
 """The real helm CLI, built by hack/build-helm.sh, for tests that render the chart.
 
 `Helm.locate()` finds the cached binary (or `ROUTEMESH_HELM` when set); a missing binary is an
-error, never a reason to skip. `template` renders the chart with values and returns the parsed
-documents, so tests assert on objects rather than on text. Test support only.
+error, never a reason to skip. `third_party_crds()` finds the Prometheus Operator and
+cert-manager CRDs hack/fetch-crds.sh cached, which the chart's optional objects need.
+`template` renders the chart with values and returns the parsed documents, so tests assert on
+objects rather than on text. Test support only.
 """
 
 from __future__ import annotations
@@ -74,6 +76,18 @@ class Helm:
                 args += ["--set-json", f"{key}={json.dumps(value)}"]
         rendered = self.run(*args).stdout
         return [doc for doc in yaml.safe_load_all(rendered) if doc]
+
+
+def third_party_crds() -> list[Path]:
+    """The cached ServiceMonitor, PodMonitor, Certificate and Issuer CRD files."""
+    script = f"source {VERSIONS_SCRIPT}; routemesh_crds_dir"
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=False)
+    directory = Path(result.stdout.strip())
+    if result.returncode != 0 or not (directory / ".complete").exists():
+        raise BinariesMissing(
+            f"third-party CRDs not found at {directory}: run `make tools` (hack/fetch-crds.sh)"
+        )
+    return sorted(directory.glob("*.yaml"))
 
 
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

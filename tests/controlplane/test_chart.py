@@ -19,7 +19,7 @@ import yaml
 
 from routemesh_operator.injection import InjectionSettings, decide
 from routemesh_testing.controlplane import REPO_ROOT, LocalControlPlane, free_port
-from routemesh_testing.helm import Helm
+from routemesh_testing.helm import Helm, third_party_crds
 from routemesh_testing.kubectl import Kubectl
 from routemesh_testing.manifests import self_hosted_example
 from routemesh_testing.operator import running_operator
@@ -55,6 +55,11 @@ def test_the_chart_renders_its_crds_rbac_and_operator(helm: Helm):
     assert env["ROUTEMESH_OPERATOR_TOKEN_AUDIENCES"] == '["routemesh"]'
     # Sidecars reach the operator over TLS and trust the CA it publishes in their namespace.
     assert env["ROUTEMESH_OPERATOR_DISTRIBUTION_TLS"] == "true"
+    # Its own metrics, on a named port of the pod and of the Service a ServiceMonitor selects.
+    assert env["ROUTEMESH_OPERATOR_METRICS_PORT"] == "8080"
+    assert {"name": "metrics", "containerPort": 8080} in container["ports"]
+    (service,) = kinds["Service"]
+    assert {"name": "metrics", "port": 8080, "targetPort": "metrics"} in service["spec"]["ports"]
     injection = json.loads(env["ROUTEMESH_OPERATOR_INJECTION"])
     assert injection["discovery_url"] == "https://rm-operator.routemesh-system.svc:9443"
     assert injection["discovery_ca_configmap"] == "routemesh-ca"
@@ -348,23 +353,53 @@ def test_the_notes_say_how_to_label_a_namespace_check_status_and_find_traces(
     assert "send them over OTLP/HTTP to\n   http://collector:4318" in traced
 
 
+@pytest.fixture(scope="module")
+def third_party_kinds(kubectl: Kubectl) -> list[str]:
+    """The real CRDs of the Prometheus Operator and cert-manager kinds the chart may render."""
+    names = []
+    for path in third_party_crds():
+        kubectl.run("apply", "--server-side", "-f", str(path))
+        names.append(yaml.safe_load(path.read_text())["metadata"]["name"])
+    for name in names:
+        kubectl.run("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+    return names
+
+
+MONITORING_ON = {
+    "grafanaDashboard": {"enabled": True},
+    "serviceMonitor": {"enabled": True, "labels": {"release": "kps"}},
+    "podMonitor": {"enabled": True, "interval": "15s"},
+}
+
+
 @pytest.mark.parametrize(
     "values",
     [
         {},
-        {"monitoring": {"grafanaDashboard": {"enabled": True}}, "operator": {"replicas": 2}},
+        {"monitoring": MONITORING_ON, "operator": {"replicas": 2}},
+        {"webhook": {"certificates": "cert-manager", "failurePolicy": "Fail"}},
     ],
-    ids=["defaults", "monitoring-and-replicas"],
+    ids=["defaults", "monitoring-and-replicas", "cert-manager"],
 )
 def test_the_rendered_chart_applies_with_a_server_side_dry_run(
-    helm: Helm, kubectl: Kubectl, namespace: str, values: dict[str, Any]
+    helm: Helm,
+    kubectl: Kubectl,
+    namespace: str,
+    values: dict[str, Any],
+    third_party_kinds: list[str],
 ):
+    assert len(third_party_kinds) == 4
     docs = helm.template("rm", namespace, values, include_crds=True)
     applied = kubectl.run(
         "apply", "--dry-run=server", "-n", namespace, "-f", "-", stdin=yaml.safe_dump_all(docs)
     )
     lines = applied.stdout.splitlines()
     assert len(lines) == len(docs), applied.stdout
+    kinds = {doc["kind"] for doc in docs}
+    if values.get("monitoring"):
+        assert {"ServiceMonitor", "PodMonitor", "ConfigMap"} <= kinds
+    if values.get("webhook", {}).get("certificates") == "cert-manager":
+        assert {"Certificate", "Issuer"} <= kinds
     assert all(line.endswith("(server dry run)") for line in lines), applied.stdout
 
 

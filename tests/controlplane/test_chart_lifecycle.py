@@ -14,6 +14,8 @@ from __future__ import annotations
 import io
 import json
 import secrets
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from typing import Any
 import openai
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from routemesh_operator.cli import errors
 from routemesh_operator.cli.main import main
@@ -63,6 +66,7 @@ class Release:
     suffix: str = field(default_factory=lambda: secrets.token_hex(3))
     webhook_port: int = field(default_factory=free_port)
     distribution_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
 
     @property
     def namespace(self) -> str:
@@ -121,7 +125,20 @@ class Release:
             cert_dir=self.cert_dir,
             tls=True,
         )
-        return running_operator(self.plane, **settings, standalone=not peered)
+        return running_operator(
+            self.plane, **settings, standalone=not peered, metrics_port=self.metrics_port
+        )
+
+    def metrics(self) -> dict[tuple[str, str], float]:
+        """The operator's own metrics, scraped as Prometheus would: (name, labels) -> value."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        return {
+            (sample.name, json.dumps(sample.labels, sort_keys=True)): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
 
     def status(self, *args: str) -> tuple[int, str]:
         """`routemesh status` with the admin's kubeconfig: its exit code and output."""
@@ -160,6 +177,13 @@ def test_with_the_operator_stopped_a_pod_that_opts_in_starts_without_a_sidecar_a
         assert sidecar_of(create_pod(kubectl, release.labelled)) is not None
         assert sidecar_of(create_pod(kubectl, release.plain, labels=OPT_IN)) is not None
         assert sidecar_of(create_pod(kubectl, release.plain)) is None
+        # The pod nobody opts in never reached the webhook: two injections, and no skip.
+        scraped = release.metrics()
+        assert scraped[("routemesh_operator_admissions_total", '{"decision": "injected"}')] == 2
+        assert scraped[("routemesh_operator_admissions_total", '{"decision": "skipped"}')] == 0
+        assert scraped[("routemesh_operator_leader", "{}")] == 1
+        expiry = "routemesh_operator_webhook_certificate_expiry_timestamp_seconds"
+        assert scraped[(expiry, "{}")] > time.time() + 86400
     # The operator is stopped: nothing answers the webhook. failurePolicy Ignore lets the pod of
     # the labelled namespace be created, without a sidecar.
     pod = create_pod(kubectl, release.labelled, labels={"app": "chat"})

@@ -1,4 +1,6 @@
-"""The dashboard and the suggested alerts name only series and labels the sidecar exports.
+"""The dashboard and the suggested alerts name only series and labels RouteMesh exports.
+
+The sidecar's series come from its metric objects, the operator's from a scrape of its registry.
 
 A renamed metric or label would otherwise leave a dashboard panel empty and an alert silent,
 with nothing failing. Prometheus adds `namespace` (and the histograms' `le`) when it scrapes.
@@ -8,11 +10,14 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
+from routemesh_operator.metrics import OperatorMetrics, RuntimeState
 from routemesh_sidecar.telemetry.metrics import Metrics
 from routemesh_testing.controlplane import REPO_ROOT
 
@@ -34,6 +39,10 @@ def exported() -> dict[str, set[str]]:
             labels = set(metric._labelnames)
             for suffix in SUFFIXES[family.type]:
                 series[family.name + suffix] = labels
+    operator = OperatorMetrics(RuntimeState(certificate_expiry=lambda: datetime.now(UTC)))
+    for family in text_string_to_metric_families(operator.exposition().decode()):
+        for sample in family.samples:
+            series.setdefault(sample.name, set()).update(sample.labels)
     return series
 
 
@@ -80,5 +89,8 @@ def test_the_dashboard_and_the_alerts_cover_traffic_health_and_cost():
         "routemesh_endpoint_healthy",
         "routemesh_cost_usd_total",
         "routemesh_time_to_first_token_seconds_bucket",
+        "routemesh_operator_leader",
+        "routemesh_operator_sidecars",
+        "routemesh_operator_webhook_certificate_expiry_timestamp_seconds",
     ):
         assert name in everything, name

@@ -26,7 +26,7 @@ from routemesh_operator.compiler.inputs import CompilerSettings
 from routemesh_operator.distribution.board import Board
 from routemesh_operator.expiring import ExpiringCache
 from routemesh_operator.injection.context import InjectionContext, SecretKey
-from routemesh_operator.injection.decide import decide
+from routemesh_operator.injection.decide import decide, is_injected
 from routemesh_operator.injection.options import InjectionError
 from routemesh_operator.injection.patch import build_patch
 from routemesh_operator.injection.settings import InjectionSettings
@@ -80,8 +80,10 @@ class AdmissionServer:
         settings: Callable[[], InjectionSettings],
         namespace_labels: NamespaceLabels,
         compiler_settings: CompilerSettings | None = None,
+        on_decision: Callable[[str], None] = lambda decision: None,
     ) -> None:
         self._board = board
+        self._on_decision = on_decision  # injected, skipped or refused, once per answer
         self._settings = settings
         self._namespace_labels = namespace_labels
         self._credentials_dir = (compiler_settings or CompilerSettings()).credentials_dir
@@ -104,11 +106,13 @@ class AdmissionServer:
             patch = await self._patch_for(admission)
         except InjectionError as exc:
             logger.info("refusing pod in %s: %s", admission.get("namespace"), exc)
+            self._on_decision("refused")
             return _answer(uid, allowed=False, message=f"RouteMesh sidecar injection: {exc}")
         return _answer(uid, allowed=True, patch=patch)
 
     async def _patch_for(self, admission: dict[str, Any]) -> list[dict[str, Any]]:
         if admission.get("operation") != "CREATE" or admission.get("kind", {}).get("kind") != "Pod":
+            self._on_decision("skipped")
             return []
         pod: dict[str, Any] = admission.get("object") or {}
         namespace = str(admission.get("namespace") or pod.get("metadata", {}).get("namespace"))
@@ -117,6 +121,8 @@ class AdmissionServer:
         decision = decide(pod, namespace, labels, settings)
         if not decision.inject:
             logger.debug("not injecting a pod in %s: %s", namespace, decision.reason)
+            # A reinvocation (another webhook changed the pod after us) finds it injected.
+            self._on_decision("reinvoked" if is_injected(pod) else "skipped")
             return []
         pod_labels = (pod.get("metadata") or {}).get("labels") or {}
         published = self._board.select(namespace, pod_labels)
@@ -127,7 +133,9 @@ class AdmissionServer:
             if published
             else frozenset(),
         )
-        return build_patch(pod, context, settings)
+        patch = build_patch(pod, context, settings)
+        self._on_decision("injected")
+        return patch
 
 
 def _answer(

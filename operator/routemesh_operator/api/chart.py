@@ -113,11 +113,39 @@ class GrafanaDashboard(Values):
     )
 
 
+class Scrape(Values):
+    """A Prometheus Operator scrape object (monitoring.coreos.com/v1); its CRD must exist."""
+
+    enabled: bool = Field(default=False, description="Install it.")
+    interval: str = Field(
+        default="30s",
+        pattern=r"^[0-9]+(ms|s|m|h)$",
+        description="How often Prometheus scrapes.",
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Labels your Prometheus selects scrape objects by (kube-prometheus-stack: "
+        "`release: <its release>`).",
+    )
+
+
 class Monitoring(Values):
     """What the chart installs for monitoring."""
 
     grafana_dashboard: GrafanaDashboard = Field(
         default_factory=GrafanaDashboard, description="The sidecars' Grafana dashboard."
+    )
+    service_monitor: Scrape = Field(
+        default_factory=Scrape,
+        description="A ServiceMonitor for the operator's own metrics (its Service's `metrics` "
+        "port): leadership, route tables, sidecars by sync state, webhook answers, the "
+        "webhook certificate's expiry.",
+    )
+    pod_monitor: Scrape = Field(
+        default_factory=Scrape,
+        description="A PodMonitor for every injected sidecar's `/metrics` (the pods labelled "
+        "`routemesh.dev/injected`, in every namespace; port `routemesh-admin`): the metrics "
+        "the dashboard and alerts read.",
     )
 
 
@@ -152,6 +180,11 @@ class Operator(Values):
         default=1,
         description="The PodDisruptionBudget's maxUnavailable, with 2 replicas or more: a node "
         "drain never takes every replica at once (one leads, the others stand by).",
+    )
+    metrics_port: Annotated[int, Field(ge=1, le=65535)] = Field(
+        default=8080,
+        description="Port of the operator's own metrics (plain HTTP, `/metrics`), also on its "
+        "Service as `metrics`.",
     )
     watch_namespaces: list[str] = Field(
         default_factory=list,

@@ -62,6 +62,10 @@ class Board:
         """Grows by one on every publish or withdrawal that changed something."""
         return self._revision
 
+    def __len__(self) -> int:
+        """How many tables are published."""
+        return len(self._tables)
+
     def get(self, namespace: str, policy: str) -> Published | None:
         """The table a policy has published, if any."""
         return self._tables.get((namespace, policy))

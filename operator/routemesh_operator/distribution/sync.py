@@ -119,6 +119,14 @@ class SyncTracker:
         ]
         return sum(found, ShadowTotals()) if found else None
 
+    def states(self) -> dict[str, int]:
+        """Sidecars by the state of their last answer: synced, rejected or pending."""
+        counts = {"synced": 0, "rejected": 0, "pending": 0}
+        for record in self._records.values():
+            state = "rejected" if record.nacked else "synced" if record.acked else "pending"
+            counts[state] += 1
+        return counts
+
     def sidecars_in(self, namespace: str) -> int:
         """How many sidecars of the namespace watch now: they share its provider accounts."""
         return sum(1 for ns, _ in self._records if ns == namespace)

@@ -15,6 +15,7 @@ from routemesh_operator.compiler.inputs import CompilerSettings
 # --- annotations and labels users write, and the one injection writes
 INJECT_KEY = "routemesh.dev/inject"  # namespace label, pod label (or pod annotation)
 INJECTED_ANNOTATION = "routemesh.dev/injected"  # set by injection: the operator's version
+INJECTED_LABEL = "routemesh.dev/injected"  # set by injection to "true": monitors select on it
 ENABLED_VALUES = frozenset({"enabled", "true"})
 DISABLED_VALUES = frozenset({"disabled", "false"})
 

@@ -2,8 +2,9 @@
 
 The admission handler calls `build_patch` for a Pod that `decide` said yes to, and returns the
 operations to the API server as the webhook's patch. It adds the native sidecar first among the
-init containers, its volumes, the base URLs that point the app containers at it, and the
-`routemesh.dev/injected` annotation. An injected Pod gives `[]`, so a reinvocation changes
+init containers, its volumes, the base URLs that point the app containers at it, the
+`routemesh.dev/injected` annotation (the operator's version) and the label of that name (which a
+PodMonitor selects the sidecars by). An injected Pod gives `[]`, so a reinvocation changes
 nothing. It only adds: it never replaces or removes anything the Pod's author wrote. A pod whose
 annotations ask for a sidecar that cannot work raises `InjectionError`. Pure: no I/O.
 """
@@ -15,7 +16,7 @@ from typing import Any
 
 from routemesh_operator.injection.context import InjectionContext
 from routemesh_operator.injection.decide import is_injected
-from routemesh_operator.injection.layout import INJECTED_ANNOTATION
+from routemesh_operator.injection.layout import INJECTED_ANNOTATION, INJECTED_LABEL
 from routemesh_operator.injection.options import InjectionError, resolve_options
 from routemesh_operator.injection.settings import InjectionSettings
 from routemesh_operator.injection.sidecar import sidecar_container, sidecar_volumes
@@ -37,7 +38,8 @@ def build_patch(
     _refuse_volume_clashes(pod, volumes)
     spec: Mapping[str, Any] = pod.get("spec") or {}
     return [
-        *_annotation_ops(pod, settings.version),
+        *_metadata_ops(pod, "annotations", INJECTED_ANNOTATION, settings.version),
+        *_metadata_ops(pod, "labels", INJECTED_LABEL, "true"),
         *_append_ops(spec.get("volumes"), "/spec/volumes", volumes),
         *_sidecar_ops(spec.get("initContainers"), sidecar_container(context, settings, options)),
         *_app_env_ops(spec.get("containers") or [], app_env(options.listen_port)),
@@ -58,12 +60,12 @@ def pointer(*parts: str | int) -> str:
     return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in parts)
 
 
-def _annotation_ops(pod: Mapping[str, Any], version: str) -> list[Json]:
-    annotations = (pod.get("metadata") or {}).get("annotations")
-    if not annotations:
+def _metadata_ops(pod: Mapping[str, Any], kind: str, key: str, value: str) -> list[Json]:
+    present = (pod.get("metadata") or {}).get(kind)
+    if not present:
         # Absent (or null, or empty): "add" creates the whole map, or replaces the empty one.
-        return [_add("/metadata/annotations", {INJECTED_ANNOTATION: version})]
-    return [_add(pointer("metadata", "annotations", INJECTED_ANNOTATION), version)]
+        return [_add(f"/metadata/{kind}", {key: value})]
+    return [_add(pointer("metadata", kind, key), value)]
 
 
 def _append_ops(existing: Sequence[Any] | None, path: str, items: list[Json]) -> list[Json]:

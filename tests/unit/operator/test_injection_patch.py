@@ -599,15 +599,17 @@ def test_a_pod_volume_named_like_ours_is_refused_not_overwritten():
         build_patch(original, CONTEXT, SETTINGS)
 
 
-# ---------------------------------------------------------------- the injected annotation
+# ---------------------------------------------------------------- the injected annotation and label
+
+LABEL_PATH = "/metadata/labels/routemesh.dev~1injected"
 
 
 @pytest.mark.parametrize(
     ("annotations", "paths"),
     [
-        (None, ["/metadata/annotations"]),
-        ({}, ["/metadata/annotations"]),
-        ({"team": "chat"}, ["/metadata/annotations/routemesh.dev~1injected"]),
+        (None, ["/metadata/annotations", LABEL_PATH]),
+        ({}, ["/metadata/annotations", LABEL_PATH]),
+        ({"team": "chat"}, ["/metadata/annotations/routemesh.dev~1injected", LABEL_PATH]),
     ],
     ids=["absent", "empty", "present"],
 )
@@ -620,7 +622,20 @@ def test_the_pod_is_marked_injected_without_touching_other_annotations(annotatio
         **(annotations or {}),
         "routemesh.dev/injected": SETTINGS.version,
     }
-    assert patched["metadata"]["labels"] == {"app": "chat"}
+    # The label is what a PodMonitor selects the sidecars by; the pod's own labels stay.
+    assert patched["metadata"]["labels"] == {"app": "chat", "routemesh.dev/injected": "true"}
+
+
+@pytest.mark.parametrize("labels", [None, {}], ids=["absent", "empty"])
+def test_a_pod_without_labels_gets_the_whole_label_map(labels):
+    original = pod(labels=labels)
+    ops = build_patch(original, CONTEXT, SETTINGS)
+    assert {
+        "op": "add",
+        "path": "/metadata/labels",
+        "value": {"routemesh.dev/injected": "true"},
+    } in ops
+    assert inject(original)["metadata"]["labels"] == {"routemesh.dev/injected": "true"}
 
 
 def test_pointer_escapes_tilde_and_slash():
