@@ -46,12 +46,13 @@ test-unit: install ## Run only the tests that need neither the control plane nor
 	$(PY) -m pytest -m 'not controlplane and not tracebackend' $(PYTEST_ARGS)
 
 .PHONY: lint
-lint: install ## ruff (lint and format check), mypy --strict, import-linter contracts
+lint: install ## ruff (lint and format check), mypy --strict, import-linter contracts, shellcheck
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy operator/routemesh_operator sidecar/routemesh_sidecar testing/routemesh_testing hack/verify.py
 	$(VENV)/bin/mypy --config-file pyproject.toml tests e2e bench
 	$(VENV)/bin/lint-imports
+	shellcheck hack/*.sh e2e/kind/*.sh .ci/run
 
 .PHONY: fmt
 fmt: install ## Format the code and apply safe lint fixes

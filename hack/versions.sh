@@ -1,3 +1,5 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2034  # the variables are read by the scripts that source this file
 # Pinned versions of the local control plane, and where its binaries are cached.
 # Sourced by hack/build-controlplane.sh; the Python harness reads the same values through
 # `hack/versions.sh print` so there is one place to bump a version.
@@ -41,5 +43,5 @@ routemesh_crds_dir() {
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" && "${1:-}" == "print" ]]; then
-  echo "$(routemesh_controlplane_dir)"
+  routemesh_controlplane_dir
 fi
