@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -23,7 +24,7 @@ def scrape(metrics: OperatorMetrics) -> dict[tuple[str, tuple[tuple[str, str], .
 
 def test_a_scrape_reads_the_state_as_it_is_then():
     tracker = SyncTracker(clock=lambda: 0.0)
-    state = {"leading": False, "tables": 0}
+    state: dict[str, Any] = {"leading": False, "tables": 0}
     metrics = OperatorMetrics(
         RuntimeState(
             leading=lambda: state["leading"],
