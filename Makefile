@@ -37,12 +37,18 @@ tools: ## Build (or reuse from cache) the helm CLI, and fetch the third-party CR
 otel-backend: ## Install (or reuse from cache) the OTel trace backend, Phoenix, in its own virtualenv
 	bash hack/build-phoenix.sh >/dev/null
 
+.PHONY: models
+models: install ## Distil (or reuse from cache) the Static category tier's token table from the packaged MiniLM
+	@out="$$(PYTHONPATH=testing $(PY) -m routemesh_testing.models)"; \
+	if [[ -f "$$out" ]]; then echo "models: cached: $$out"; \
+	else $(PY) hack/distill-static-model.py --out "$$out"; fi
+
 .PHONY: test
-test: install controlplane tools otel-backend ## Run every test: unit tests and tests against the local control plane and trace backend
+test: install controlplane tools otel-backend models ## Run every test: unit tests and tests against the local control plane and trace backend
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: test-unit
-test-unit: install ## Run only the tests that need neither the control plane nor the trace backend
+test-unit: install models ## Run only the tests that need neither the control plane nor the trace backend
 	$(PY) -m pytest -m 'not controlplane and not tracebackend' $(PYTEST_ARGS)
 
 .PHONY: lint

@@ -12,6 +12,7 @@ import logging
 import random
 import signal
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
@@ -34,8 +35,9 @@ from routemesh_sidecar.discovery.watch import (
 )
 from routemesh_sidecar.listener.proxy import Listener, ListenerParts
 from routemesh_sidecar.listener.shadow import MirrorLimits, Shadowing
-from routemesh_sidecar.routetable import ActiveRouteTable, Locality, RouteTable
+from routemesh_sidecar.routetable import ActiveRouteTable, Locality, RouteTable, TableRefused
 from routemesh_sidecar.routing.pipeline import Router, unsupported_strategies
+from routemesh_sidecar.routing.semantic import SemanticMatcher
 from routemesh_sidecar.routing.tokens import Tokenizers, load_tokenizers
 from routemesh_sidecar.settings import SidecarSettings
 from routemesh_sidecar.telemetry.metrics import CONTENT_TYPE, Metrics
@@ -51,17 +53,11 @@ from routemesh_sidecar.upstream.retry import Clock, SystemClock
 log = logging.getLogger(__name__)
 
 
-class SidecarActiveTable(ActiveRouteTable):
-    """The active table, refusing tables that name strategies this sidecar cannot run."""
-
-    def offer(self, table: RouteTable) -> bool:
-        """Swap in a table this sidecar can honour; refuse (and keep the old one) otherwise."""
-        problems = unsupported_strategies(table)
-        if problems:
-            self.refuse("; ".join(problems))
-            log.error("route table %s refused: %s", table.version_label, "; ".join(problems))
-            return False
-        return super().offer(table)
+async def refuse_unsupported_strategies(table: RouteTable) -> None:
+    """A preparer: refuse a table naming a strategy this sidecar cannot run."""
+    problems = unsupported_strategies(table)
+    if problems:
+        raise TableRefused("; ".join(problems))
 
 
 class Sidecar:
@@ -78,7 +74,18 @@ class Sidecar:
         source: RouteTableSource | None = None,
     ) -> None:
         self.settings = settings
-        self.active = SidecarActiveTable()
+        self.active = ActiveRouteTable()
+        self.active.add_preparer(refuse_unsupported_strategies)
+        # Embedding models run here, never on the event loop.
+        self.embedding_pool = ThreadPoolExecutor(
+            settings.embedding_threads, thread_name_prefix="routemesh-embedding"
+        )
+        self.semantic = SemanticMatcher(
+            self.embedding_pool,
+            static_model=settings.static_model,
+            cache_size=settings.embedding_cache_size,
+        )
+        self.active.add_preparer(self.semantic.prepare)
         self.metrics = Metrics()
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
@@ -103,7 +110,7 @@ class Sidecar:
         )
         self.health.on_transition(self._record_transition)
         self.executor = Executor(client, self.clock, self.rng, self.health)
-        self.router = Router(self.health)
+        self.router = Router(self.health, semantic=self.semantic)
         self.shadowing = Shadowing(
             self.router,
             client,
@@ -290,6 +297,7 @@ class Sidecar:
             self.settings.content_capture_max_bytes,
             self.shadowing,
             await self._tokenizers(),
+            self.semantic,
         )
         self.listen_port = await self._serve(
             Listener(parts).app(),
@@ -363,6 +371,7 @@ class Sidecar:
             await self._probe_http.close()
         if self.spans.exporter is not None:
             await self.spans.exporter.close()  # the spans of the last requests go out too
+        self.embedding_pool.shutdown(wait=False, cancel_futures=True)
 
     async def run_forever(self) -> None:
         """Start, serve until SIGTERM or SIGINT (or cancellation), then drain and stop."""

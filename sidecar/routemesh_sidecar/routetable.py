@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -460,6 +460,14 @@ class Telemetry(WireModel):
     sampling_ratio: float = Field(default=1.0, ge=0, le=1)
 
 
+class CategoryMatching(WireModel):
+    """The model and method semantic categories are matched with (see routing.categories)."""
+
+    tier: Literal["Lexical", "Static", "Transformer"] = "Lexical"
+    method: Literal["BestExample", "Centroid", "NearestExamples"] = "BestExample"
+    k: int = Field(default=3, ge=1, le=32)
+
+
 class Shadow(WireModel):
     """Routes evaluated for every request and never executed, and the share of requests mirrored.
 
@@ -481,10 +489,11 @@ class RouteTable(WireModel):
     routes: tuple[Route, ...] = Field(min_length=1)
     telemetry: Telemetry = Telemetry()
     shadow: Shadow | None = None  # None: nothing is evaluated beside the live routes
+    category_matching: CategoryMatching | None = None  # None: Lexical, best example
 
     @model_serializer(mode="wrap")
     def _omit_unused(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return _without_empty(handler(self), "shadow")
+        return _without_empty(handler(self), "shadow", "category_matching")
 
     @model_validator(mode="after")
     def _references_resolve(self) -> RouteTable:
@@ -579,17 +588,24 @@ def load_route_table_file(path: Path) -> RouteTable:
     return parse_route_table(text)
 
 
+class TableRefused(ValueError):
+    """A valid table this sidecar cannot run (a tier it lacks); the message says what to do."""
+
+
 class ActiveRouteTable:
     """The table in use, and what happened to the last one offered.
 
     A refused table never replaces a good one: the sidecar keeps serving the last good table and
-    reports the refusal (on `/config_dump` and in logs).
+    reports the refusal (on `/config_dump` and in logs). Sources hand a table to `admit`, which
+    runs the preparers first (a preparer loads what the table needs, such as its embedding
+    model, and raises `TableRefused` when it cannot), then swaps it in.
     """
 
     def __init__(self) -> None:
         self._current: RouteTable | None = None
         self.last_error: str | None = None
         self._listeners: list[Callable[[RouteTable], None]] = []
+        self._preparers: list[Callable[[RouteTable], Awaitable[None]]] = []
 
     @property
     def current(self) -> RouteTable | None:
@@ -599,6 +615,22 @@ class ActiveRouteTable:
     def on_swap(self, listener: Callable[[RouteTable], None]) -> None:
         """Call `listener` with each new table after it is swapped in."""
         self._listeners.append(listener)
+
+    def add_preparer(self, preparer: Callable[[RouteTable], Awaitable[None]]) -> None:
+        """Run `preparer` on every table `admit` is given, before it is swapped in."""
+        self._preparers.append(preparer)
+
+    async def admit(self, table: RouteTable) -> bool:
+        """Prepare `table`, then offer it; `TableRefused` (recorded) when a preparer refuses."""
+        if self._current is not None and self._current.content_hash == table.content_hash:
+            return False
+        try:
+            for preparer in self._preparers:
+                await preparer(table)
+        except TableRefused as exc:
+            self.refuse(f"route table {table.version_label} refused: {exc}")
+            raise
+        return self.offer(table)
 
     def offer(self, table: RouteTable) -> bool:
         """Swap in `table` unless it is the same content; return whether it was swapped."""

@@ -38,6 +38,26 @@ class SidecarSettings(BaseSettings):
     admin_port: int = Field(
         default=15000, ge=0, le=65535, description="Port of the admin listener; 0 picks a free one."
     )
+    static_model: Path | None = Field(
+        default=None,
+        description="The Static category tier's distilled token table (the .npz "
+        "hack/distill-static-model.py writes; the image with the embeddings extra has one). "
+        "Without it, a table asking for tier Static is refused (NACK).",
+    )
+    embedding_threads: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Threads the embedding tiers run in, off the event loop (onnxruntime "
+        "releases the GIL, so they run in parallel with requests).",
+    )
+    embedding_cache_size: int = Field(
+        default=4096,
+        ge=0,
+        le=1_000_000,
+        description="Recent prompts whose embedding is kept, so a repeated prompt is not "
+        "embedded again.",
+    )
     drain_seconds: float = Field(
         default=20.0,
         ge=0,

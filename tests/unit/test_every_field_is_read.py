@@ -209,6 +209,7 @@ POLICY: dict[str, Any] = {
     },
     "privacy": {"retention": "Standard", "requestHeader": "x-retention"},
     "telemetry": {"captureContent": True, "samplingRatio": "0.25"},
+    "categoryMatching": {"tier": "Static", "method": "NearestExamples", "k": 4},
 }
 LABEL_SETS = [
     {"app": "chat", "tier": "web"},
@@ -348,6 +349,8 @@ def _alternatives(value: Any) -> list[Any]:
             "OpenAI": "Anthropic",
             "Cascade": "Fallback",
             "ScoreBased": "Fastest",
+            "Static": "Transformer",
+            "NearestExamples": "Centroid",
         }
         candidates = [swapped.get(value), value + "x", "7s", "0.77", "/changed", "9"]
         if value.endswith("s") and value[:-1].isdigit():

@@ -351,6 +351,17 @@ def _table(
             if telemetry and telemetry.sampling_ratio
             else 1.0,
         ),
+        category_matching=_category_matching(spec),
+    )
+
+
+def _category_matching(spec: RoutingPolicySpec) -> wire.CategoryMatching | None:
+    """The policy's matching, or None for the default (which the table then leaves out)."""
+    given = spec.category_matching
+    if given is None or given == type(given)():
+        return None
+    return wire.CategoryMatching(
+        tier=given.tier or "Lexical", method=given.method or "BestExample", k=given.k or 3
     )
 
 

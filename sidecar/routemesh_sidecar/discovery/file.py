@@ -15,7 +15,12 @@ import logging
 from pathlib import Path
 from typing import Protocol
 
-from routemesh_sidecar.routetable import ActiveRouteTable, RouteTableError, load_route_table_file
+from routemesh_sidecar.routetable import (
+    ActiveRouteTable,
+    RouteTableError,
+    TableRefused,
+    load_route_table_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +65,17 @@ class FileRouteTableSource:
             self.active.refuse(reason)
             log.error("%s; keeping version %s", reason, _label(self.active))
             return
-        if self.active.offer(table):
+        try:
+            swapped = await self.active.admit(table)
+        except TableRefused as exc:
+            log.error(
+                "route table %s refused: %s; keeping version %s",
+                self.path,
+                exc,
+                _label(self.active),
+            )
+            return
+        if swapped:
             log.info("route table %s loaded from %s", table.version_label, self.path)
 
     async def poll_once(self) -> bool:

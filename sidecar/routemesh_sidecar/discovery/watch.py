@@ -122,13 +122,14 @@ class WatchRouteTableSource:
         version = str(response.get("version", ""))
         try:
             table = RouteTable.model_validate(response.get("table"))
-        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            # A table this sidecar cannot run (TableRefused) is NACKed like an invalid one.
+            swapped = await self.active.admit(table)
+        except ValueError as exc:  # pydantic's ValidationError and TableRefused are ValueErrors
             reason = f"route table {version} refused: {exc}"
             self.active.refuse(reason)
             self.verdict = Verdict(nack=version, error=str(exc)[:2000])
             log.error("%s; keeping version %s", reason, _label(self.active))
             return False
-        swapped = self.active.offer(table)
         self.verdict = Verdict(ack=table.version_label)
         if swapped:
             log.info("route table %s received from the operator", table.version_label)

@@ -41,6 +41,7 @@ from routemesh_sidecar.routing.pipeline import (
     NoRoute,
     Router,
 )
+from routemesh_sidecar.routing.semantic import SemanticMatcher
 from routemesh_sidecar.routing.signals import CHARS_PER_TOKEN
 from routemesh_sidecar.routing.tokens import Tokenizers
 from routemesh_sidecar.telemetry.accounting import request_cost
@@ -101,6 +102,7 @@ class ListenerParts:
     content_capture_max_bytes: int = 16 * 1024
     shadowing: Shadowing | None = None  # None: shadow routes are not evaluated (unit tests)
     tokenizers: Tokenizers | None = None  # None: token counts are estimates
+    semantic: SemanticMatcher | None = None  # None: category tiers that embed are not run
 
 
 @dataclass
@@ -236,6 +238,9 @@ class Listener:
             len(call.raw) if call.raw is not None else None,
             self.parts.tokenizers,
         )
+        if self.parts.semantic is not None:
+            # In the embedding pool (or the cache), before the synchronous route match reads it.
+            await self.parts.semantic.embed(table, routing_request)
         try:
             decision = self.parts.router.decide(table, routing_request)
         except NoRoute as exc:

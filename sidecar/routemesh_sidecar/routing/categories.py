@@ -33,8 +33,12 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from routemesh_sidecar.routetable import Category, Signals
+
+if TYPE_CHECKING:
+    from routemesh_sidecar.routing.contracts import RoutingRequest
 
 MAX_CHARS = 1024  # about 250 tokens: what a category sees of a message, and of an example
 _WORDS = re.compile(r"\w+")
@@ -123,11 +127,28 @@ class CategoryIndex:
     """The classifiers of one route table's matches, each built when first needed.
 
     The pipeline keeps one per table; a table is immutable and holds its matches alive, so they
-    are keyed by identity, which costs nothing to look up per request.
+    are keyed by identity, which costs nothing to look up per request. A table whose tier embeds
+    (`routing.semantic`) comes with its prepared classifiers, which read the request's vector;
+    one that was never prepared refuses to classify rather than fall back to words silently.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, prepared: Any = None, *, lexical: bool = True) -> None:
         self._classifiers: dict[int, CategoryClassifier] = {}
+        self._prepared = prepared  # a semantic.PreparedTable (not imported here: a cycle)
+        self._lexical = lexical
+
+    def classify(self, signals: Signals, request: RoutingRequest) -> CategoryMatch | None:
+        """The request's category among the match's, by the table's tier."""
+        if self._prepared is not None:
+            vector = request.__dict__.get("embedding")
+            if vector is None:  # a caller that did not embed first (a dry run): embed here
+                vector = self._prepared.encoder.encode([request.last_user_text[:MAX_CHARS]])[0]
+                request.__dict__["embedding"] = vector
+            found: CategoryMatch | None = self._prepared.classifier(signals).classify(vector)
+            return found
+        if not self._lexical:
+            raise RuntimeError("the route table's category tier embeds, and it was not prepared")
+        return self.classifier(signals).classify(request.last_user_text)
 
     def classifier(self, signals: Signals) -> CategoryClassifier:
         """The classifier of a match's categories."""

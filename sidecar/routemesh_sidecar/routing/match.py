@@ -66,7 +66,7 @@ def signals_match(
 
 def _in_a_category(rule: Signals, request: RoutingRequest, categories: CategoryIndex) -> bool:
     """Classify the last user message; what was found is kept on the request, for the trace."""
-    found = categories.classifier(rule).classify(request.last_user_text)
+    found = categories.classify(rule, request)
     if found is None:
         return False
     request.classified.append(found)

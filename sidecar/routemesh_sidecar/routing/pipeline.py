@@ -61,6 +61,7 @@ from routemesh_sidecar.routing.plugins import (
     SaturationFilter,
     WeightedPicker,
 )
+from routemesh_sidecar.routing.semantic import SemanticMatcher, uses_model
 from routemesh_sidecar.upstream.breaker import Transition
 from routemesh_sidecar.upstream.registry import HealthRegistry
 from routemesh_sidecar.upstream.retry import SystemClock
@@ -275,6 +276,8 @@ class Router:
     timer: Callable[[], float] = time.perf_counter
     # False runs every scorer's own `score`: the reference the fast path is tested against.
     snapshot_scoring: bool = True
+    # The embedding tiers' prepared tables; None: every table must match categories lexically.
+    semantic: SemanticMatcher | None = None
     _table: RouteTable | None = field(default=None, repr=False)
     _candidates: dict[int, Candidates] = field(default_factory=dict, repr=False)
     _content_policy: dict[int, Candidates] = field(default_factory=dict, repr=False)
@@ -302,7 +305,8 @@ class Router:
             self._table, self._candidates, self._everything = table, {}, None
             self._content_policy = {}
             self._scoring, self._table_scores = {}, {}
-            self._categories = CategoryIndex()
+            prepared = self.semantic.prepared(table) if self.semantic is not None else None
+            self._categories = CategoryIndex(prepared, lexical=not uses_model(table))
 
     def _candidate(self, table: RouteTable, route: Route, index: int, target: Target) -> Candidate:
         backend = table.backends[target.backend]

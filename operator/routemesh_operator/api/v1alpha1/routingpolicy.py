@@ -616,6 +616,32 @@ class Telemetry(ApiModel):
     hundred). A string, as Kubernetes APIs avoid floats. Absent means "1": every decision."""
 
 
+class CategoryMatching(ApiModel):
+    """How the sidecars measure a request's similarity to the categories' examples."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "!has(self.k) || (has(self.method) && self.method == 'NearestExamples')",
+                "k is read only with method NearestExamples",
+            )
+        )
+    )
+
+    tier: Literal["Lexical", "Static", "Transformer"] | None = None
+    """The model: Lexical (TF-IDF over words and trigrams; no model, in every sidecar image),
+    Static (a token table distilled from MiniLM; about 0.1 ms a request) or Transformer
+    (MiniLM, int8, on onnxruntime; a few ms a request). Static and Transformer need the sidecar
+    image with the embeddings extra; a sidecar without it refuses the table (NACK) and the
+    status says so. Absent means Lexical."""
+    method: Literal["BestExample", "Centroid", "NearestExamples"] | None = None
+    """A category's similarity: its best example's (BestExample), its examples' mean
+    direction's (Centroid), or the mean of its examples among the k nearest of all categories'
+    (NearestExamples). Absent means BestExample."""
+    k: Annotated[int, Field(ge=1, le=32)] | None = None
+    """How many nearest examples NearestExamples reads. Absent means 3."""
+
+
 class RoutingPolicySpec(ApiModel):
     """Which pods the policy applies to, and how their requests are routed."""
 
@@ -635,6 +661,10 @@ class RoutingPolicySpec(ApiModel):
     stricter one."""
     telemetry: Telemetry | None = None
     """Tracing settings."""
+    category_matching: CategoryMatching | None = None
+    """How semantic categories (match.signals.categories) are matched: the model and the
+    method. A request's text is embedded once, off the request's event loop, and repeated
+    prompts are answered from a cache."""
 
 
 class SidecarCounts(ApiModel):

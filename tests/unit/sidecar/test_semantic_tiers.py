@@ -1,0 +1,283 @@
+"""The embedding tiers of semantic categories: encoders, classifiers, preparing a table, routing.
+
+The encoders are the real models (MiniLM int8 on onnxruntime, and the token table distilled
+from it by `make models`); only the "extra not installed" case replaces the module lookup, the
+seam `load_encoder` reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import random
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from routemesh_sidecar.embeddings.encoders import EncoderUnavailable, load_encoder
+from routemesh_sidecar.routetable import (
+    ActiveRouteTable,
+    Category,
+    CategoryMatching,
+    RouteTable,
+    TableRefused,
+)
+from routemesh_sidecar.routing.contracts import RoutingRequest
+from routemesh_sidecar.routing.pipeline import Router
+from routemesh_sidecar.routing.semantic import EmbeddingClassifier, SemanticMatcher
+from routemesh_testing import tables
+from routemesh_testing.models import static_model
+
+pytestmark = pytest.mark.timeout(60)
+
+TIERS = ["Static", "Transformer"]
+PARAPHRASES = [
+    ("How do I reverse a list in Python?", "What is the way to invert a Python list?"),
+    ("What is the capital of France?", "Which city is France's capital?"),
+]
+UNRELATED = ("How do I reverse a list in Python?", "Give me a recipe for banana bread.")
+NON_ENGLISH = {
+    "hebrew": "מהי בירת צרפת?",
+    "greek": "Ποια είναι η πρωτεύουσα της Γαλλίας;",
+    "thai": "เมืองหลวงของฝรั่งเศสคืออะไร",
+    "chinese": "法国的首都是哪里",
+}
+
+
+@pytest.fixture(scope="module", params=TIERS)
+def encoder(request: pytest.FixtureRequest) -> Any:
+    return load_encoder(request.param, static_model())
+
+
+def cosine(encoder: Any, a: str, b: str) -> float:
+    first, second = encoder.encode([a, b])
+    return float(first @ second)
+
+
+def test_paraphrases_are_closer_than_unrelated_texts(encoder: Any):
+    unrelated = cosine(encoder, *UNRELATED)
+    for pair in PARAPHRASES:
+        assert cosine(encoder, *pair) > unrelated + 0.2, (encoder.name, pair, unrelated)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", " ", "x" * 200_000, "word " * 40_000, *NON_ENGLISH.values()],
+    ids=["empty", "blank", "200k-chars", "40k-words", *NON_ENGLISH],
+)
+def test_any_text_gives_one_finite_vector_of_unit_length_or_zero(encoder: Any, text: str):
+    (vector,) = encoder.encode([text])
+    assert vector.dtype == np.float32
+    assert np.isfinite(vector).all()
+    assert abs(float(np.linalg.norm(vector)) - 1.0) < 1e-3 or not vector.any()
+
+
+def test_a_huge_prompt_reads_only_its_first_tokens(encoder: Any):
+    # The same first 256 tokens, whatever follows: the tail is never read.
+    head = "Explain the proof that there are infinitely many primes. " * 30
+    short, long = encoder.encode([head, head + "banana bread recipe " * 10_000])
+    assert float(short @ long) > 0.99
+
+
+def test_the_encoding_is_deterministic(encoder: Any):
+    first = encoder.encode(["Write a haiku about autumn"])
+    again = encoder.encode(["Write a haiku about autumn", "other"])[:1]
+    assert np.allclose(first, again, atol=1e-5)
+
+
+def test_a_missing_static_model_file_is_unavailable_and_says_what_to_set(tmp_path: Path):
+    with pytest.raises(EncoderUnavailable, match="ROUTEMESH_SIDECAR_STATIC_MODEL"):
+        load_encoder("Static", tmp_path / "absent.npz")
+    with pytest.raises(EncoderUnavailable, match="ROUTEMESH_SIDECAR_STATIC_MODEL"):
+        load_encoder("Static", None)
+
+
+def test_a_damaged_model_file_is_unavailable_with_the_reason(tmp_path: Path):
+    damaged = tmp_path / "damaged.npz"
+    damaged.write_bytes(b"not a numpy archive")
+    with pytest.raises(EncoderUnavailable, match="tier Static failed to load"):
+        load_encoder("Static", damaged)
+
+
+def test_without_the_extra_the_tier_is_unavailable_and_names_the_image(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "onnxruntime" else real(name, *a),
+    )
+    with pytest.raises(EncoderUnavailable) as missing:
+        load_encoder("Transformer", None)
+    assert "lacks onnxruntime" in str(missing.value)
+    assert "EXTRAS=sidecar,embeddings" in str(missing.value)
+    assert "tier to Lexical" in str(missing.value)
+
+
+# ---------------------------------------------------------------- classifiers, on fixed vectors
+
+
+def unit(*values: float) -> np.ndarray:
+    vector = np.array(values, dtype=np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+CATEGORIES = [
+    Category(name="code", examples=("a", "b", "c"), threshold=0.5),
+    Category(name="math", examples=("d", "e"), threshold=0.5),
+]
+# code's examples: one close to x, two far off; math's: two moderately close to y.
+VECTORS = np.stack(
+    [unit(1, 0, 0), unit(0, 0, 1), unit(0, 0.2, 1), unit(0.2, 1, 0.1), unit(-0.2, 1, 0.1)]
+)
+
+
+@pytest.mark.parametrize(
+    ("method", "k", "query", "expected"),
+    [
+        # The best example decides: one code example is exactly x.
+        ("BestExample", 3, unit(1, 0.1, 0), "code"),
+        # The centroid of code's examples leans to z, away from x: math's centroid is closer
+        # to a query between x and y.
+        ("Centroid", 3, unit(0.6, 1, 0), "math"),
+        # The 2 nearest examples of y are both math's.
+        ("NearestExamples", 2, unit(0, 1, 0), "math"),
+    ],
+)
+def test_each_method_measures_a_categorys_similarity_as_documented(
+    method: str, k: int, query: np.ndarray, expected: str
+):
+    classifier = EmbeddingClassifier(
+        CATEGORIES, VECTORS, CategoryMatching(tier="Static", method=method, k=k)
+    )
+    found = classifier.classify(query)
+    assert found is not None
+    assert (found.name, found.matched) == (expected, True)
+
+
+def test_nearest_examples_gives_zero_to_a_category_with_none_among_them():
+    classifier = EmbeddingClassifier(
+        CATEGORIES, VECTORS, CategoryMatching(tier="Static", method="NearestExamples", k=1)
+    )
+    assert classifier.similarities(unit(1, 0, 0)) == [pytest.approx(1.0), 0.0]
+
+
+def test_below_every_threshold_the_closest_category_is_reported_unmatched():
+    strict = [Category(name=c.name, examples=c.examples, threshold=0.99) for c in CATEGORIES]
+    classifier = EmbeddingClassifier(strict, VECTORS, CategoryMatching(tier="Static"))
+    found = classifier.classify(unit(1, 1, 1))
+    assert found is not None
+    assert not found.matched
+
+
+# ---------------------------------------------------------------- tables, end to end
+
+
+# Cosines run lower with the transformer (related requests about 0.2 to 0.5) than with the static
+# table (about 0.4 to 0.7, unrelated texts about 0.2): thresholds are set per tier.
+THRESHOLDS = {"Lexical": 0.3, "Static": 0.4, "Transformer": 0.17}
+
+
+def table(tier: str, method: str = "Centroid") -> RouteTable:
+    threshold = THRESHOLDS[tier]
+    categories: list[dict[str, Any]] = [
+        {
+            "name": "code",
+            "examples": [
+                "Write a Python function that sorts a list",
+                "Fix the bug in this JavaScript loop",
+                "How do I read a file line by line in Go?",
+            ],
+            "threshold": threshold,
+        },
+        {
+            "name": "cooking",
+            "examples": [
+                "Give me a recipe for lasagna",
+                "How long should I boil an egg?",
+                "What spices go well with lentil soup?",
+            ],
+            "threshold": threshold,
+        },
+    ]
+    routes = [
+        tables.route(category["name"], ("b", "m"), match={"signals": {"categories": [category]}})
+        for category in categories
+    ]
+    return tables.table(
+        {"b": tables.backend("http://127.0.0.1:9/v1")},
+        *routes,
+        tables.route("default", ("b", "m")),
+        category_matching={"tier": tier, "method": method},
+    )
+
+
+def routing_request(text: str) -> RoutingRequest:
+    body = {"model": "m", "messages": [{"role": "user", "content": text}]}
+    return RoutingRequest("openai", "chat", "m", {}, body, random.Random(0), 0.0)
+
+
+@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize(
+    ("text", "route"),
+    [
+        ("Can you write a Rust function that parses JSON?", "code"),
+        ("What should I cook for dinner with chicken and rice?", "cooking"),
+        ("Summarize the causes of the French Revolution", "default"),
+    ],
+)
+def test_a_prepared_table_routes_by_meaning(tier: str, text: str, route: str):
+    async def main() -> str:
+        with ThreadPoolExecutor(2) as pool:
+            semantic = SemanticMatcher(pool, static_model=static_model())
+            active = ActiveRouteTable()
+            active.add_preparer(semantic.prepare)
+            prepared = table(tier)
+            assert await active.admit(prepared)
+            request = routing_request(text)
+            await semantic.embed(prepared, request)
+            decision = Router(semantic=semantic).decide(prepared, request)
+            return decision.route.name
+
+    assert asyncio.run(main()) == route
+
+
+def test_a_repeated_prompt_is_answered_from_the_cache():
+    async def main() -> tuple[int, int, bool]:
+        with ThreadPoolExecutor(1) as pool:
+            semantic = SemanticMatcher(pool, static_model=static_model())
+            prepared = table("Static")
+            await semantic.prepare(prepared)
+            for _ in range(3):
+                request = routing_request("Fix the bug in my Python script")
+                await semantic.embed(prepared, request)
+            return semantic.cache_hits, semantic.cache_misses, request.__dict__["embedding_cached"]
+
+    assert asyncio.run(main()) == (2, 1, True)
+
+
+def test_a_tier_the_sidecar_cannot_run_is_refused_and_the_old_table_stays(tmp_path: Path):
+    async def main() -> tuple[RouteTable | None, str | None]:
+        with ThreadPoolExecutor(1) as pool:
+            semantic = SemanticMatcher(pool, static_model=tmp_path / "absent.npz")
+            active = ActiveRouteTable()
+            active.add_preparer(semantic.prepare)
+            lexical = table("Lexical")
+            assert await active.admit(lexical)
+            with pytest.raises(TableRefused, match="tier Static needs its distilled model"):
+                await active.admit(table("Static"))
+            return active.current, active.last_error
+
+    current, error = asyncio.run(main())
+    assert current is not None
+    assert current.category_matching is not None
+    assert current.category_matching.tier == "Lexical"
+    assert error is not None
+    assert "refused" in error
+
+
+def test_an_unprepared_embedding_table_is_never_matched_by_words():
+    with pytest.raises(RuntimeError, match="was not prepared"):
+        Router().decide(table("Transformer"), routing_request("Write a Python function"))
