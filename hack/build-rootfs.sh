@@ -3,7 +3,11 @@
 # (images/locks/<extras>.txt, every one pinned by hash) and the project itself, installed with
 # `pip install --target` into OUT/lib, its console scripts into OUT/bin.
 #
-#   hack/build-rootfs.sh EXTRAS OUT      e.g. `sidecar`, `sidecar,tokenizer` or `operator`
+#   hack/build-rootfs.sh EXTRAS OUT      e.g. `sidecar`, `sidecar,embeddings` or `operator`
+#
+# With the embeddings extra it also distils the Static category tier's token table from the
+# model the lock installed, into OUT/models/static-minilm.npz (the image's
+# ROUTEMESH_SIDECAR_STATIC_MODEL), with nothing but OUT/lib on the path.
 #
 # The Dockerfiles in images/ run exactly this in their build stage; the tests run it here and
 # start the entry points from OUT alone. It never installs anything that is not in the lock.
@@ -31,5 +35,9 @@ if [[ "$extras" == sidecar* ]]; then
   # Kubernetes client the operator's entry points could not start here anyway.
   rm -rf "$out/lib/routemesh_operator" "$out/bin/routemesh-operator" "$out/bin/routemesh" \
     "$out/bin/kubectl-routemesh"
+fi
+if [[ ",$extras," == *",embeddings,"* ]]; then
+  PYTHONPATH="$out/lib" "$python" -S "$here/hack/distill-static-model.py" \
+    --out "$out/models/static-minilm.npz" >/dev/null
 fi
 echo "$out"

@@ -19,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 LOCKS = REPO / "images" / "locks"
 # Each image (or variant) and the extras it installs.
-IMAGES = ("sidecar", "sidecar,tokenizer", "operator")
+IMAGES = ("sidecar", "sidecar,tokenizer", "sidecar,embeddings", "operator")
 
 
 def resolve(extras: str) -> list[str]:
@@ -62,7 +62,11 @@ def main() -> int:
             f"{platform.python_version()} on {sys.platform} {platform.machine()}"
         )
     LOCKS.mkdir(parents=True, exist_ok=True)
-    for extras in IMAGES:
+    # `lock-images.py EXTRAS...` rewrites only those (a new variant, without churning the rest).
+    chosen = sys.argv[1:] or IMAGES
+    for extras in chosen:
+        if extras not in IMAGES:
+            raise SystemExit(f"lock-images: no image installs extras {extras!r}; known: {IMAGES}")
         path = LOCKS / f"{extras.replace(',', '-')}.txt"
         header = (
             f"# The {extras} image's dependencies, pinned by hash: written by hack/lock-images.py"

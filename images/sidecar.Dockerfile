@@ -3,8 +3,12 @@
 # Build from the repository root:
 #   docker build -f images/sidecar.Dockerfile -t routemesh/sidecar .
 #   docker build -f images/sidecar.Dockerfile --build-arg EXTRAS=sidecar,tokenizer -t routemesh/sidecar:tokenizer .
-# EXTRAS picks the variant (its lock is images/locks/<extras, comma as dash>.txt): `sidecar`, or
-# `sidecar,tokenizer` with OpenAI's vocabularies for exact token counts. The build stage's steps
+#   docker build -f images/sidecar.Dockerfile --build-arg EXTRAS=sidecar,embeddings -t routemesh/sidecar:embeddings .
+# EXTRAS picks the variant (its lock is images/locks/<extras, comma as dash>.txt): `sidecar`;
+# `sidecar,tokenizer` with OpenAI's vocabularies for exact token counts; `sidecar,embeddings`
+# with the embedding models of the Static and Transformer category tiers (the Static table is
+# distilled in the build stage, to the path ROUTEMESH_SIDECAR_STATIC_MODEL names; without the
+# extra, that file is absent and the sidecar refuses tables asking for those tiers). The build stage's steps
 # are hack/build-rootfs.sh's, which builds the same tree without a daemon and is what the tests
 # start. The runtime stage runs as a non-root user on a read-only root filesystem and needs no
 # shell (the base has one; nothing runs it): the chart's command (`routemesh-sidecar`) is a console script run by Python directly.
@@ -17,7 +21,7 @@ COPY pyproject.toml README.md ./
 COPY operator/ operator/
 COPY sidecar/ sidecar/
 COPY images/locks/ images/locks/
-COPY hack/build-rootfs.sh hack/
+COPY hack/build-rootfs.sh hack/distill-static-model.py hack/
 RUN bash hack/build-rootfs.sh "$EXTRAS" /opt/routemesh
 
 FROM ${PYTHON_IMAGE}
@@ -25,7 +29,8 @@ COPY --from=build /opt/routemesh /opt/routemesh
 ENV PYTHONPATH=/opt/routemesh/lib \
     PATH=/opt/routemesh/bin:/usr/local/bin:/usr/bin \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    ROUTEMESH_SIDECAR_STATIC_MODEL=/opt/routemesh/models/static-minilm.npz
 USER 65532:65532
 EXPOSE 4000 15000
 ENTRYPOINT []

@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -48,8 +49,17 @@ def env_of(container: dict[str, Any]) -> dict[str, Any]:
 class InjectedSidecar:
     """The sidecar of a stored Pod, running as a process until the block ends."""
 
-    def __init__(self, kubectl: Kubectl, pod: dict[str, Any], workdir: Path) -> None:
+    def __init__(
+        self,
+        kubectl: Kubectl,
+        pod: dict[str, Any],
+        workdir: Path,
+        *,
+        image_env: Mapping[str, str] | None = None,
+    ) -> None:
+        """`image_env` is what the sidecar image's ENV would set (the container's env wins)."""
         self.kubectl = kubectl
+        self.image_env = dict(image_env or {})
         self.pod = pod
         self.workdir = workdir
         self.container = sidecar_container(pod)
@@ -170,6 +180,7 @@ class InjectedSidecar:
             "spec.nodeName": "node-1",  # no scheduler here: say where it would run
         }
         env = {"PATH": os.environ.get("PATH", ""), "HOME": str(self.workdir)}  # noqa: TID251
+        env.update(self.image_env)
         for entry in self.container["env"]:
             if "valueFrom" in entry:
                 value = fields[entry["valueFrom"]["fieldRef"]["fieldPath"]]

@@ -18,8 +18,6 @@ import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,86 +27,20 @@ import yaml
 
 from routemesh_testing.controlplane import LocalControlPlane, free_port
 from routemesh_testing.fakes import OPENAI_KEY, FakeOpenAI
+from routemesh_testing.injecting import Injecting, injecting_operator
 from routemesh_testing.kubectl import Kubectl, KubectlError
 from routemesh_testing.manifests import (
     chat_setup,
-    injection_webhook,
-    wait_for_ca_bundle,
     wait_for_table_version,
 )
-from routemesh_testing.operator import injecting_settings, running_operator
 from routemesh_testing.podrun import InjectedSidecar
-from routemesh_testing.pods import SIDECAR, create_pod, make_namespace, sidecar_of
-from routemesh_testing.pytest_plugin import TEST_NAMESPACE_LABEL
+from routemesh_testing.pods import SIDECAR, create_pod, sidecar_of
 from routemesh_testing.serving import ServerThread
 from routemesh_testing.waiting import poll_until
 
 pytestmark = pytest.mark.timeout(240)
 
 BASE_URL_VARS = ("OPENAI_BASE_URL", "OPENAI_API_BASE", "ANTHROPIC_BASE_URL")
-
-
-@dataclass
-class Injecting:
-    """What the module set up: namespaces, ports and the operator's own namespace."""
-
-    labelled: str
-    plain: str
-    operator_namespace: str
-    webhook_port: int
-    distribution_port: int
-    configuration: str
-
-
-@contextmanager
-def injecting_operator(
-    plane: LocalControlPlane,
-    kubectl: Kubectl,
-    workdir: Path,
-    *,
-    tls: bool = False,
-    **overrides: Any,
-) -> Iterator[Injecting]:
-    suffix = secrets.token_hex(3)
-    setup = Injecting(
-        labelled=f"t-inj-{suffix}",
-        plain=f"t-plain-{suffix}",
-        operator_namespace=f"t-ops-{suffix}",
-        webhook_port=free_port(),
-        distribution_port=free_port(),
-        configuration=f"routemesh-injector-{suffix}",
-    )
-    make_namespace(kubectl, setup.labelled, {"routemesh.dev/inject": "enabled"})
-    make_namespace(kubectl, setup.plain, {})
-    make_namespace(kubectl, setup.operator_namespace, {})
-    namespaces = [setup.labelled, setup.plain, setup.operator_namespace]
-    kubectl.apply(
-        yaml.safe_dump(
-            injection_webhook(
-                setup.configuration,
-                setup.webhook_port,
-                namespaces,
-                labels={TEST_NAMESPACE_LABEL: "true"},
-            )
-        )
-    )
-    try:
-        settings = injecting_settings(
-            namespace=setup.operator_namespace,
-            webhook_configuration=setup.configuration,
-            webhook_port=setup.webhook_port,
-            distribution_port=setup.distribution_port,
-            cert_dir=workdir,
-            tls=tls,
-        )
-        with running_operator(plane, **(settings | overrides)):
-            wait_for_ca_bundle(kubectl, setup.configuration)
-            yield setup
-    finally:
-        # Never leave a Fail webhook pointing at a port nobody serves.
-        kubectl.run("delete", "mutatingwebhookconfiguration", setup.configuration, check=False)
-        for namespace in namespaces:
-            kubectl.run("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 @pytest.fixture(scope="module")

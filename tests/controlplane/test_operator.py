@@ -31,13 +31,14 @@ pytestmark = pytest.mark.timeout(180)
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 # Every example: the sidecars of this version run every strategy (Cascade in tiered-free-paid)
-# and every signal (semantic categories in cost-saving-router).
+# and every signal (semantic categories in cost-saving-router, on embeddings in semantic-router).
 RUNNABLE_EXAMPLES = [
     "multi-provider-failover",
     "canary-split",
     "self-hosted-vllm",
     "tiered-free-paid",
     "cost-saving-router",
+    "semantic-router",
 ]
 VLLM_ADDRESSES = [("10.1.0.7", "zone-a"), ("10.1.0.8", "zone-b")]
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from routemesh_operator import __version__ as operator_version
+from routemesh_testing import tables
 from routemesh_testing.controlplane import REPO_ROOT, free_port, terminate
 from routemesh_testing.waiting import http_ok, poll_until
 
@@ -156,3 +157,55 @@ def test_a_lock_that_is_missing_is_refused(tmp_path: Path):
     )
     assert done.returncode == 1
     assert "no lock for extras 'nonsense'" in done.stderr
+
+
+def categories_table(tier: str) -> str:
+    """A route table whose one category is matched by `tier` (the default route otherwise)."""
+    category = {"name": "code", "examples": ["Write a Python function"], "threshold": 0.4}
+    built = tables.table(
+        {"b": tables.backend("http://127.0.0.1:9/v1")},
+        tables.route("code", ("b", "m"), match={"signals": {"categories": [category]}}),
+        tables.route("default", ("b", "m")),
+        category_matching={"tier": tier, "method": "Centroid"},
+    )
+    return built.model_dump_json()
+
+
+@pytest.mark.parametrize("tier", ["Static", "Transformer"])
+def test_the_embeddings_tree_runs_both_model_tiers_from_the_tree_alone(
+    embeddings_tree: Path, tmp_path: Path, tier: str
+):
+    tree = embeddings_tree
+    model = tree / "models" / "static-minilm.npz"
+    assert model.stat().st_size > 10_000_000, "the Static table was distilled in the build"
+    table = tmp_path / "table.json"
+    table.write_text(categories_table(tier))
+    record = tmp_path / "modules.json"
+    port, admin = free_port(), free_port()
+    argv = isolated(
+        tree / "bin" / "routemesh-sidecar",
+        *("--route-table", str(table), "--port", str(port), "--admin-port", str(admin)),
+        record=record,
+    )
+    env = environment(tree, tmp_path, ROUTEMESH_SIDECAR_STATIC_MODEL=str(model))
+    with (tmp_path / "sidecar.log").open("wb") as log:
+        child = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        # Ready means the table was admitted: its tier's model loaded and embedded the examples.
+        ready = poll_until(
+            lambda: http_ok(f"http://127.0.0.1:{admin}/readyz", 1.0), bool, timeout=90
+        )
+        assert ready, (tmp_path / "sidecar.log").read_text()[-2000:]
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=30) == 0
+    finally:
+        terminate(child)
+    files = json.loads(record.read_text())
+    loaded = "onnxruntime" if tier == "Transformer" else "tokenizers"
+    assert any(f.startswith(str(tree / "lib" / loaded)) for f in files)
+    assert outside(tree, files) == []
+
+
+@pytest.fixture(scope="module")
+def embeddings_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build("sidecar,embeddings", tmp_path_factory.mktemp("rootfs") / "sidecar-embeddings")

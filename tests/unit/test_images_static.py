@@ -90,7 +90,12 @@ def test_the_images_run_what_the_chart_and_injection_run():
 
 @pytest.mark.parametrize(
     ("extras", "image"),
-    [("sidecar", "sidecar"), ("sidecar,tokenizer", "sidecar"), ("operator", "operator")],
+    [
+        ("sidecar", "sidecar"),
+        ("sidecar,tokenizer", "sidecar"),
+        ("sidecar,embeddings", "sidecar"),
+        ("operator", "operator"),
+    ],
 )
 def test_each_lock_covers_its_extras_and_the_sidecars_has_no_cluster_client(
     extras: str, image: str
@@ -110,5 +115,5 @@ def test_the_sidecars_variants_are_a_build_argument_with_a_lock_each():
     assert default is not None
     assert default.group(1) == "sidecar"
     assert 'hack/build-rootfs.sh "$EXTRAS"' in dockerfile
-    for extras in ("sidecar", "sidecar,tokenizer"):
+    for extras in ("sidecar", "sidecar,tokenizer", "sidecar,embeddings"):
         assert (IMAGES / "locks" / f"{extras.replace(',', '-')}.txt").exists()
