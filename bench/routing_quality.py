@@ -31,6 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from routemesh_sidecar.embeddings.encoders import load_encoder
 from routemesh_sidecar.routetable import Category, CategoryMatching, RouteTable
 from routemesh_sidecar.routing.categories import CategoryClassifier
 from routemesh_sidecar.routing.contracts import RoutingRequest
@@ -167,7 +168,8 @@ def best(similarities: list[float]) -> str:
 
 
 def accuracy(predict: Any, prompts: list[tuple[str, str]]) -> float:
-    return sum(predict(text) == truth for text, truth in prompts) / len(prompts)
+    right: int = sum(predict(text) == truth for text, truth in prompts)
+    return right / len(prompts)
 
 
 def quantiles(samples: list[float]) -> tuple[float, float]:
@@ -185,13 +187,14 @@ def lexical_rows(sets: dict[str, list[tuple[str, str]]]) -> list[str]:
         classifier.similarities(text)
         times.append(time.perf_counter() - started)
     p50, p99 = quantiles(times)
-    return [row("Lexical", "BestExample", scores, p50, p99, None)]
+    return [row("Lexical", "BestExample", scores, p50=p50, p99=p99, hit=None)]
 
 
 def row(
     tier: str,
     method: str,
     scores: dict[str, float],
+    *,
     p50: float,
     p99: float,
     hit: float | None,
@@ -207,21 +210,22 @@ def row(
 def model_rows(tier: str, sets: dict[str, list[tuple[str, str]]]) -> list[str]:
     with ThreadPoolExecutor(1) as pool:
         semantic = SemanticMatcher(pool, static_model=static_model())
-        encoder = semantic._encoder(tier)  # noqa: SLF001 (the bench reads the loaded encoder)
+        encoder = load_encoder(tier, static_model())
         examples = [e for ex in EXAMPLES.values() for e in ex]
         vectors = encoder.encode(examples)
         texts = [t for t, _ in sets["both"]]
         prompt_vectors = {t: encoder.encode([t])[0] for t in texts}
         rows = []
         for method in METHODS:
-            matching = CategoryMatching(tier=tier, method=method, k=3)  # type: ignore[arg-type]
+            matching = CategoryMatching(tier=tier, method=method, k=3)
             classifier = EmbeddingClassifier(categories(), vectors, matching)
-            scores = {
-                name: accuracy(lambda t: best(classifier.similarities(prompt_vectors[t])), p)
-                for name, p in sets.items()
-            }
+
+            def predict(text: str, classifier: EmbeddingClassifier = classifier) -> str:
+                return best(classifier.similarities(prompt_vectors[text]))
+
+            scores = {name: accuracy(predict, prompts) for name, prompts in sets.items()}
             p50, p99, hit = decision_latency(semantic, tier, method, texts)
-            rows.append(row(tier, method, scores, p50, p99, hit))
+            rows.append(row(tier, method, scores, p50=p50, p99=p99, hit=hit))
         return rows
 
 
@@ -236,7 +240,8 @@ def decision_latency(
         prepared = semantic.prepared(table)
         assert prepared is not None  # noqa: S101
         classifier = next(iter(prepared.classifiers.values()))
-        misses, hits = [], []
+        misses: list[float] = []
+        hits: list[float] = []
         for index, text in enumerate(texts[:120]):
             unique = f"{text} #{method} {index}"  # never seen before: a cache miss first
             for sample, target in ((unique, misses), (unique, hits)):
