@@ -131,7 +131,7 @@ def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     return True
 
 
-CHOICES = [None, "enabled", "true", "disabled", "false", "maybe"]
+CHOICES = [None, "enabled", "true", "disabled", "false", "maybe", "Enabled", "TRUE"]
 
 
 @pytest.mark.parametrize("namespace_choice", CHOICES)
@@ -152,22 +152,26 @@ def test_the_webhook_is_sent_exactly_the_pods_injection_would_inject(
         if namespace_choice is not None:
             namespace_labels["routemesh.dev/inject"] = namespace_choice
         for pod_choice in CHOICES:
-            pod_labels = {"app": "chat"}
-            if pod_choice is not None:
-                pod_labels["routemesh.dev/inject"] = pod_choice
-            sent = [
-                entry["name"]
-                for entry in webhook["webhooks"]
-                if selects(entry["namespaceSelector"], namespace_labels)
-                and selects(entry["objectSelector"], pod_labels)
-            ]
-            pod = {"metadata": {"labels": pod_labels}, "spec": {"containers": []}}
-            injected = decide(pod, namespace, namespace_labels, settings).inject
-            case = (namespace, namespace_choice, pod_choice, sent)
-            assert len(sent) <= 1, case
-            assert not injected or sent, case
-            if namespace != "apps":
-                assert not sent, case
+            for annotation in (None, "enabled", "disabled"):
+                pod_labels = {"app": "chat"}
+                if pod_choice is not None:
+                    pod_labels["routemesh.dev/inject"] = pod_choice
+                sent = [
+                    entry["name"]
+                    for entry in webhook["webhooks"]
+                    if selects(entry["namespaceSelector"], namespace_labels)
+                    and selects(entry["objectSelector"], pod_labels)
+                ]
+                metadata: dict[str, Any] = {"labels": pod_labels}
+                if annotation is not None:
+                    metadata["annotations"] = {"routemesh.dev/inject": annotation}
+                pod = {"metadata": metadata, "spec": {"containers": []}}
+                injected = decide(pod, namespace, namespace_labels, settings).inject
+                case = (namespace, namespace_choice, pod_choice, annotation, sent)
+                assert len(sent) <= 1, case
+                assert not injected or sent, case
+                if namespace != "apps":
+                    assert not sent, case
 
 
 def test_values_the_schema_refuses_never_render(helm: Helm):
@@ -406,3 +410,16 @@ def test_the_rendered_chart_applies_with_a_server_side_dry_run(
 def test_a_disruption_budget_that_would_let_every_replica_go_is_refused(helm: Helm):
     with pytest.raises(RuntimeError, match=r"maxUnavailable must be below operator\.replicas"):
         helm.template("rm", "ops", {"operator": {"replicas": 2, "maxUnavailable": 2}})
+
+
+def test_the_pre_delete_hook_is_an_exact_copy_so_applying_template_output_changes_nothing(
+    helm: Helm, kubectl: Kubectl, namespace: str
+):
+    # GitOps tools and `helm template | kubectl apply` apply hooks as plain objects, after the
+    # manifests: the copy must leave the live configuration as the real one made it.
+    docs = helm.template("rm", namespace, hooks=True)
+    real, hook = [d for d in docs if d["kind"] == "MutatingWebhookConfiguration"]
+    assert hook["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+    assert "helm.sh/hook" not in (real["metadata"].get("annotations") or {})
+    assert hook["webhooks"] == real["webhooks"]
+    assert hook["metadata"]["name"] == real["metadata"]["name"]

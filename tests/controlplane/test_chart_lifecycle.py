@@ -199,7 +199,9 @@ def test_with_the_operator_stopped_a_pod_that_opts_in_starts_without_a_sidecar_a
     code, document = release.status("-n", release.labelled, "-o", "json")
     (listed,) = json.loads(document)["notInjected"]
     assert listed["name"] == pod["metadata"]["name"]
-    assert listed["why"] == f"namespace {release.labelled} opts in (routemesh.dev/inject label)"
+    assert listed["why"] == (
+        "its labels and its namespace's select it for webhook namespace.inject.routemesh.dev"
+    )
     # A namespace that chose nothing has nothing to report.
     assert release.status("-n", release.plain)[0] == errors.OK
 
@@ -371,17 +373,17 @@ def test_helm_upgrade_from_the_previous_chart_keeps_every_policy_and_sidecar_wor
             assert sidecar_of(old_pod) is not None
             old = pods.enter_context(InjectedSidecar(kubectl, old_pod, tmp_path / "old"))
             assert "upstream" in chat(old)
-            release.upgrade(CHART)
-            upgraded = kubectl.get("mutatingwebhookconfiguration", CONFIGURATION)
-            assert [w["name"] for w in upgraded["webhooks"]] == [
-                "namespace.inject.routemesh.dev",
-                "pod.inject.routemesh.dev",
-            ]
-            # The new entries trust the operator's CA at once: the chart carried it over.
-            assert {w["clientConfig"].get("caBundle") for w in upgraded["webhooks"]} == {bundle}
-            release.point_webhook_at_operator()
-        # The operator's rollout to the new pod template: meanwhile the old sidecar routes on
-        # its last table.
+        # The operator's rollout to the new pod template, with the upgrade while it is down, so
+        # that nothing but the chart can have put the CA into the new entries. Meanwhile the old
+        # sidecar routes on its last table.
+        release.upgrade(CHART)
+        upgraded = kubectl.get("mutatingwebhookconfiguration", CONFIGURATION)
+        assert [w["name"] for w in upgraded["webhooks"]] == [
+            "namespace.inject.routemesh.dev",
+            "pod.inject.routemesh.dev",
+        ]
+        assert {w["clientConfig"].get("caBundle") for w in upgraded["webhooks"]} == {bundle}
+        release.point_webhook_at_operator()
         assert "upstream" in chat(old)
         with release.operator():
             status = kubectl.get("routingpolicy", "chat", namespace=release.labelled)["status"]

@@ -4,24 +4,29 @@
 reads it) and runs each read on a short-lived event loop. Every failure becomes a `CliError`
 whose message says what to do: the cluster cannot be reached, the credentials were refused,
 RBAC forbids the read, the CRDs or the policy do not exist. `uninjected_pods` finds the pods that
-opt in to the sidecar but run without one (created while the webhook could not answer, under
-failurePolicy Ignore). Called by `cli.main` only; it reads and never writes.
+the webhook configuration's selectors send to the webhook but run without a sidecar (created
+while the webhook could not answer, under failurePolicy Ignore). Called by `cli.main` only; it
+reads and never writes.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
 
+from routemesh_operator.api.v1alpha1.common import LabelSelector
 from routemesh_operator.cli.errors import NOT_FOUND, REFUSED, UNREACHABLE, CliError
 from routemesh_operator.conventions import TABLE_KEY, configmap_name
-from routemesh_operator.injection import InjectionSettings, decide, is_injected
+from routemesh_operator.distribution.board import selector_matches
+from routemesh_operator.injection import is_injected
 from routemesh_operator.kube import ApiError, Credentials, KubeApi
 
 GROUP_VERSION = "routemesh.dev/v1alpha1"
+WEBHOOKS = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 T = TypeVar("T")
 
 
@@ -139,14 +144,29 @@ async def route_table_json(api: KubeApi, namespace: str, policy: str) -> str:
     return str(table)
 
 
-async def uninjected_pods(api: KubeApi, namespace: str | None) -> list[dict[str, str]] | None:
-    """Live pods that opt in to the sidecar but have none; None when RBAC forbids the check.
+WEBHOOK_CONFIGURATION = "routemesh-sidecar-injector"
 
-    The rules are injection's own `decide`, with the chart's default operator namespace, so a
-    pod counts exactly when the webhook would have injected it had it answered.
+
+@dataclass
+class NotInjected:
+    """Pods that opt in but run without a sidecar, or why they could not be looked for."""
+
+    pods: list[dict[str, str]]
+    unchecked: str | None = None  # set when nobody knows: RBAC, or no webhook configuration
+
+
+async def uninjected_pods(api: KubeApi, namespace: str | None) -> NotInjected:
+    """Live pods the webhook configuration's selectors send it, that have no sidecar.
+
+    The selectors are read from the configuration in the cluster and evaluated as the API
+    server evaluates them, so a pod counts exactly when the webhook would have been called for
+    it: one created while the webhook could not answer (failurePolicy Ignore).
     """
     scope = f"/namespaces/{namespace}" if namespace else ""
     try:
+        configuration = await api.get(f"{WEBHOOKS}/{WEBHOOK_CONFIGURATION}")
+        if configuration is None:
+            return NotInjected([], f"no {WEBHOOK_CONFIGURATION} webhook configuration")
         pods = (await api.request("GET", f"/api/v1{scope}/pods")).get("items") or []
         if namespace:
             namespaces = [await api.request("GET", f"/api/v1/namespaces/{namespace}")]
@@ -154,26 +174,38 @@ async def uninjected_pods(api: KubeApi, namespace: str | None) -> list[dict[str,
             namespaces = (await api.request("GET", "/api/v1/namespaces")).get("items") or []
     except ApiError as exc:
         if exc.status == 403:
-            return None
+            return NotInjected([], "RBAC forbids reading pods, namespaces or the configuration")
         raise
     labels = {n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in namespaces}
-    settings = InjectionSettings()
+    entries = [
+        (
+            str(entry.get("name")),
+            LabelSelector.model_validate(entry.get("namespaceSelector") or {}),
+            LabelSelector.model_validate(entry.get("objectSelector") or {}),
+        )
+        for entry in configuration.get("webhooks") or ()
+    ]
     found = []
     for pod in pods:
         metadata = pod["metadata"]
         finished = (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
-        if finished or metadata.get("deletionTimestamp") or is_injected(pod):
+        host = (pod.get("spec") or {}).get("hostNetwork") is True
+        if finished or host or metadata.get("deletionTimestamp") or is_injected(pod):
             continue
-        decision = decide(
-            pod, metadata["namespace"], labels.get(metadata["namespace"], {}), settings
-        )
-        if decision.inject:
+        namespace_labels = labels.get(metadata["namespace"], {})
+        sent = [
+            name
+            for name, namespaces_, objects in entries
+            if selector_matches(namespaces_, namespace_labels)
+            and selector_matches(objects, metadata.get("labels") or {})
+        ]
+        if sent:
             found.append(
                 {
                     "namespace": metadata["namespace"],
                     "name": metadata["name"],
                     "created": metadata.get("creationTimestamp", ""),
-                    "why": decision.reason,
+                    "why": f"its labels and its namespace's select it for webhook {sent[0]}",
                 }
             )
-    return sorted(found, key=lambda p: (p["namespace"], p["name"]))
+    return NotInjected(sorted(found, key=lambda p: (p["namespace"], p["name"])))

@@ -23,7 +23,13 @@ from typing import Any, TextIO
 
 from routemesh_operator import __version__
 from routemesh_operator.cli import render
-from routemesh_operator.cli.cluster import Cluster, list_objects, route_table_json, uninjected_pods
+from routemesh_operator.cli.cluster import (
+    Cluster,
+    NotInjected,
+    list_objects,
+    route_table_json,
+    uninjected_pods,
+)
 from routemesh_operator.cli.errors import FINDING, OK, USAGE, CliError
 from routemesh_operator.cli.explain import ExplainRequest, explain
 from routemesh_operator.cli.sidecars import cost_window, sidecar_status
@@ -120,7 +126,7 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
     cluster = Cluster(args.kubeconfig, args.context)
     namespace = None if args.all_namespaces else (args.namespace or cluster.default_namespace)
 
-    async def reads(api: KubeApi) -> tuple[list[Any], list[Any], list[Any] | None]:
+    async def reads(api: KubeApi) -> tuple[list[Any], list[Any], NotInjected]:
         policies = await list_objects(api, "routingpolicies", namespace)
         backends = await list_objects(api, "modelbackends", namespace)
         return policies, backends, await uninjected_pods(api, namespace)
@@ -130,8 +136,9 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
         "policies": [_policy_row(p) for p in policies],
         "backends": [_backend_row(b) for b in backends],
         "sidecars": [sidecar_status(url) for url in args.sidecar],
-        # None: RBAC forbade listing pods, so nobody knows; [] means none were found.
-        "notInjected": not_injected,
+        "notInjected": not_injected.pods,
+        # Set when the pods could not be looked for (RBAC, or no webhook configuration).
+        "notInjectedUnchecked": not_injected.unchecked,
     }
     versions = {p["routeTableVersion"]: p["name"] for p in report["policies"]}
     for sidecar in report["sidecars"]:
@@ -141,7 +148,7 @@ def _status(args: argparse.Namespace, out: TextIO) -> int:
         any(not p["valid"] or p["rejected"] for p in report["policies"])
         or any(not b["valid"] for b in report["backends"])
         or any(s["state"] != "ACK" for s in report["sidecars"])
-        or bool(not_injected)
+        or bool(not_injected.pods)
     )
     return FINDING if troubled else OK
 
@@ -230,7 +237,7 @@ def _print_status(report: dict[str, Any], output: str, out: TextIO) -> None:
         ],
         out,
     )
-    _print_not_injected(report["notInjected"], out)
+    _print_not_injected(report["notInjected"], report["notInjectedUnchecked"], out)
     if report["sidecars"]:
         render.table(
             "SIDECARS",
@@ -261,9 +268,9 @@ def _print_status(report: dict[str, Any], output: str, out: TextIO) -> None:
         )
 
 
-def _print_not_injected(pods: list[dict[str, str]] | None, out: TextIO) -> None:
-    if pods is None:
-        out.write("NOT INJECTED\n  not checked: RBAC forbids listing pods and namespaces\n\n")
+def _print_not_injected(pods: list[dict[str, str]], unchecked: str | None, out: TextIO) -> None:
+    if unchecked is not None:
+        out.write(f"NOT INJECTED\n  not checked: {unchecked}\n\n")
         return
     if not pods:
         return

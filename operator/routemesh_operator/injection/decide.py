@@ -10,10 +10,11 @@ injected; an injected pod is left alone; host-network pods are not injected (a l
 there would listen on the node); the pod's annotation decides when it has one (a pod saying
 disabled wins over its namespace's label); a namespace label of `disabled` wins over a pod
 saying enabled (the namespace's owner turned injection off); otherwise the namespace's label.
-A pod says so with its `routemesh.dev/inject` label, or else the annotation of that name. The
-chart's webhook configuration selects on labels only (an annotation is invisible to the API
-server's selectors), so in a namespace that chose nothing only the label brings a pod here; the
-annotation still opts a pod out of a labelled namespace.
+A pod says so with its `routemesh.dev/inject` label, or else the annotation of that name, which
+can only opt it out: the chart's webhook configuration selects on labels (an annotation is
+invisible to the API server's selectors), so an annotation could never bring a pod here. Values
+are matched exactly as the selectors match them: `enabled` or `true`, `disabled` or `false`;
+anything else is not understood (and never taken as consent).
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ def _by_choice(
 ) -> Decision:
     where, value = _pod_says(pod)
     pod_choice = _choice(value)
+    if where == "annotation" and pod_choice == "enabled":
+        pod_choice = None  # only a label opts a pod in (see the module docstring)
     namespace_choice = _choice(namespace_labels.get(INJECT_KEY))
     if pod_choice == "unknown":
         # Not injecting is the safer reading of an annotation nobody can interpret.
@@ -102,6 +105,16 @@ def _by_choice(
         return Decision(True, f"the pod opts in ({INJECT_KEY} {where})")
     if namespace_choice == "enabled":
         return Decision(True, f"namespace {namespace} opts in ({INJECT_KEY} label)")
+    return _nobody_opted_in(where, value)
+
+
+def _nobody_opted_in(where: str, value: object) -> Decision:
+    if where == "annotation" and value is not None:
+        return Decision(
+            False,
+            f"the {INJECT_KEY} annotation does not opt a pod in (a selector cannot see it): "
+            "label the pod instead",
+        )
     return Decision(False, "neither the pod nor its namespace opts in")
 
 
@@ -109,7 +122,7 @@ def _choice(value: object) -> str | None:
     """'enabled', 'disabled', 'unknown', or None when there is no value."""
     if value is None:
         return None
-    text = str(value).strip().lower()
+    text = str(value)
     if text in ENABLED_VALUES:
         return "enabled"
     if text in DISABLED_VALUES:

@@ -31,10 +31,20 @@ def test_a_pod_in_a_labelled_namespace_is_injected():
     assert decision == Decision(True, "namespace apps opts in (routemesh.dev/inject label)")
 
 
-@pytest.mark.parametrize("value", ["enabled", "true", "Enabled", "TRUE", " enabled "])
-def test_an_annotated_pod_in_an_unlabelled_namespace_is_injected(value):
+@pytest.mark.parametrize("value", ["enabled", "true"])
+def test_an_annotation_alone_never_opts_a_pod_in_since_no_selector_can_see_it(value):
     decision = decide(pod({"routemesh.dev/inject": value}), "apps", {}, SETTINGS)
-    assert decision == Decision(True, "the pod opts in (routemesh.dev/inject annotation)")
+    assert not decision.inject
+    assert "label the pod instead" in decision.reason
+
+
+@pytest.mark.parametrize("value", ["Enabled", "TRUE", " enabled ", "yes"])
+def test_values_are_matched_exactly_as_the_webhooks_selectors_match_them(value):
+    # The API server's selectors compare label values exactly; so does injection.
+    decision = decide(labelled_pod(value), "apps", {}, SETTINGS)
+    assert not decision.inject
+    assert "is not understood" in decision.reason
+    assert not decide(pod(), "apps", {"routemesh.dev/inject": value}, SETTINGS).inject
 
 
 @pytest.mark.parametrize("value", ["enabled", "true"])
@@ -42,7 +52,7 @@ def test_a_namespace_label_of_true_also_opts_in(value):
     assert decide(pod(), "apps", {"routemesh.dev/inject": value}, SETTINGS).inject
 
 
-@pytest.mark.parametrize("value", ["disabled", "false", "Disabled"])
+@pytest.mark.parametrize("value", ["disabled", "false"])
 def test_a_pod_that_opts_out_wins_over_its_labelled_namespace(value):
     decision = decide(pod({"routemesh.dev/inject": value}), "apps", LABELLED, SETTINGS)
     assert decision == Decision(False, "the pod opts out (routemesh.dev/inject annotation)")
