@@ -5,4 +5,4 @@ tables, distributes them to the sidecars, runs self-hosted vLLM backends and inj
 through a mutating webhook. Only `routemesh_operator.handlers` imports kopf.
 """
 
-__version__ = "0.1.0.dev0"
+__version__ = "0.2.0.dev0"

@@ -21,7 +21,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 SIDECAR_STATES = ("synced", "rejected", "pending")
-ADMISSION_DECISIONS = ("injected", "reinvoked", "skipped", "refused")
+ADMISSION_DECISIONS = ("injected", "reinvoked", "skipped", "refused", "error")
 
 
 @dataclass
@@ -86,7 +86,7 @@ class OperatorMetrics:
             "Pods the injection webhook answered, by decision: injected, reinvoked (called again "
             "after other webhooks changed an injected pod: nothing to do), skipped (the pod does "
             "not opt in, or may never be injected), refused (its annotations ask for a sidecar "
-            "that cannot work).",
+            "that cannot work), error (the webhook failed; the failure policy decided).",
             ["decision"],
             registry=self.registry,
         )

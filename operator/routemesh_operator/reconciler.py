@@ -96,7 +96,7 @@ class Reconciler:
         # The CA that signed the distribution server's certificate, when it serves TLS: published
         # in every namespace with policies, for the injected sidecars to trust.
         self.ca_bundle: Callable[[], bytes | None] = lambda: None
-        self._published_ca: dict[str, bytes] = {}
+        self._published_ca: dict[str, tuple[bytes, tuple[str, ...]]] = {}
         self.compiles = 0  # for tests and metrics: how many namespace compiles ran
 
     def set_writing(self, writing: bool) -> None:
@@ -199,7 +199,11 @@ class Reconciler:
         bundle = self.ca_bundle()
         if not self.writing or not bundle or not self._inventory.namespace(namespace).policies:
             return
-        if self._published_ca.get(namespace) == bundle:
+        owners = self._owners()
+        # Written again when the owner changes too: one written before the anchor knew the
+        # webhook configuration gets its owner, and so goes with the release.
+        published = (bundle, tuple(o["uid"] for o in owners))
+        if self._published_ca.get(namespace) == published:
             return
         body = {
             "apiVersion": "v1",
@@ -208,12 +212,12 @@ class Reconciler:
                 "name": CA_CONFIGMAP,
                 "namespace": namespace,
                 "labels": {workloads.MANAGED_BY_LABEL: workloads.MANAGED_BY},
-                "ownerReferences": self._owners(),
+                "ownerReferences": owners,
             },
             "data": {"ca.crt": bundle.decode()},
         }
         await self._api.apply(namespaced("v1", namespace, "configmaps", CA_CONFIGMAP), body)
-        self._published_ca[namespace] = bundle
+        self._published_ca[namespace] = published
 
     async def refresh_status(self, namespace: str) -> None:
         """Write policy statuses from the last compile, with fresh sync counts; no compile."""

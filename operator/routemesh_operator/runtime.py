@@ -217,12 +217,17 @@ class Runtime:
         )
 
     async def _follow_ca(self, certificates: WebhookCertificates) -> None:
-        """Republish the CA into every namespace when it changes (rare: a CA lasts years)."""
-        seen = certificates.ca_bundle
+        """Republish the CA into every namespace when it, or its ConfigMaps' owner, changes.
+
+        Rare: a CA lasts years, and the owner (the webhook configuration) changes only when it
+        was missing when the operator started, or was deleted and created again.
+        """
+        seen = (certificates.ca_bundle, self.anchor.references())
         while True:
             await asyncio.sleep(60)
-            if certificates.ca_bundle != seen:
-                seen = certificates.ca_bundle
+            now = (certificates.ca_bundle, self.anchor.references())
+            if now != seen:
+                seen = now
                 for namespace in self.inventory.namespaces():
                     self.reconciler.mark(namespace)
 

@@ -6,4 +6,4 @@ was given. It must never import the operator, kopf or a Kubernetes client: its o
 the cluster is the route table (`routemesh_sidecar.routetable`).
 """
 
-__version__ = "0.1.0.dev0"
+__version__ = "0.2.0.dev0"

@@ -182,6 +182,16 @@ INVALID = [
     ),
     # RoutingPolicy: CEL rules
     pytest.param(
+        changed(valid_policy(), "spec.categoryMatching", {"method": "Centroid"}),
+        ["spec.categoryMatching", "need tier Static or Transformer"],
+        id="centroid-with-the-lexical-tier",
+    ),
+    pytest.param(
+        changed(valid_policy(), "spec.categoryMatching", {"tier": "Static", "k": 4}),
+        ["spec.categoryMatching", "k is read only with method NearestExamples"],
+        id="k-without-nearest-examples",
+    ),
+    pytest.param(
         changed(valid_policy(), "spec.routes.0.targets.1.weight", 30),
         ["spec.routes[0].targets", "weights must add up to 100"],
         id="weights-not-100",

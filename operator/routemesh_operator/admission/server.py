@@ -108,6 +108,11 @@ class AdmissionServer:
             logger.info("refusing pod in %s: %s", admission.get("namespace"), exc)
             self._on_decision("refused")
             return _answer(uid, allowed=False, message=f"RouteMesh sidecar injection: {exc}")
+        except Exception:
+            # The API server then applies the failure policy (Ignore: the pod runs without a
+            # sidecar): count it, so that an alert can say so.
+            self._on_decision("error")
+            raise
         return _answer(uid, allowed=True, patch=patch)
 
     async def _patch_for(self, admission: dict[str, Any]) -> list[dict[str, Any]]:

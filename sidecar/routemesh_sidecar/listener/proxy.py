@@ -32,7 +32,14 @@ from routemesh_sidecar.protocol.openai import (
 )
 from routemesh_sidecar.protocol.sse import encode_event
 from routemesh_sidecar.protocol.usage import Usage
-from routemesh_sidecar.routetable import ActiveRouteTable, Api, ModelInfo, Route, RouteTable
+from routemesh_sidecar.routetable import (
+    ActiveRouteTable,
+    Api,
+    ModelInfo,
+    Route,
+    RouteTable,
+    TableRefused,
+)
 from routemesh_sidecar.routing.contracts import RoutingRequest
 from routemesh_sidecar.routing.pipeline import (
     Decision,
@@ -224,25 +231,17 @@ class Listener:
 
         return handle
 
-    async def _route(
-        self, request: web.Request, table: RouteTable, call: DownstreamCall, started: float
-    ) -> web.StreamResponse:
-        routing_request = RoutingRequest(
-            call.api,
-            call.operation,
-            str(call.body["model"]),
-            call.headers,
-            call.body,
-            self.parts.rng,
-            self.parts.executor.clock.monotonic(),
-            len(call.raw) if call.raw is not None else None,
-            self.parts.tokenizers,
-        )
-        if self.parts.semantic is not None:
-            # In the embedding pool (or the cache), before the synchronous route match reads it.
-            await self.parts.semantic.embed(table, routing_request)
+    async def _decision(
+        self, table: RouteTable, routing_request: RoutingRequest, call: DownstreamCall
+    ) -> Decision | web.StreamResponse:
+        """The routing decision, or the answer that says why the request has none."""
         try:
-            decision = self.parts.router.decide(table, routing_request)
+            if self.parts.semantic is not None:
+                # In the embedding pool (or the cache), before the synchronous match reads it.
+                await self.parts.semantic.embed(table, routing_request)
+            return self.parts.router.decide(table, routing_request)
+        except TableRefused as exc:  # the category model cannot run now: say so, in the API's shape
+            return error_response(call.api, ApiError(503, f"cannot route by category: {exc}"))
         except NoRoute as exc:
             return error_response(
                 call.api, ApiError(404, str(exc), code="model_not_found", param="model")
@@ -266,6 +265,25 @@ class Listener:
                 message=str(exc),
             )
             return _no_healthy_upstream(call.api, str(exc), exc.retry_after)
+
+    async def _route(
+        self, request: web.Request, table: RouteTable, call: DownstreamCall, started: float
+    ) -> web.StreamResponse:
+        routing_request = RoutingRequest(
+            call.api,
+            call.operation,
+            str(call.body["model"]),
+            call.headers,
+            call.body,
+            self.parts.rng,
+            self.parts.executor.clock.monotonic(),
+            len(call.raw) if call.raw is not None else None,
+            self.parts.tokenizers,
+        )
+        found = await self._decision(table, routing_request, call)
+        if not isinstance(found, Decision):
+            return found
+        decision = found
         trace = RequestTrace(
             self.parts.spans,
             call.headers,

@@ -43,6 +43,9 @@ from routemesh_sidecar.routing.categories import MAX_CHARS, CategoryMatch
 from routemesh_sidecar.routing.contracts import RoutingRequest
 
 MODEL_TIERS = ("Static", "Transformer")
+# Prepared tables kept: the one in use, the one being swapped in, and a few older ones that
+# requests still in flight may have started on.
+KEPT_TABLES = 8
 
 
 class EmbeddingClassifier:
@@ -136,9 +139,21 @@ class SemanticMatcher:
         self.cache_misses = 0
 
     async def prepare(self, table: RouteTable) -> None:
-        """Load the table's tier and embed its examples; TableRefused when it cannot."""
+        """Load the table's tier and embed its examples; TableRefused when it cannot.
+
+        Any failure refuses the table (a NACK with the reason), never an error the source
+        would retry forever without answering.
+        """
         if not uses_model(table):
             return
+        try:
+            await self._prepare(table)
+        except TableRefused:
+            raise
+        except Exception as exc:
+            raise TableRefused(f"its categories could not be embedded: {exc}") from exc
+
+    async def _prepare(self, table: RouteTable) -> None:
         matching = table.category_matching
         assert matching is not None  # noqa: S101 (uses_model checked it)
         loop = asyncio.get_running_loop()
@@ -152,7 +167,7 @@ class SemanticMatcher:
             vectors = await loop.run_in_executor(self._pool, encoder.encode, examples)
             classifiers[id(signals)] = EmbeddingClassifier(signals.categories, vectors, matching)
         self._prepared[id(table)] = PreparedTable(table, encoder, classifiers)
-        while len(self._prepared) > 2:  # the table in use and the one being swapped in
+        while len(self._prepared) > KEPT_TABLES:
             self._prepared.popitem(last=False)
 
     def prepared(self, table: RouteTable) -> PreparedTable | None:
@@ -161,10 +176,18 @@ class SemanticMatcher:
         return found if found is not None and found.table is table else None
 
     async def embed(self, table: RouteTable, request: RoutingRequest) -> None:
-        """Embed the request's last user message for the table's tier, in the pool or cache."""
+        """Embed the request's last user message for the table's tier, in the pool or cache.
+
+        A request that started on a table prepared long ago (several swaps since, so its
+        classifiers were dropped) prepares it again rather than fail; TableRefused if it cannot.
+        """
+        if not uses_model(table):
+            return
         prepared = self.prepared(table)
         if prepared is None:
-            return
+            await self.prepare(table)
+            prepared = self.prepared(table)
+            assert prepared is not None  # noqa: S101 (prepare keeps it, or raised)
         text = request.last_user_text[:MAX_CHARS]
         key = (prepared.encoder.name, hashlib.blake2b(text.encode(), digest_size=16).digest())
         vector = self._cache.get(key)

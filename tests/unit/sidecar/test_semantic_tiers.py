@@ -281,3 +281,37 @@ def test_a_tier_the_sidecar_cannot_run_is_refused_and_the_old_table_stays(tmp_pa
 def test_an_unprepared_embedding_table_is_never_matched_by_words():
     with pytest.raises(RuntimeError, match="was not prepared"):
         Router().decide(table("Transformer"), routing_request("Write a Python function"))
+
+
+class Failing:
+    name = "Static"
+
+    def encode(self, texts: Any) -> Any:
+        raise ValueError("the model file is truncated")
+
+
+def test_any_failure_while_preparing_refuses_the_table_rather_than_escaping():
+    async def main() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            semantic = SemanticMatcher(pool, static_model=static_model())
+            semantic._encoders["Static"] = Failing()
+            with pytest.raises(TableRefused, match="could not be embedded: the model file is"):
+                await semantic.prepare(table("Static"))
+
+    asyncio.run(main())
+
+
+def test_a_request_on_a_table_whose_classifiers_were_dropped_prepares_it_again():
+    async def main() -> str:
+        with ThreadPoolExecutor(1) as pool:
+            semantic = SemanticMatcher(pool, static_model=static_model())
+            old = table("Static")
+            await semantic.prepare(old)
+            for _ in range(10):  # later tables push the old one's classifiers out
+                await semantic.prepare(table("Static"))
+            assert semantic.prepared(old) is None
+            request = routing_request("Give me a recipe for pancakes")
+            await semantic.embed(old, request)
+            return Router(semantic=semantic).decide(old, request).route.name
+
+    assert asyncio.run(main()) == "cooking"

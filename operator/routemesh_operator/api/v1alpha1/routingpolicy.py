@@ -624,16 +624,22 @@ class CategoryMatching(ApiModel):
             cel(
                 "!has(self.k) || (has(self.method) && self.method == 'NearestExamples')",
                 "k is read only with method NearestExamples",
-            )
+            ),
+            cel(
+                "!has(self.method) || self.method == 'BestExample' "
+                "|| (has(self.tier) && self.tier != 'Lexical')",
+                "method Centroid and NearestExamples need tier Static or Transformer: "
+                "the Lexical tier scores a category by its best example",
+            ),
         )
     )
 
     tier: Literal["Lexical", "Static", "Transformer"] | None = None
     """The model: Lexical (TF-IDF over words and trigrams; no model, in every sidecar image),
-    Static (a token table distilled from MiniLM; about 0.1 ms a request) or Transformer
-    (MiniLM, int8, on onnxruntime; a few ms a request). Static and Transformer need the sidecar
-    image with the embeddings extra; a sidecar without it refuses the table (NACK) and the
-    status says so. Absent means Lexical."""
+    Static (a token table distilled from MiniLM; about 0.3 ms a request) or Transformer
+    (MiniLM, int8, on onnxruntime; about 10 ms for a chat prompt on one core). Static and
+    Transformer need the sidecar image with the embeddings extra; a sidecar without it refuses
+    the table (NACK) and the status says so. Absent means Lexical."""
     method: Literal["BestExample", "Centroid", "NearestExamples"] | None = None
     """A category's similarity: its best example's (BestExample), its examples' mean
     direction's (Centroid), or the mean of its examples among the k nearest of all categories'
