@@ -24,8 +24,10 @@ if [[ -f "$out/.complete" ]]; then
   exit 0
 fi
 
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
 module_dir() {  # the extracted module's directory, downloaded through the module proxy
-  (cd "$(mktemp -d)" && go mod download -json "$1@$2") \
+  (cd "$scratch" && go mod download -json "$1@$2") \
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])'
 }
 

@@ -10,8 +10,9 @@ what it owns.
 The runtime creates one `Anchor`, runs `follow` as a named background task, and hands
 `references` to the writers (certificate store, leader election, reconciler). Without the
 configuration (a standalone run, or before the chart created it) `references` is empty and the
-objects are written unowned, as before; the loop keeps looking, and the uid is read again so a
-configuration deleted and recreated is never pointed at by a stale uid for long. It only reads.
+objects are written unowned, as before; the loop keeps looking, and reads the uid again every
+10 s, so a configuration deleted and created again is pointed at by a stale uid (whose objects
+the collector deletes, and the operator writes again) for 10 s at most. It only reads.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class Anchor:
             "blockOwnerDeletion": False,
         }
 
-    async def follow(self, every: float = 30.0) -> None:
+    async def follow(self, every: float = 10.0) -> None:
         """Refresh every `every` seconds until cancelled; failures are logged and retried."""
         while True:
             try:
