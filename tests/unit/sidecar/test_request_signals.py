@@ -45,6 +45,11 @@ def chat(*messages: tuple[str, str]) -> dict[str, Any]:
         ("오늘 날씨가 어때요?", "ko"),
         ("ما هي عاصمة فرنسا؟", "ar"),
         ("मौसम कैसा है?", "hi"),
+        ("מהי בירת צרפת ואיך מגיעים אליה?", "he"),
+        ("Ποια είναι η πρωτεύουσα της Γαλλίας;", "el"),
+        ("เมืองหลวงของฝรั่งเศสคืออะไร", "th"),
+        # A script outranks a few Latin words in it (a product name, code).
+        ("Πώς ρυθμίζω το Kubernetes ingress στο cluster μου;", "el"),
         ("def mean(xs): return sum(xs) / len(xs)", None),
         (LONG, "en"),
         ("x" * 200_000, None),
