@@ -66,7 +66,8 @@ def example_documents(urls: dict[str, str], tier: str | None = None) -> list[dic
             key = OPENAI_KEY if doc["metadata"]["name"] == "openai" else ANTHROPIC_KEY
             secrets.append(key_secret(reference, key))
         if doc["kind"] == "RoutingPolicy" and tier is not None:
-            doc["spec"]["categoryMatching"]["tier"] = tier
+            # Only the tier: Centroid is refused with Lexical (it would be ignored there).
+            doc["spec"]["categoryMatching"] = {"tier": tier}
     return secrets + docs
 
 
