@@ -84,6 +84,7 @@ class Sidecar:
             self.embedding_pool,
             static_model=settings.static_model,
             cache_size=settings.embedding_cache_size,
+            queue_limit=settings.embedding_queue_limit,
         )
         self.active.add_preparer(self.semantic.prepare)
         self.metrics = Metrics()

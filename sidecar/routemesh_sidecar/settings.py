@@ -51,6 +51,13 @@ class SidecarSettings(BaseSettings):
         description="Threads the embedding tiers run in, off the event loop (onnxruntime "
         "releases the GIL, so they run in parallel with requests).",
     )
+    embedding_queue_limit: int = Field(
+        default=64,
+        ge=1,
+        le=100_000,
+        description="Prompts that may wait for the embedding threads at once; one more is "
+        "answered 503 with Retry-After (shed, not queued without bound behind a slow model).",
+    )
     embedding_cache_size: int = Field(
         default=4096,
         ge=0,

@@ -48,7 +48,7 @@ from routemesh_sidecar.routing.pipeline import (
     NoRoute,
     Router,
 )
-from routemesh_sidecar.routing.semantic import SemanticMatcher
+from routemesh_sidecar.routing.semantic import EmbeddingBusy, SemanticMatcher
 from routemesh_sidecar.routing.signals import CHARS_PER_TOKEN
 from routemesh_sidecar.routing.tokens import Tokenizers
 from routemesh_sidecar.telemetry.accounting import request_cost
@@ -242,6 +242,9 @@ class Listener:
             return self.parts.router.decide(table, routing_request)
         except TableRefused as exc:  # the category model cannot run now: say so, in the API's shape
             return error_response(call.api, ApiError(503, f"cannot route by category: {exc}"))
+        except EmbeddingBusy as exc:  # shed: a client retries after a second, as for a 429
+            error = ApiError(503, f"cannot route by category now: {exc}", code="overloaded")
+            return error_response(call.api, error, {"retry-after": "1"})
         except NoRoute as exc:
             return error_response(
                 call.api, ApiError(404, str(exc), code="model_not_found", param="model")

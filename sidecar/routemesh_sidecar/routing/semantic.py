@@ -48,6 +48,10 @@ MODEL_TIERS = ("Static", "Transformer")
 KEPT_TABLES = 8
 
 
+class EmbeddingBusy(RuntimeError):
+    """More prompts wait for the embedding pool than its limit: shed this one, do not queue it."""
+
+
 class EmbeddingClassifier:
     """The categories of one match, with their examples' unit vectors."""
 
@@ -127,9 +131,18 @@ class SemanticMatcher:
     """The sidecar's embedding tiers: encoders, prepared tables, and the request cache."""
 
     def __init__(
-        self, pool: Executor, *, static_model: Path | None = None, cache_size: int = 4096
+        self,
+        pool: Executor,
+        *,
+        static_model: Path | None = None,
+        cache_size: int = 4096,
+        queue_limit: int = 64,
     ) -> None:
         self._pool = pool
+        # Prompts embedding or waiting for the pool; beyond the limit a request is shed (a 503
+        # with Retry-After) rather than queued without bound behind a slow model.
+        self._queue_limit = queue_limit
+        self.waiting = 0
         self._static_model = static_model
         self._encoders: dict[str, Encoder] = {}
         self._prepared: OrderedDict[int, PreparedTable] = OrderedDict()
@@ -196,14 +209,26 @@ class SemanticMatcher:
             self.cache_hits += 1
             request.__dict__["embedding_cached"] = True
         else:
-            loop = asyncio.get_running_loop()
-            vector = (await loop.run_in_executor(self._pool, prepared.encoder.encode, [text]))[0]
+            vector = await self._encode(prepared.encoder, text)
             self._cache[key] = vector
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
             self.cache_misses += 1
             request.__dict__["embedding_cached"] = False
         request.__dict__["embedding"] = vector
+
+    async def _encode(self, encoder: Encoder, text: str) -> Any:
+        if self.waiting >= self._queue_limit:
+            raise EmbeddingBusy(
+                f"{self.waiting} prompts already wait for the {encoder.name} model "
+                f"(the limit is {self._queue_limit})"
+            )
+        self.waiting += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return (await loop.run_in_executor(self._pool, encoder.encode, [text]))[0]
+        finally:
+            self.waiting -= 1
 
     def _encoder(self, tier: str) -> Encoder:
         encoder = self._encoders.get(tier)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import random
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,11 @@ from routemesh_sidecar.routetable import (
 )
 from routemesh_sidecar.routing.contracts import RoutingRequest
 from routemesh_sidecar.routing.pipeline import Router
-from routemesh_sidecar.routing.semantic import EmbeddingClassifier, SemanticMatcher
+from routemesh_sidecar.routing.semantic import (
+    EmbeddingBusy,
+    EmbeddingClassifier,
+    SemanticMatcher,
+)
 from routemesh_testing import tables
 from routemesh_testing.models import static_model
 
@@ -315,3 +320,45 @@ def test_a_request_on_a_table_whose_classifiers_were_dropped_prepares_it_again()
             return Router(semantic=semantic).decide(old, request).route.name
 
     assert asyncio.run(main()) == "cooking"
+
+
+class Gated:
+    """An encoder that holds prompts marked "slow" until the test opens the gate."""
+
+    name = "Static"
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+
+    def encode(self, texts: Any) -> Any:
+        if any("slow" in text for text in texts):
+            assert self.gate.wait(10)
+        return np.tile(unit(1, 0, 0), (len(texts), 1))
+
+
+def test_beyond_the_queue_limit_a_prompt_is_shed_not_queued_without_bound():
+    async def main() -> tuple[int, int]:
+        with ThreadPoolExecutor(1) as pool:
+            semantic = SemanticMatcher(pool, static_model=static_model(), queue_limit=2)
+            gated = Gated()
+            semantic._encoders["Static"] = gated
+            prepared = table("Static")
+            await semantic.prepare(prepared)
+            waiting = [
+                asyncio.create_task(semantic.embed(prepared, routing_request(f"slow {i}")))
+                for i in range(2)
+            ]
+            while semantic.waiting < 2:  # until both are submitted: no clock involved
+                await asyncio.sleep(0)
+            full = semantic.waiting
+            with pytest.raises(EmbeddingBusy, match="2 prompts already wait"):
+                await semantic.embed(prepared, routing_request("slow 3"))
+            cached = routing_request("slow 0")  # not cached yet either: shed too
+            with pytest.raises(EmbeddingBusy):
+                await semantic.embed(prepared, cached)
+            gated.gate.set()
+            await asyncio.gather(*waiting)
+            await semantic.embed(prepared, routing_request("slow 0"))  # a hit: never shed
+            return full, semantic.waiting
+
+    assert asyncio.run(main()) == (2, 0)
