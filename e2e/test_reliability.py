@@ -9,6 +9,7 @@ sidecar), and, where a request took a detour, that its trace in the backend says
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
@@ -99,6 +100,7 @@ def test_a_provider_hard_down_then_back_fails_over_and_the_traces_say_why(system
     with Traffic(system.base_url) as traffic:
         traffic.wait_for(10)
         system.primary.go_down()  # its host is gone: connections refused
+        down_at = time.monotonic()
         down_from = len(traffic.outcomes)
         traffic.wait_for(20)
         down = traffic.outcomes[down_from + 1 : len(traffic.outcomes)]
@@ -113,16 +115,26 @@ def test_a_provider_hard_down_then_back_fails_over_and_the_traces_say_why(system
     assert_nothing_lost(traffic.outcomes)
     assert {o.backend for o in down} == {"spare"}, "while primary was down, spare served"
     assert recovered == ["primary"] * 5, "once it was back, its breaker closed and it served"
-    # The first request after it went down tried primary, failed to connect, and fell back.
-    failover = next(o for o in traffic.outcomes[down_from:] if o.backend == "spare")
-    trace = trace_of(system, failover.trace_id, 3)
-    [route_span] = [s for s in trace if s["name"] == "routemesh.route"]
-    assert route_span["attributes"]["routemesh.backend"] == "spare"
-    assert route_span["attributes"]["routemesh.fallback.cause"] == "connect_error"
-    attempts = {s["attributes"]["routemesh.backend"]: s for s in trace if s is not route_span}
-    assert attempts["primary"]["status_code"] == "ERROR"
-    assert attempts["primary"]["attributes"]["error.type"] == "connect_error"
-    assert attempts["spare"]["attributes"]["gen_ai.usage.output_tokens"] > 0
+    # The requests sent after it went down tried primary and fell back. The first may have met
+    # the idle keep-alive connection the host closed as it went (the write goes out, the reset
+    # comes back: server_error, "closed the connection before answering"); from then on the
+    # connections are refused. Both causes are the host going away; none other may show.
+    failovers = [o for o in traffic.outcomes if o.started > down_at and o.backend == "spare"]
+    causes = []
+    for failover in failovers[:2]:
+        trace = trace_of(system, failover.trace_id, 3)
+        [route_span] = [s for s in trace if s["name"] == "routemesh.route"]
+        assert route_span["attributes"]["routemesh.backend"] == "spare"
+        causes.append(route_span["attributes"]["routemesh.fallback.cause"])
+        attempts = {s["attributes"]["routemesh.backend"]: s for s in trace if s is not route_span}
+        assert attempts["primary"]["status_code"] == "ERROR"
+        assert attempts["primary"]["attributes"]["error.type"] == causes[-1]
+        assert attempts["spare"]["attributes"]["gen_ai.usage.output_tokens"] > 0
+        if causes[-1] == "connect_error":
+            break
+    assert causes[-1] == "connect_error", causes
+    assert set(causes) <= {"server_error", "connect_error"}, causes
+    assert causes.count("server_error") <= 1, causes
 
 
 def trace_of(system: System, trace_id: str, spans: int) -> list[dict[str, Any]]:

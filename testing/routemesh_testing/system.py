@@ -94,6 +94,7 @@ class Outcome:
     text: str
     backend: str
     error: str = ""
+    started: float = 0.0  # time.monotonic() when it was sent
 
 
 class Traffic:
@@ -141,6 +142,12 @@ class Traffic:
                 time.sleep(self.pause)
 
     def _one(self, client: openai.OpenAI) -> Outcome:
+        started = time.monotonic()
+        outcome = self._send(client)
+        outcome.started = started
+        return outcome
+
+    def _send(self, client: openai.OpenAI) -> Outcome:
         trace_id = secrets.token_hex(16)
         headers = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
         try:
