@@ -96,18 +96,7 @@ def test_the_sidecar_tree_answers_readyz_and_imports_nothing_from_outside(
         record=record,
     )
     env = environment(tree, tmp_path, OPENAI_API_KEY="sk-test", ANTHROPIC_API_KEY="sk-ant-test")
-    with (tmp_path / "sidecar.log").open("wb") as log:
-        child = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        ready = poll_until(
-            lambda: http_ok(f"http://127.0.0.1:{admin}/readyz", 1.0), bool, timeout=60
-        )
-        assert ready, (tmp_path / "sidecar.log").read_text()[-2000:]
-        child.send_signal(signal.SIGTERM)
-        assert child.wait(timeout=30) == 0
-    finally:
-        terminate(child)
-    files = json.loads(record.read_text())
+    files = run_until_ready(argv, env, admin, tmp_path, record, timeout=60)
     assert any(f.startswith(str(tree / "lib" / "routemesh_sidecar")) for f in files)
     assert any(f.startswith(str(tree / "lib" / "uvloop")) for f in files), "on uvloop"
     assert outside(tree, files) == []
@@ -188,19 +177,8 @@ def test_the_embeddings_tree_runs_both_model_tiers_from_the_tree_alone(
         record=record,
     )
     env = environment(tree, tmp_path, ROUTEMESH_SIDECAR_STATIC_MODEL=str(model))
-    with (tmp_path / "sidecar.log").open("wb") as log:
-        child = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        # Ready means the table was admitted: its tier's model loaded and embedded the examples.
-        ready = poll_until(
-            lambda: http_ok(f"http://127.0.0.1:{admin}/readyz", 1.0), bool, timeout=90
-        )
-        assert ready, (tmp_path / "sidecar.log").read_text()[-2000:]
-        child.send_signal(signal.SIGTERM)
-        assert child.wait(timeout=30) == 0
-    finally:
-        terminate(child)
-    files = json.loads(record.read_text())
+    # Ready means the table was admitted: its tier's model loaded and embedded the examples.
+    files = run_until_ready(argv, env, admin, tmp_path, record, timeout=90)
     loaded = "onnxruntime" if tier == "Transformer" else "tokenizers"
     assert any(f.startswith(str(tree / "lib" / loaded)) for f in files)
     assert outside(tree, files) == []
@@ -209,3 +187,22 @@ def test_the_embeddings_tree_runs_both_model_tiers_from_the_tree_alone(
 @pytest.fixture(scope="module")
 def embeddings_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build("sidecar,embeddings", tmp_path_factory.mktemp("rootfs") / "sidecar-embeddings")
+
+
+def run_until_ready(
+    argv: list[str], env: dict[str, str], admin: int, tmp_path: Path, record: Path, timeout: float
+) -> list[str]:
+    """Start a sidecar from a tree, await readiness, SIGTERM it; the files it imported."""
+    with (tmp_path / "sidecar.log").open("wb") as log:
+        child = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        ready = poll_until(
+            lambda: http_ok(f"http://127.0.0.1:{admin}/readyz", 1.0), bool, timeout=timeout
+        )
+        assert ready, (tmp_path / "sidecar.log").read_text()[-2000:]
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=30) == 0
+    finally:
+        terminate(child)
+    files: list[str] = json.loads(record.read_text())
+    return files
