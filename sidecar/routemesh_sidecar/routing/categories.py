@@ -113,14 +113,25 @@ class CategoryClassifier:
 
     def classify(self, text: str) -> CategoryMatch | None:
         """The first category the text is in, else the closest one; None without categories."""
-        closest: CategoryMatch | None = None
-        for category, similarity in zip(self._categories, self.similarities(text), strict=True):
-            found = CategoryMatch(category.name, similarity, category.threshold)
-            if found.matched:
-                return found
-            if closest is None or similarity > closest.similarity:
-                closest = found
-        return closest
+        return first_matched_else_closest(self._categories, self.similarities(text))
+
+
+def first_matched_else_closest(
+    categories: Sequence[Category], similarities: Sequence[float]
+) -> CategoryMatch | None:
+    """The first category whose threshold the similarity meets, else the most similar one.
+
+    Every matcher tier (lexical or embedded) decides the same way, so that a policy's categories
+    mean the same thing whichever tier scores them: order breaks ties between matched categories.
+    """
+    closest: CategoryMatch | None = None
+    for category, similarity in zip(categories, similarities, strict=True):
+        found = CategoryMatch(category.name, similarity, category.threshold)
+        if found.matched:
+            return found
+        if closest is None or similarity > closest.similarity:
+            closest = found
+    return closest
 
 
 class CategoryIndex:

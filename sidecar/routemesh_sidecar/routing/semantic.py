@@ -39,7 +39,11 @@ from routemesh_sidecar.routetable import (
     Signals,
     TableRefused,
 )
-from routemesh_sidecar.routing.categories import MAX_CHARS, CategoryMatch
+from routemesh_sidecar.routing.categories import (
+    MAX_CHARS,
+    CategoryMatch,
+    first_matched_else_closest,
+)
 from routemesh_sidecar.routing.contracts import RoutingRequest
 
 MODEL_TIERS = ("Static", "Transformer")
@@ -92,14 +96,7 @@ class EmbeddingClassifier:
 
     def classify(self, vector: Any) -> CategoryMatch | None:
         """The first category the vector is in, else the closest one."""
-        closest: CategoryMatch | None = None
-        for category, similarity in zip(self._categories, self.similarities(vector), strict=True):
-            found = CategoryMatch(category.name, similarity, category.threshold)
-            if found.matched:
-                return found
-            if closest is None or similarity > closest.similarity:
-                closest = found
-        return closest
+        return first_matched_else_closest(self._categories, self.similarities(vector))
 
 
 @dataclass
