@@ -26,6 +26,16 @@ def key_secret(name: str, api_key: str) -> dict[str, Any]:
     }
 
 
+def model_spec(name: str, context_window: int) -> dict[str, Any]:
+    """One served model of a hosted backend: $1 and $2 per million tokens, Standard quality."""
+    return {
+        "name": name,
+        "contextWindow": context_window,
+        "pricing": {"inputPerMillion": "1", "outputPerMillion": "2"},
+        "qualityTier": "Standard",
+    }
+
+
 def hosted_backend(
     name: str,
     url: str,
@@ -68,15 +78,7 @@ def chat_setup(
         docs.append(
             {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": service_account}}
         )
-    models = [
-        {
-            "name": name,
-            "contextWindow": 8000,
-            "pricing": {"inputPerMillion": "1", "outputPerMillion": "2"},
-            "qualityTier": "Standard",
-        }
-        for name in ("small", "big")
-    ]
+    models = [model_spec(name, context_window=8000) for name in ("small", "big")]
     docs += [
         key_secret(secret, api_key),
         hosted_backend("provider", url, models, provider=provider, secret=secret),

@@ -25,7 +25,7 @@ from routemesh_testing.controlplane import LocalControlPlane
 from routemesh_testing.fakes import OPENAI_KEY
 from routemesh_testing.faultproxy import FaultyUpstream
 from routemesh_testing.kubectl import Kubectl
-from routemesh_testing.manifests import hosted_backend, key_secret
+from routemesh_testing.manifests import hosted_backend, key_secret, model_spec
 from routemesh_testing.operator import OperatorProcess
 from routemesh_testing.phoenix import PhoenixServer
 from routemesh_testing.podrun import InjectedSidecar
@@ -37,15 +37,7 @@ CHAT = "/chat/completions"
 
 def setup_documents(primary: str, spare: str, model: str = "m") -> list[dict[str, Any]]:
     """A key, two backends and a Fallback policy (primary, then spare) for `app: chat`."""
-    models = [
-        {
-            "name": served,
-            "contextWindow": 128000,
-            "pricing": {"inputPerMillion": "1", "outputPerMillion": "2"},
-            "qualityTier": "Standard",
-        }
-        for served in ("m", "m2")
-    ]
+    models = [model_spec(served, context_window=128000) for served in ("m", "m2")]
     return [
         key_secret("provider-key", OPENAI_KEY),
         *(
