@@ -17,7 +17,6 @@ import socket
 import ssl
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +40,6 @@ from routemesh_testing.waiting import poll_until
 pytestmark = pytest.mark.timeout(240)
 
 BASE_URL_VARS = ("OPENAI_BASE_URL", "OPENAI_API_BASE", "ANTHROPIC_BASE_URL")
-
-
-@pytest.fixture(scope="module")
-def injecting(
-    control_plane: LocalControlPlane, kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Injecting]:
-    with injecting_operator(control_plane, kubectl, tmp_path_factory.mktemp("webhook")) as setup:
-        yield setup
 
 
 def env_of(container: dict[str, Any]) -> dict[str, Any]:

@@ -20,9 +20,9 @@ import openai
 import pytest
 import yaml
 
-from routemesh_testing.controlplane import REPO_ROOT, LocalControlPlane, free_port
+from routemesh_testing.controlplane import REPO_ROOT, free_port
 from routemesh_testing.fakes import ANTHROPIC_KEY, OPENAI_KEY, FakeAnthropic, FakeOpenAI
-from routemesh_testing.injecting import Injecting, injecting_operator
+from routemesh_testing.injecting import Injecting
 from routemesh_testing.kubectl import Kubectl
 from routemesh_testing.manifests import key_secret, wait_for_table_version
 from routemesh_testing.models import static_model
@@ -36,14 +36,6 @@ pytestmark = pytest.mark.timeout(240)
 EXAMPLE = REPO_ROOT / "examples" / "semantic-router.yaml"
 # What the image built with EXTRAS=sidecar,embeddings sets (images/sidecar.Dockerfile).
 EMBEDDINGS_IMAGE = {"ROUTEMESH_SIDECAR_STATIC_MODEL": "__model__"}
-
-
-@pytest.fixture(scope="module")
-def injecting(
-    control_plane: LocalControlPlane, kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Injecting]:
-    with injecting_operator(control_plane, kubectl, tmp_path_factory.mktemp("webhook")) as setup:
-        yield setup
 
 
 @pytest.fixture(scope="module")
