@@ -45,6 +45,10 @@ bench-data: install ## Install the public prompt sets the routing-quality benchm
 bench-routing: bench-data models ## The routing-quality benchmark: each category tier's accuracy on held-out public prompts, and its decision latency
 	PYTHONPATH=testing $(PY) bench/run.py routing_quality
 
+.PHONY: router
+router: bench-data ## Train the learned router on the public prompt sets (cross-validated) and write the sidecar's model file
+	PYTHONPATH=testing $(PY) hack/train-router.py
+
 .PHONY: models
 models: install ## Distil (or reuse from cache) the Static category tier's token table from the packaged MiniLM
 	@out="$$(PYTHONPATH=testing $(PY) -m routemesh_testing.models)"; \

@@ -36,6 +36,7 @@ from routemesh_sidecar.discovery.watch import (
 from routemesh_sidecar.listener.proxy import Listener, ListenerParts
 from routemesh_sidecar.listener.shadow import MirrorLimits, Shadowing
 from routemesh_sidecar.routetable import ActiveRouteTable, Locality, RouteTable, TableRefused
+from routemesh_sidecar.routing.learned import LearnedRouting
 from routemesh_sidecar.routing.pipeline import Router, unsupported_strategies
 from routemesh_sidecar.routing.semantic import SemanticMatcher
 from routemesh_sidecar.routing.tokens import Tokenizers, load_tokenizers
@@ -87,6 +88,8 @@ class Sidecar:
             queue_limit=settings.embedding_queue_limit,
         )
         self.active.add_preparer(self.semantic.prepare)
+        self.learned = LearnedRouting()
+        self.active.add_preparer(self.learned.prepare)
         self.metrics = Metrics()
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
@@ -299,6 +302,7 @@ class Sidecar:
             self.shadowing,
             await self._tokenizers(),
             self.semantic,
+            self.learned,
         )
         self.listen_port = await self._serve(
             Listener(parts).app(),

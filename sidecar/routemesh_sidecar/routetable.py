@@ -218,6 +218,12 @@ class Category(WireModel):
     examples: tuple[str, ...] = Field(min_length=1)
 
 
+class LearnedRouterMatch(WireModel):
+    """Take the requests the learned router scores at or above a strong share's threshold."""
+
+    strong_share: float = Field(gt=0, le=1)
+
+
 class Signals(WireModel):
     """Features of the request a route requires; None means any."""
 
@@ -232,6 +238,7 @@ class Signals(WireModel):
     reasoning: bool | None = None
     languages: Annotated[frozenset[str], SortedSet] = frozenset()  # ISO 639-1; any of them
     categories: tuple[Category, ...] = ()  # any of them must match; in the policy's order
+    learned_router: LearnedRouterMatch | None = None
 
     @cached_property
     def required(self) -> bool:
@@ -240,7 +247,7 @@ class Signals(WireModel):
 
     @model_serializer(mode="wrap")
     def _omit_unused(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return _without_empty(handler(self), "categories")
+        return _without_empty(handler(self), "categories", "learned_router")
 
 
 class RouteMatch(WireModel):

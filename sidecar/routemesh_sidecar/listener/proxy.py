@@ -41,6 +41,7 @@ from routemesh_sidecar.routetable import (
     TableRefused,
 )
 from routemesh_sidecar.routing.contracts import RoutingRequest
+from routemesh_sidecar.routing.learned import LearnedRouting
 from routemesh_sidecar.routing.pipeline import (
     Decision,
     NoCandidate,
@@ -110,6 +111,7 @@ class ListenerParts:
     shadowing: Shadowing | None = None  # None: shadow routes are not evaluated (unit tests)
     tokenizers: Tokenizers | None = None  # None: token counts are estimates
     semantic: SemanticMatcher | None = None  # None: category tiers that embed are not run
+    learned: LearnedRouting | None = None  # None: no table may use the learned router
 
 
 @dataclass
@@ -282,6 +284,7 @@ class Listener:
             self.parts.executor.clock.monotonic(),
             len(call.raw) if call.raw is not None else None,
             self.parts.tokenizers,
+            self.parts.learned.router if self.parts.learned is not None else None,
         )
         found = await self._decision(table, routing_request, call)
         if not isinstance(found, Decision):
@@ -780,6 +783,8 @@ def _decision_attributes(
         if category is not None:
             attributes["routemesh.category"] = category.name
             attributes["routemesh.category.similarity"] = category.similarity
+    if decision.strong_need is not None:
+        attributes["routemesh.learned_router.score"] = round(decision.strong_need, 4)
     return attributes
 
 

@@ -25,6 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from routemesh_sidecar.routetable import Api, Backend, ModelInfo, Route, Target
 from routemesh_sidecar.routing.categories import CategoryMatch
+from routemesh_sidecar.routing.learned import LearnedRouter
 from routemesh_sidecar.routing.signals import (
     RequestSignals,
     detect_language,
@@ -147,6 +148,7 @@ class RoutingRequest:
     now: float = 0.0  # monotonic seconds on the sidecar's clock: health is read as of then
     size_bytes: int | None = None  # the body's size as received, when known
     tokenizers: Tokenizers | None = None  # exact counting, when the sidecar has it
+    learned_router: LearnedRouter | None = None  # loaded when a table of the sidecar uses it
 
     @cached_property
     def plain_text(self) -> bool:
@@ -218,6 +220,23 @@ class RoutingRequest:
     def language(self) -> str | None:
         """The language (ISO 639-1) of what the user last wrote; None when not recognised."""
         return detect_language(self.last_user_text)
+
+    @cached_property
+    def strong_need(self) -> float:
+        """How much what the user last wrote needs the strong model (`routing.learned`), 0-1.
+
+        RuntimeError without a router: a table that uses it is refused until it loads, so a
+        request on such a table always has one.
+        """
+        if self.learned_router is None:
+            raise RuntimeError("the route table uses the learned router, and it was not loaded")
+        return self.learned_router.score(self.last_user_text)
+
+    def needs_strong_model(self, strong_share: float) -> bool:
+        """Whether the request scores at or above the threshold of `strong_share`."""
+        score = self.strong_need
+        assert self.learned_router is not None  # noqa: S101 (strong_need checked it)
+        return score >= self.learned_router.threshold(strong_share)
 
     @cached_property
     def classified(self) -> list[CategoryMatch]:

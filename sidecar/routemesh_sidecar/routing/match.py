@@ -1,10 +1,11 @@
 """Route match: the first route of the table whose match holds takes the request.
 
 Called by the pipeline. A match holds when every part that is set holds: the requested model is
-one of the route's models, every header matches, every signal is within its bounds, and the last
-user message is in one of the route's categories. Categories are checked last, and only when the
-rest holds: they cost the most. Regular expressions are compiled once per route table and the
-categories' example vectors once per table (the caller's `CategoryIndex`), not per request.
+one of the route's models, every header matches, every signal is within its bounds (the learned
+router's score among them), and the last user message is in one of the route's categories.
+Categories are checked last, and only when the rest holds: they cost the most. Regular
+expressions are compiled once per route table and the categories' example vectors once per table
+(the caller's `CategoryIndex`), not per request.
 Nothing here does I/O.
 """
 
@@ -58,6 +59,10 @@ def signals_match(
         and (not rule.keywords or _any_keyword(rule.keywords, signals.text))
         and (rule.reasoning is None or request.reasoning == rule.reasoning)
         and (not rule.languages or request.language in rule.languages)
+        and (
+            rule.learned_router is None
+            or request.needs_strong_model(rule.learned_router.strong_share)
+        )
     )
     if not holds:
         return False

@@ -221,6 +221,7 @@ class Decision:
     transitions: list[Transition] = field(default_factory=list)
     degraded: str | None = None  # why the plan left the route's own targets, when it did
     categories: list[CategoryMatch] = field(default_factory=list)  # closest, per route checked
+    strong_need: float | None = None  # the learned router's score, when a route read it
 
     @property
     def category(self) -> CategoryMatch | None:
@@ -407,6 +408,7 @@ class Router:
         classified = request.__dict__.get("classified")
         if classified:
             decision.categories = classified
+        decision.strong_need = request.__dict__.get("strong_need")
         decision.stage_seconds["match"] = self.timer() - started
         survivors = self._filter(request, route, candidates, decision)
         if not survivors:
