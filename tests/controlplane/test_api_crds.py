@@ -242,6 +242,14 @@ INVALID = [
         id="unknown-language",
     ),
     pytest.param(
+        changed(valid_policy(), "spec.routes.1.match.signals.learnedRouter", {"strongShare": "0"}),
+        [
+            "spec.routes[1].match.signals.learnedRouter",
+            "learnedRouter.strongShare must be above 0",
+        ],
+        id="learned-router-share-zero",
+    ),
+    pytest.param(
         changed(valid_policy(), "spec.routes", [SCORE_BASED]),
         ["spec.routes[0].strategy", "strategy.score is required for type ScoreBased"],
         id="score-based-without-weights",

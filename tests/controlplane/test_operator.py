@@ -31,7 +31,8 @@ pytestmark = pytest.mark.timeout(180)
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 # Every example: the sidecars of this version run every strategy (Cascade in tiered-free-paid)
-# and every signal (semantic categories in cost-saving-router, on embeddings in semantic-router).
+# and every signal (semantic categories in cost-saving-router, on embeddings in semantic-router,
+# the learned router in learned-router).
 RUNNABLE_EXAMPLES = [
     "multi-provider-failover",
     "canary-split",
@@ -39,6 +40,7 @@ RUNNABLE_EXAMPLES = [
     "tiered-free-paid",
     "cost-saving-router",
     "semantic-router",
+    "learned-router",
 ]
 VLLM_ADDRESSES = [("10.1.0.7", "zone-a"), ("10.1.0.8", "zone-b")]
 

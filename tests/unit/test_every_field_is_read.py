@@ -167,6 +167,7 @@ ROUTES = [
                 "turns": {"min": 1, "max": 20},
                 "reasoning": False,
                 "languages": ["en", "fr"],
+                "learnedRouter": {"strongShare": "0.3"},
             },
         },
         privacy={"retention": "Limited"},

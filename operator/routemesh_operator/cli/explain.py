@@ -25,6 +25,12 @@ from routemesh_sidecar.protocol.errors import ApiError
 from routemesh_sidecar.protocol.openai import parse_chat_request
 from routemesh_sidecar.routetable import Api, RouteTable, TableRefused
 from routemesh_sidecar.routing.contracts import RoutingRequest
+from routemesh_sidecar.routing.learned import (
+    LearnedRouter,
+    LearnedRouterUnavailable,
+    load_learned_router,
+    uses_learned_router,
+)
 from routemesh_sidecar.routing.pipeline import Decision, NoCandidate, NoRoute, Router
 from routemesh_sidecar.routing.semantic import SemanticMatcher, uses_model
 from routemesh_sidecar.settings import SidecarSettings
@@ -62,7 +68,15 @@ def explain(table_json: str, request: ExplainRequest) -> dict[str, Any]:
         raise CliError(f"the sidecar would refuse this request: {exc.message}", USAGE) from exc
     headers = {k.lower(): v for k, v in request.headers.items()}
     routing = RoutingRequest(
-        request.api, "chat", str(body["model"]), headers, body, random.Random(0), 0.0, len(raw)
+        request.api,
+        "chat",
+        str(body["model"]),
+        headers,
+        body,
+        random.Random(0),
+        0.0,
+        len(raw),
+        learned_router=_learned_router(table),
     )
     try:
         decision = _router(table).decide(table, routing)
@@ -96,6 +110,16 @@ def _router(table: RouteTable) -> Router:
     return Router(semantic=semantic)
 
 
+def _learned_router(table: RouteTable) -> LearnedRouter | None:
+    """The sidecar's shipped learned router, when the table uses it."""
+    if not uses_learned_router(table):
+        return None
+    try:
+        return load_learned_router()
+    except LearnedRouterUnavailable as exc:
+        raise CliError(f"cannot score like the sidecar would: {exc}", USAGE) from exc
+
+
 def _table(table_json: str) -> RouteTable:
     try:
         return RouteTable.model_validate_json(table_json)
@@ -121,6 +145,8 @@ def _signals(request: RoutingRequest) -> dict[str, Any]:
         "turns": signals.user_turns,
         "reasoning": request.reasoning,
         "language": request.language,
+        # Scored only when a route read it, as in the sidecar.
+        "learnedRouterScore": request.__dict__.get("strong_need"),
     }
 
 

@@ -159,6 +159,11 @@ def _match(match: ApiMatch | None) -> wire.RouteMatch:
             reasoning=signals.reasoning,
             languages=frozenset(signals.languages or ()),
             categories=tuple(_category(c) for c in signals.categories or ()),
+            learned_router=wire.LearnedRouterMatch(
+                strong_share=float(signals.learned_router.strong_share)
+            )
+            if signals.learned_router
+            else None,
         ),
     )
 

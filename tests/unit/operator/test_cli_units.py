@@ -153,3 +153,30 @@ def test_explain_without_the_tiers_model_says_what_is_missing(monkeypatch, tmp_p
     assert refused.value.code == errors.USAGE
     assert "cannot classify like the sidecar would" in refused.value.message
     assert "ROUTEMESH_SIDECAR_STATIC_MODEL" in refused.value.message
+
+
+def learned_table() -> str:
+    built = table(
+        {"b": backend("http://127.0.0.1:9/v1")},
+        route("hard", ("b", "m"), match={"signals": {"learned_router": {"strong_share": 0.3}}}),
+        route("rest", ("b", "m")),
+    )
+    return built.model_dump_json()
+
+
+@pytest.mark.parametrize(
+    ("prompt", "route_name"),
+    [
+        ("Write a Python function that parses this log file and fix the bug:\ndef f(x):\n", "hard"),
+        ("Write a short, warm thank-you note to my neighbour for watering my plants.", "rest"),
+    ],
+)
+def test_explain_shows_the_learned_routers_score(prompt: str, route_name: str):
+    explained = explain(learned_table(), ExplainRequest(model="m", prompt=prompt))
+    assert explained["route"] == route_name
+    assert 0 < explained["signals"]["learnedRouterScore"] <= 1
+
+
+def test_explain_scores_only_when_a_route_reads_the_learned_router():
+    explained = explain(two_routes(), ExplainRequest(model="m", prompt="hello"))
+    assert explained["signals"]["learnedRouterScore"] is None

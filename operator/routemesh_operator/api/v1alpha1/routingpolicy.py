@@ -347,6 +347,25 @@ class Category(ApiModel):
     """Similarity (0 to 1) a request needs to match, for example "0.6". Absent means 0.5."""
 
 
+class LearnedRouter(ApiModel):
+    """The learned router's verdict: the request needs the strong model.
+
+    A model trained offline (RouteLLM-style, shipped in the sidecar) scores how much each
+    request needs a strong model; the route takes those scoring at or above the threshold at
+    which `strongShare` of held-out public prompts do.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel("double(self.strongShare) > 0.0", "learnedRouter.strongShare must be above 0")
+        )
+    )
+
+    strong_share: Ratio
+    """The share of typical requests (0 to 1, for example "0.3") this route should take: the
+    router's threshold is calibrated so that this share of held-out prompts score above it."""
+
+
 class Signals(ApiModel):
     """Features of the request itself. All that are set must hold."""
 
@@ -382,6 +401,8 @@ class Signals(ApiModel):
     ) = None
     """Languages (ISO 639-1), any of which what the user last wrote must be in. A message whose
     language is not recognised (too short, or not among these) matches none."""
+    learned_router: LearnedRouter | None = None
+    """What the user last wrote needs the strong model, as the learned router scores it."""
 
 
 class RouteMatch(ApiModel):
