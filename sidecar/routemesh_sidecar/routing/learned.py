@@ -33,30 +33,58 @@ import itertools
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from routemesh_sidecar.routetable import RouteTable, TableRefused
-from routemesh_sidecar.routing.signals import CODE, MATH
+from routemesh_sidecar.routing.signals import contains_code, contains_math
 
 FORMAT = "routemesh.dev/learned-router/v1"
 MAX_CHARS = 1024  # about 250 tokens: a question and its context; bounds a huge prompt's cost
 _WORDS = re.compile(r"\w+")
+# An ASCII text splits into the same words 4x faster with every non-word character a space.
+_ASCII_NON_WORD = {i: " " for i in range(128) if not (chr(i).isalnum() or chr(i) == "_")}
 _LENGTH_BUCKETS = 12
 
 
-def features(text: str) -> set[str]:
-    """The features of a prompt: words ("w:"), word pairs ("b:"), code, math and length."""
+@dataclass(frozen=True)
+class _Parts:
+    """A prompt's features before they are named: distinct words, distinct pairs, and flags."""
+
+    words: set[str]
+    pairs: set[tuple[str, str]]
+    flags: list[str]
+
+    def __len__(self) -> int:
+        return len(self.words) + len(self.pairs) + len(self.flags)
+
+
+def words(head: str) -> list[str]:
+    """The lower-cased words (runs of word characters) of the text, in order (public for tests)."""
+    folded = head.casefold()
+    if folded.isascii():
+        return folded.translate(_ASCII_NON_WORD).split()
+    return _WORDS.findall(folded)
+
+
+def _parts(text: str) -> _Parts:
     head = text[:MAX_CHARS]
-    words = _WORDS.findall(head.casefold())
-    found = {f"w:{word}" for word in words}
-    found.update(f"b:{first} {second}" for first, second in itertools.pairwise(words))
-    found.add(f"len:{min(len(words).bit_length(), _LENGTH_BUCKETS)}")
-    if CODE.search(head):
-        found.add("code")
-    if MATH.search(head):
-        found.add("math")
+    words_in_order = words(head)
+    flags = [f"len:{min(len(words_in_order).bit_length(), _LENGTH_BUCKETS)}"]
+    if contains_code(head):
+        flags.append("code")
+    if contains_math(head):
+        flags.append("math")
+    return _Parts(set(words_in_order), set(itertools.pairwise(words_in_order)), flags)
+
+
+def features(text: str) -> set[str]:
+    """The features of a prompt, named: words ("w:"), word pairs ("b:"), code, math and length."""
+    parts = _parts(text)
+    found = {f"w:{word}" for word in parts.words}
+    found.update(f"b:{first} {second}" for first, second in parts.pairs)
+    found.update(parts.flags)
     return found
 
 
@@ -73,6 +101,23 @@ class LearnedRouter:
     weights: dict[str, tuple[float, ...]]
     gaps: tuple[float, ...]  # strong minus weak model quality, per category, at least 0
     quantiles: tuple[float, ...]  # held-out scores at 0%, 1%, ..., 100%
+    # The weights by unnamed feature, so that scoring a prompt builds no feature names.
+    _by_word: dict[str, tuple[float, ...]] = field(init=False, repr=False, compare=False)
+    _by_pair: dict[tuple[str, str], tuple[float, ...]] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        by_word, by_pair = {}, {}
+        for name, row in self.weights.items():
+            kind, _, rest = name.partition(":")
+            if kind == "w":
+                by_word[rest] = row
+            elif kind == "b" and " " in rest:
+                first, _, second = rest.partition(" ")
+                by_pair[first, second] = row
+        object.__setattr__(self, "_by_word", by_word)
+        object.__setattr__(self, "_by_pair", by_pair)
 
     @classmethod
     def from_document(cls, document: dict[str, Any]) -> LearnedRouter:
@@ -101,16 +146,15 @@ class LearnedRouter:
 
     def probabilities(self, text: str) -> list[float]:
         """P(category | prompt), in the order of `categories`."""
-        found = features(text)
-        sums = [0.0] * len(self.bias)
-        weights = self.weights
-        for feature in found:
-            row = weights.get(feature)
-            if row is not None:
-                for index, weight in enumerate(row):
-                    sums[index] += weight
+        parts = _parts(text)
+        by_word, by_pair, weights = self._by_word, self._by_pair, self.weights
+        rows = [row for word in parts.words if (row := by_word.get(word)) is not None]
+        rows += [row for pair in parts.pairs if (row := by_pair.get(pair)) is not None]
+        rows += [row for flag in parts.flags if (row := weights.get(flag)) is not None]
+        # Column sums in C (zip transposes): a Python loop per feature and category is 3x slower.
+        sums = [sum(column) for column in zip(*rows, strict=True)] or [0.0] * len(self.bias)
         # Features are scaled to unit length, so that a long prompt does not outvote a short one.
-        scale = 1 / math.sqrt(len(found))
+        scale = 1 / math.sqrt(len(parts))
         logits = [bias + total * scale for bias, total in zip(self.bias, sums, strict=True)]
         top = max(logits)
         exps = [math.exp(logit - top) for logit in logits]

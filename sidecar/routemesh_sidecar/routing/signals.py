@@ -15,13 +15,14 @@ from typing import Any
 
 from routemesh_sidecar.routetable import Api
 
-# Code in a prompt: a fenced block, or lines that look like statements of common languages.
-CODE = re.compile(
-    r"```|^\s*(def |class |import |from \S+ import |function |const |let |var |#include|"
-    r"public |private |func |fn |package |SELECT |INSERT |<\?php|<script)"
-    r"|[;{}]\s*$",
-    re.MULTILINE,
-)
+# Code in a prompt: a fenced block, or a line that looks like a statement of a common language
+# (it opens with one of these after its indentation, or ends in ; { or }).
+_CODE_LINE_STARTS = (
+    "def ", "class ", "import ", "function ", "const ", "let ", "var ", "#include", "public ",
+    "private ", "func ", "fn ", "package ", "SELECT ", "INSERT ", "<?php", "<script",
+)  # fmt: skip
+_CODE_LINE_ENDS = (";", "{", "}")
+_FROM_IMPORT = re.compile(r"from \S+ import ")
 CHARS_PER_TOKEN = 4  # the estimate: a quarter of the characters
 _TOKENS_PER_MESSAGE = 4
 # Markers of reasoning, math or analysis: asks to go step by step, prove, derive, calculate or
@@ -37,11 +38,15 @@ _REASONING_WORDS = re.compile(
 # a date, a phone number, a range or a fraction of an inch far more often than a sum, so those
 # count only in an equation (`12 - 7 =`).
 # The lookahead first: one character test per position before the alternatives (3-4x faster on
-# text without math, where the search runs to the end).
-MATH = re.compile(
-    r"(?=[\\∑∫√≤≥≠±∞\d])(?:\\(frac|sum|int|sqrt)|[∑∫√≤≥≠±∞]|\b\d+\s*[+*^\u00d7\u00f7]\s*\d+\b"
-    r"|\b\d+\s*[-/]\s*\d+\s*=|\b\d+\s*=\s*\d+\b)"
+# text without math, where the search runs to the end). A number is read once, possessively, and
+# then what follows it: giving digits or spaces back could never match (the next character would
+# be a digit or a space), and retrying costs a table of numbers 2x its time.
+_MATH = re.compile(
+    r"(?=[\\∑∫√≤≥≠±∞\d])(?:\\(frac|sum|int|sqrt)|[∑∫√≤≥≠±∞]"
+    r"|\b\d++\s*+(?:[+*^\u00d7\u00f7]\s*+\d+\b|[-/]\s*+\d++\s*+=|=\s*+\d+\b))"
 )
+# In ASCII, every piece of math notation above starts with a digit or a backslash.
+_MATH_STARTS = "0123456789\\"
 # How much of a long prompt the content markers read: enough to judge, bounded in time.
 _MARKER_CHARS = 20_000
 _LANGUAGE_CHARS = 4_000
@@ -214,13 +219,44 @@ class RequestSignals:
     @cached_property
     def code_present(self) -> bool:
         """Whether the prompt contains code; searched only when a route asks."""
-        return bool(CODE.search(self.text))
+        return contains_code(self.text)
+
+
+def contains_code(text: str) -> bool:
+    """A code fence, or a line that opens like a statement or ends in ; { or } (see above).
+
+    Line by line with string methods rather than one multi-line regex, which tries every
+    position of the text: 1.5 µs for 1,000 characters of prose, against 16.
+    """
+    if "```" in text:
+        return True
+    for line in text.split("\n"):
+        indented = line.lstrip()
+        if indented.startswith(_CODE_LINE_STARTS) or line.rstrip().endswith(_CODE_LINE_ENDS):
+            return True
+        if indented.startswith("from ") and _FROM_IMPORT.match(indented):
+            return True
+    return False
+
+
+def contains_math(text: str) -> bool:
+    """Math notation: a LaTeX command, a math symbol, or digits joined by an operator or "=".
+
+    An ASCII text with no digit or backslash is answered without the regex (which
+    tries every position): the common case of prose. Other scripts have digits of their own,
+    so a text that is not ASCII always goes to the regex.
+    """
+    # One substring search per character (memchr-fast), not a set built from the text: 0.3 µs
+    # against 5.5 for 1,000 characters.
+    if text.isascii() and not any(start in text for start in _MATH_STARTS):
+        return False
+    return _MATH.search(text) is not None
 
 
 def reads_like_reasoning(text: str) -> bool:
     """Two reasoning markers, or math notation, in the text's first 20,000 characters."""
     head = text[:_MARKER_CHARS]
-    if MATH.search(head):
+    if contains_math(head):
         return True
     markers = {m.group(0).lower() for m in _REASONING_WORDS.finditer(head)}
     return len(markers) >= 2

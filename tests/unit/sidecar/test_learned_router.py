@@ -3,6 +3,8 @@
 import asyncio
 import json
 import math
+import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from routemesh_sidecar.routing.learned import (
     features,
     load_learned_router,
     packaged_model,
+    words,
 )
 from routemesh_sidecar.routing.match import signals_match
 from routemesh_testing.tables import backend, route, table
@@ -107,6 +110,44 @@ def test_features_are_words_pairs_code_math_and_length():
     assert {"w:solve", "b:solve 2", "code", "math"} <= found
     assert any(f.startswith("len:") for f in found)
     assert features("") == {"len:0"}
+
+
+def named_feature_probabilities(router: LearnedRouter, text: str) -> list[float]:
+    """The model's definition, from the named features the trainer sees: the slow way."""
+    found = features(text)
+    logits = list(router.bias)
+    for feature in found:
+        for index, weight in enumerate(router.weights.get(feature, ())):
+            logits[index] += weight / math.sqrt(len(found))
+    exps = [math.exp(logit - max(logits)) for logit in logits]
+    return [e / sum(exps) for e in exps]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        HARD,
+        EASY,
+        "Prove that 2 + 2 = 4, step by step.",
+        "Écris une lettre à ma grand-mère: ça va très bien, merci !",
+        "用Python写一个快速排序函数",
+        "tabs\tand\x0cform feeds, under_scores, it's 3.14; x_1 -- ok?!",
+        "The meeting notes follow. " * 8_000,
+    ],
+)
+def test_scoring_reads_the_same_features_the_trainer_names(router: LearnedRouter, text: str):
+    expected = named_feature_probabilities(router, text)
+    assert router.probabilities(text) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_ascii_words_split_as_the_word_regex_splits_them(seed: int):
+    rng = random.Random(seed)
+    alphabet = [chr(i) for i in range(128)] + ["word", "Ab_9", "  "]
+    texts = ["".join(rng.choices(alphabet, k=rng.randrange(0, 40))) for _ in range(5_000)]
+    wrong = [t for t in texts if words(t) != re.findall(r"\w+", t.casefold())]
+    assert wrong == []
 
 
 @pytest.mark.parametrize(
