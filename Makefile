@@ -45,6 +45,11 @@ bench-data: install ## Install the public prompt sets the routing-quality benchm
 bench-routing: bench-data models ## The routing-quality benchmark: each category tier's accuracy on held-out public prompts, and its decision latency
 	PYTHONPATH=testing $(PY) bench/run.py routing_quality
 
+.PHONY: bench-cost
+bench-cost: bench-data ## Routing quality, part 2: cost saved against quality kept for the learned router and its baselines, with the curve as a PNG
+	$(PY) -m pip install --quiet matplotlib==3.11.2
+	PYTHONPATH=testing $(PY) bench/run.py routing_cost
+
 .PHONY: router
 router: bench-data ## Train the learned router on the public prompt sets (cross-validated) and write the sidecar's model file
 	PYTHONPATH=testing $(PY) hack/train-router.py
