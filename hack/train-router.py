@@ -1,8 +1,9 @@
 """Train the learned router offline and write the sidecar's model file.
 
 Cross-validates the model on the public prompts (10 folds: each prompt scored by a model that
-did not see it), calibrates the strong-share thresholds on the out-of-fold scores of MT-Bench's
-first turns, then fits on every prompt and writes the weights as JSON, which the sidecar loads
+did not see it, at a temperature fitted without it), fits the final temperature on those
+held-out predictions, calibrates the strong-share thresholds on the out-of-fold scores of
+MT-Bench's first turns, then fits on every prompt and writes the weights as JSON, which the sidecar loads
 without numpy (`routemesh_sidecar.routing.learned`). Deterministic: the same data gives the same
 file. Needs the `bench-data` packages (MT-Bench, HumanEval) and numpy; no network.
 
@@ -38,7 +39,8 @@ def main() -> int:
         f"trained in {time.perf_counter() - started:.1f} s, {len(document['weights'])} features, "
         f"{len(text) / 1024:.0f} KiB: cross-validated accuracy {figures['accuracy']}, "
         f"AUC on MT-Bench (strong categories {figures['strong_categories']}) "
-        f"{figures['auc_mt_bench']}",
+        f"{figures['auc_mt_bench']}, temperature {document['temperature']} "
+        f"(the folds': {figures['temperatures']})",
         file=sys.stderr,
     )
     print(args.out)

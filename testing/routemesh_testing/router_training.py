@@ -5,12 +5,17 @@ Called by `hack/train-router.py` (which writes the sidecar's model file) and by
 The features are the sidecar's own (`routemesh_sidecar.routing.learned.features`), so what is
 trained is exactly what routes. The model is a multinomial logistic regression over MT-Bench's
 eight categories, fitted by full-batch gradient descent from zero weights (no randomness, so the
-same data gives the same file byte for byte).
+same data gives the same file byte for byte). Its probabilities are then sharpened or softened by
+one temperature, the one that minimises the log-loss of predictions on prompts the model did not
+see (temperature scaling): the regularised fit is under-confident, and the need score weighs
+every category's gap by its probability, so calibration changes which prompts rank first.
 
 Data: the written examples (always trained on), MT-Bench's 80 first turns and HumanEval's 164
 problems (`routemesh_testing.prompts`). Cross-validation splits the public prompts into ten
 folds, one MT-Bench prompt per category in each, and scores each fold with a model trained on the
-other nine and the examples: no prompt is ever scored by a model that was trained on it.
+other nine and the examples: no prompt is ever scored by a model that was trained on it, nor by
+a temperature fitted on it (each fold's temperature comes from an inner cross-validation of its
+nine training folds, in three groups).
 Reads package data; writes nothing (the caller does).
 """
 
@@ -28,6 +33,8 @@ from routemesh_sidecar.routing.learned import FORMAT, features
 from routemesh_testing.prompts import CATEGORIES, EXAMPLES, human_eval, mt_bench
 
 FOLDS = 10
+INNER_FOLDS = 3  # the groups of training folds a fold's temperature is fitted on
+TEMPERATURES = tuple(round(0.2 + 0.05 * i, 2) for i in range(37))  # 0.2 to 2.0
 # Per-category MT-Bench scores (1-10, GPT-4 as the judge, both turns), of GPT-4 (strong) and
 # GPT-3.5-turbo (weak): read off FastChat's published radar figure (see docs/architecture.md, "The
 # learned router", for the source and how the values were read).
@@ -94,12 +101,18 @@ class Model:
     vocabulary: list[str]
     weights: npt.NDArray[np.float64]  # (features, categories)
     bias: npt.NDArray[np.float64]  # (categories,)
+    temperature: float = 1.0  # the logits are divided by it
+
+    def logits(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
+        """The logits of each text, before the temperature."""
+        index = {feature: i for i, feature in enumerate(self.vocabulary)}
+        matrix, _ = design(texts, index)
+        result: npt.NDArray[np.float64] = matrix @ self.weights + self.bias
+        return result
 
     def probabilities(self, texts: Sequence[str]) -> npt.NDArray[np.float64]:
         """P(category | text) for each text, computed as the sidecar computes them."""
-        index = {feature: i for i, feature in enumerate(self.vocabulary)}
-        matrix, _ = design(texts, index)
-        return softmax(matrix @ self.weights + self.bias)
+        return softmax(self.logits(texts) / self.temperature)
 
 
 @dataclass
@@ -107,7 +120,9 @@ class CrossValidation:
     """Every public prompt's out-of-fold probabilities, in the order of `prompts`."""
 
     prompts: list[Prompt]
-    probabilities: npt.NDArray[np.float64]
+    probabilities: npt.NDArray[np.float64]  # each fold's, at its own fitted temperature
+    logits: npt.NDArray[np.float64]  # before any temperature: what the final one is fitted on
+    temperatures: list[float]  # each fold's
     scores: npt.NDArray[np.float64] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -207,18 +222,58 @@ def fit(prompts: Sequence[Prompt], settings: TrainingSettings) -> Model:
     return Model(vocabulary, weights, bias)
 
 
+def log_loss(
+    logits: npt.NDArray[np.float64], prompts: Sequence[Prompt], temperature: float
+) -> float:
+    """The weighted mean of -log P(true category), at a temperature."""
+    probabilities = softmax(logits / temperature)
+    truth = [CATEGORIES.index(p.category) for p in prompts]
+    weights = np.array([p.weight for p in prompts])
+    picked = probabilities[np.arange(len(prompts)), truth]
+    return float(-(np.log(np.maximum(picked, 1e-12)) * weights).sum() / weights.sum())
+
+
+def best_temperature(logits: npt.NDArray[np.float64], prompts: Sequence[Prompt]) -> float:
+    """The temperature of TEMPERATURES with the least log-loss on these held-out logits."""
+    return min(TEMPERATURES, key=lambda t: log_loss(logits, prompts, t))
+
+
+def held_out_logits(
+    public: Sequence[Prompt], groups: Sequence[int], settings: TrainingSettings
+) -> npt.NDArray[np.float64]:
+    """Every prompt's logits from a model trained on the examples and the other groups."""
+    examples = example_prompts()
+    logits = np.zeros((len(public), len(CATEGORIES)))
+    for group in sorted(set(groups)):
+        training = examples + [p for p, g in zip(public, groups, strict=True) if g != group]
+        held_out = [i for i, g in enumerate(groups) if g == group]
+        logits[held_out] = fit(training, settings).logits([public[i].text for i in held_out])
+    return logits
+
+
+def fold_temperature(
+    training: Sequence[Prompt], assigned: Sequence[int], settings: TrainingSettings
+) -> float:
+    """A fold's temperature, fitted on its training folds alone, by an inner cross-validation."""
+    ranks = {fold: rank for rank, fold in enumerate(sorted(set(assigned)))}
+    groups = [ranks[fold] % INNER_FOLDS for fold in assigned]
+    return best_temperature(held_out_logits(training, groups, settings), training)
+
+
 def cross_validate(settings: TrainingSettings) -> CrossValidation:
-    """Score every public prompt with a model trained on the other folds and the examples."""
+    """Score every public prompt with a model and a temperature fitted on the other folds."""
     public = public_prompts(settings)
     assigned = folds(public)
-    examples = example_prompts()
-    probabilities = np.zeros((len(public), len(CATEGORIES)))
+    logits = held_out_logits(public, assigned, settings)
+    probabilities = np.zeros_like(logits)
+    temperatures = []
     for fold in range(FOLDS):
-        training = examples + [p for p, f in zip(public, assigned, strict=True) if f != fold]
+        kept = [(p, f) for p, f in zip(public, assigned, strict=True) if f != fold]
+        temperature = fold_temperature([p for p, _ in kept], [f for _, f in kept], settings)
         held_out = [i for i, f in enumerate(assigned) if f == fold]
-        model = fit(training, settings)
-        probabilities[held_out] = model.probabilities([public[i].text for i in held_out])
-    return CrossValidation(public, probabilities)
+        probabilities[held_out] = softmax(logits[held_out] / temperature)
+        temperatures.append(temperature)
+    return CrossValidation(public, probabilities, logits, temperatures)
 
 
 def auc(scores: npt.NDArray[np.float64], positive: npt.NDArray[np.bool_]) -> float:
@@ -242,6 +297,7 @@ def report(cv: CrossValidation) -> dict[str, Any]:
             "both": round(cv.accuracy(), 4),
         },
         "strong_categories": sorted(needs),
+        "temperatures": cv.temperatures,
         "auc_mt_bench": round(auc(cv.scores[mt], positive), 4),
     }
 
@@ -254,6 +310,7 @@ def weights_document(model: Model) -> dict[str, Any]:
         "categories": list(CATEGORIES),
         "gaps": [round(float(g), 4) for g in gaps()],
         "bias": [round(float(b), 5) for b in model.bias],
+        "temperature": model.temperature,
         "weights": {
             feature: [round(float(w), 5) for w in row]
             for feature, row, keep in zip(model.vocabulary, model.weights, kept, strict=True)
@@ -294,4 +351,5 @@ def train(settings: TrainingSettings | None = None) -> dict[str, Any]:
     settings = settings or TrainingSettings()
     cv = cross_validate(settings)
     model = fit(example_prompts() + public_prompts(settings), settings)
+    model.temperature = best_temperature(cv.logits, cv.prompts)
     return document(model, cv, settings)

@@ -7,12 +7,15 @@ from routemesh_sidecar.routing.learned import LearnedRouter
 from routemesh_testing.prompts import CATEGORIES
 from routemesh_testing.router_training import (
     FOLDS,
+    TEMPERATURES,
     Prompt,
     TrainingSettings,
     auc,
+    best_temperature,
     example_prompts,
     fit,
     folds,
+    log_loss,
     need_scores,
     weights_document,
 )
@@ -38,6 +41,29 @@ def test_the_sidecar_computes_what_the_trainer_fitted():
         assert router.probabilities(text) == pytest.approx(list(row), abs=1e-3)
     scores = need_scores(expected)
     assert [router.score(t) for t in TEXTS[:3]] == pytest.approx(list(scores[:3]), abs=1e-3)
+
+
+def test_the_sidecar_applies_the_trainers_temperature():
+    model = fit(example_prompts(), TrainingSettings(iterations=200, min_count=1))
+    model.temperature = 0.5
+    router = LearnedRouter.from_document(
+        {**weights_document(model), "calibration": {"quantiles": [0.0, 0.5, 1.0]}}
+    )
+    sharper = model.probabilities(TEXTS)
+    for text, row in zip(TEXTS, sharper, strict=True):
+        assert router.probabilities(text) == pytest.approx(list(row), abs=1e-3)
+    model.temperature = 1.0
+    assert sharper.max(axis=1).mean() > model.probabilities(TEXTS).max(axis=1).mean()
+
+
+def test_the_temperature_is_the_one_with_the_least_held_out_log_loss():
+    prompts = [Prompt("a", "writing", "mt-bench"), Prompt("b", "coding", "mt-bench")]
+    right = np.zeros((2, len(CATEGORIES)))
+    right[0, CATEGORIES.index("writing")] = right[1, CATEGORIES.index("coding")] = 1.0
+    assert best_temperature(right, prompts) == min(TEMPERATURES)  # right: be sure
+    wrong = right[::-1].copy()
+    assert best_temperature(wrong, prompts) == max(TEMPERATURES)  # wrong: be unsure
+    assert log_loss(right, prompts, 0.5) < log_loss(right, prompts, 1.0)
 
 
 def test_fitting_is_deterministic():

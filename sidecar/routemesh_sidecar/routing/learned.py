@@ -11,8 +11,10 @@ library, with no scikit-learn and no numpy. A request's score is the expected qu
 between the strong and the weak model, given the category probabilities:
 sum over categories of P(category | prompt) x gap(category), divided by the largest gap, in
 [0, 1]. The gaps are the published per-category MT-Bench scores of GPT-4 and GPT-3.5-turbo that
-the file carries. The threshold of a strong share is the (1 - share) quantile of the scores of
-prompts the model was not trained on (cross-validated), also in the file.
+the file carries. The probabilities are the softmax of the logits divided by the file's
+temperature, fitted so that held-out prompts get the probabilities they should. The threshold of
+a strong share is the (1 - share) quantile of the scores of prompts the model was not trained on
+(cross-validated), also in the file.
 
 Features are computed here, and only here, for training and for routing alike: the lower-cased
 words and word pairs of the first `MAX_CHARS` characters of the last user message, present or
@@ -100,6 +102,7 @@ class LearnedRouter:
     bias: tuple[float, ...]
     weights: dict[str, tuple[float, ...]]
     gaps: tuple[float, ...]  # strong minus weak model quality, per category, at least 0
+    temperature: float  # the logits are divided by it: calibrated on held-out prompts
     quantiles: tuple[float, ...]  # held-out scores at 0%, 1%, ..., 100%
     # The weights by unnamed feature, so that scoring a prompt builds no feature names.
     _by_word: dict[str, tuple[float, ...]] = field(init=False, repr=False, compare=False)
@@ -134,10 +137,13 @@ class LearnedRouter:
                 bias=_row(document["bias"], width),
                 weights={str(f): _row(w, width) for f, w in document["weights"].items()},
                 gaps=_row(document["gaps"], width),
+                temperature=float(document["temperature"]),
                 quantiles=tuple(float(q) for q in document["calibration"]["quantiles"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise LearnedRouterUnavailable(f"the model file is malformed: {exc!r}") from exc
+        if not (math.isfinite(router.temperature) and router.temperature > 0):
+            raise LearnedRouterUnavailable("the model file's temperature is not a positive number")
         if width < 2 or len(router.quantiles) < 2 or max(router.gaps) <= 0:
             raise LearnedRouterUnavailable("the model file has too few categories or no gap")
         if list(router.quantiles) != sorted(router.quantiles):
@@ -155,7 +161,11 @@ class LearnedRouter:
         sums = [sum(column) for column in zip(*rows, strict=True)] or [0.0] * len(self.bias)
         # Features are scaled to unit length, so that a long prompt does not outvote a short one.
         scale = 1 / math.sqrt(len(parts))
-        logits = [bias + total * scale for bias, total in zip(self.bias, sums, strict=True)]
+        # The temperature comes last: the trainer fitted it to the finished logits.
+        logits = [
+            (bias + total * scale) / self.temperature
+            for bias, total in zip(self.bias, sums, strict=True)
+        ]
         top = max(logits)
         exps = [math.exp(logit - top) for logit in logits]
         total = sum(exps)

@@ -119,6 +119,7 @@ def named_feature_probabilities(router: LearnedRouter, text: str) -> list[float]
     for feature in found:
         for index, weight in enumerate(router.weights.get(feature, ())):
             logits[index] += weight / math.sqrt(len(found))
+    logits = [logit / router.temperature for logit in logits]
     exps = [math.exp(logit - max(logits)) for logit in logits]
     return [e / sum(exps) for e in exps]
 
@@ -175,6 +176,9 @@ def test_a_model_file_that_cannot_load_says_why(tmp_path: Path, contents, messag
         pytest.param({"gaps": [0.0] * 8}, "no gap", id="no gap"),
         pytest.param({"bias": [float("nan")] * 8}, "malformed", id="not finite"),
         pytest.param({"calibration": {"quantiles": [0.5, 0.1]}}, "not in order", id="quantiles"),
+        pytest.param({"temperature": 0}, "temperature", id="a temperature of 0"),
+        pytest.param({"temperature": -1.0}, "temperature", id="a negative temperature"),
+        pytest.param({"temperature": "hot"}, "malformed", id="a temperature not a number"),
     ],
 )
 def test_a_model_file_with_bad_numbers_is_refused(tmp_path: Path, change, message):
