@@ -3,9 +3,9 @@
 Cross-validates the model on the public prompts (10 folds: each prompt scored by a model that
 did not see it, at a temperature fitted without it), fits the final temperature on those
 held-out predictions, calibrates the strong-share thresholds on the out-of-fold scores of
-MT-Bench's first turns, then fits on every prompt and writes the weights as JSON, which the sidecar loads
-without numpy (`routemesh_sidecar.routing.learned`). Deterministic: the same data gives the same
-file. Needs the `bench-data` packages (MT-Bench, HumanEval) and numpy; no network.
+MT-Bench's first turns, then fits on every prompt and writes the weights as JSON, which the
+sidecar loads without numpy (`routemesh_sidecar.routing.learned`). Deterministic: the same data
+gives the same file. Needs the `bench-data` packages (MT-Bench, HumanEval) and numpy; no network.
 
 Run by `make router`; the file is checked in, so this runs only when the model changes. Prints
 the cross-validated figures.
