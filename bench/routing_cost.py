@@ -310,6 +310,7 @@ def run() -> list[str]:
             f"{q:.3f} | {quality_at_cost(length, c):.3f} | {random_quality:.3f} |"
         )
     best = best_saving(learned)
+    random_cost, _ = random_at(work, (GOAL_QUALITY - weak_quality) / (1 - weak_quality))
     best_length = best_saving(length)
     rows += [
         "",
@@ -321,6 +322,7 @@ def run() -> list[str]:
         )
         + "; length only "
         + (f"{1 - best_length[1]:.1%} (quality {best_length[2]:.3f})" if best_length else "none")
+        + f"; random {1 - random_cost:.1%}"
         + f". Goal: {GOAL_SAVED:.0%} saved: "
         + ("met" if best and 1 - best[1] >= GOAL_SAVED else "**not met**")
         + f". Against length only: {lead_over(learned, length)}; against random: "
