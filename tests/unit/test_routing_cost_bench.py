@@ -7,6 +7,7 @@ baselines and goal checks compute, so that a wrong sum cannot pass for a saving.
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,13 +17,14 @@ pytestmark = pytest.mark.timeout(30)
 SPEC = importlib.util.spec_from_file_location(
     "routing_cost", Path(__file__).resolve().parents[2] / "bench" / "routing_cost.py"
 )
-assert SPEC is not None and SPEC.loader is not None
+assert SPEC is not None
+assert SPEC.loader is not None
 routing_cost = importlib.util.module_from_spec(SPEC)
 sys.modules["routing_cost"] = routing_cost  # its dataclasses look their module up
 SPEC.loader.exec_module(routing_cost)
 
 
-def workload():
+def workload() -> Any:
     """Four prompts: two where the strong model is far better (reasoning), two where it is not."""
     tokens = np.array([10.0, 10.0, 10.0, 10.0])
     return routing_cost.Workload(
