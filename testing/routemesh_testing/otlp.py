@@ -103,6 +103,12 @@ class OTLPReceiver:
                 )
             time.sleep(0.01)
 
+    def route_span(self, route: str) -> ReceivedSpan:
+        """The first route span of the named route (waiting for it, as `wait_for` does)."""
+        return self.wait_for(
+            lambda s: s.name == "routemesh.route" and s.attributes.get("routemesh.route") == route
+        )[0]
+
     async def _export(self, request: web.Request) -> web.Response:
         body = await request.read()
         message = ExportTraceServiceRequest()

@@ -86,3 +86,20 @@ def table(
     return RouteTable.model_validate(
         {"version": version, "backends": backends, "routes": routes, **fields}
     )
+
+
+def cheap_or_strong(
+    cheap_url: str, strong_url: str, name: str, match: dict[str, Any]
+) -> RouteTable:
+    """A route `name` to "gpt-4o" on `strong_url` for what `match` takes; the rest "gpt-4o-mini".
+
+    The shape of a cost-saving policy, with both backends' keys in OPENAI_KEY.
+    """
+    return table(
+        {
+            "cheap": backend(cheap_url, models={"gpt-4o-mini": model_info()}, key_env="OPENAI_KEY"),
+            "strong": backend(strong_url, models={"gpt-4o": model_info()}, key_env="OPENAI_KEY"),
+        },
+        route(name, ("strong", "gpt-4o"), match=match),
+        route("default", ("cheap", "gpt-4o-mini")),
+    )

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace import SpanProcessor
 from routemesh_testing.fakes import FakeOpenAI
 from routemesh_testing.otlp import OTLPReceiver
 from routemesh_testing.sidecar import SidecarThread
-from routemesh_testing.tables import backend, model_info, route, table
+from routemesh_testing.tables import cheap_or_strong
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,17 +38,8 @@ def sidecar(
     span_processor: SpanProcessor,
     variables: dict[str, str],
 ) -> Iterator[SidecarThread]:
-    routes = table(
-        {
-            "cheap": backend(
-                openai_upstream[1], models={"gpt-4o-mini": model_info()}, key_env="OPENAI_KEY"
-            ),
-            "strong": backend(
-                openai_spare[1], models={"gpt-4o": model_info()}, key_env="OPENAI_KEY"
-            ),
-        },
-        route("reasoning", ("strong", "gpt-4o"), match={"signals": {"categories": [REASONING]}}),
-        route("default", ("cheap", "gpt-4o-mini")),
+    routes = cheap_or_strong(
+        openai_upstream[1], openai_spare[1], "reasoning", {"signals": {"categories": [REASONING]}}
     )
     with SidecarThread(routes, workdir, span_processor=span_processor, variables=variables) as s:
         yield s
@@ -69,12 +60,6 @@ def ask(sidecar: SidecarThread, prompt: str):
         )
 
 
-def route_span(otlp: OTLPReceiver, route_name: str):
-    return otlp.wait_for(
-        lambda s: s.name == "routemesh.route" and s.attributes.get("routemesh.route") == route_name
-    )[0]
-
-
 def test_a_reasoning_like_prompt_takes_the_category_route(
     sidecar: SidecarThread, openai_upstream, openai_spare, otlp: OTLPReceiver
 ):
@@ -83,7 +68,7 @@ def test_a_reasoning_like_prompt_takes_the_category_route(
     assert raw.headers["x-routemesh-route"] == "reasoning"
     assert openai_spare[0].requests[0].json["model"] == "gpt-4o"
     assert openai_upstream[0].count() == 0
-    span = route_span(otlp, "reasoning")
+    span = otlp.route_span("reasoning")
     assert span.attributes["routemesh.category"] == "reasoning"
     assert span.attributes["routemesh.category.similarity"] >= 0.6
     [recorded] = span.attributes["routemesh.categories"]
@@ -97,7 +82,7 @@ def test_an_unrelated_prompt_does_not_match_and_goes_to_the_cheap_model(
     assert raw.parse().choices[0].message.content == "Hello from fake-openai"
     assert raw.headers["x-routemesh-route"] == "default"
     assert openai_spare[0].count() == 0
-    span = route_span(otlp, "default")
+    span = otlp.route_span("default")
     assert "routemesh.category" not in span.attributes
     [recorded] = span.attributes["routemesh.categories"]
     name, similarity = recorded.split("=")

@@ -16,7 +16,7 @@ from routemesh_sidecar.routing.learned import load_learned_router
 from routemesh_testing.fakes import FakeOpenAI
 from routemesh_testing.otlp import OTLPReceiver
 from routemesh_testing.sidecar import SidecarThread
-from routemesh_testing.tables import backend, model_info, route, table
+from routemesh_testing.tables import cheap_or_strong
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,21 +32,11 @@ def sidecar(
     span_processor: SpanProcessor,
     variables: dict[str, str],
 ) -> Iterator[SidecarThread]:
-    routes = table(
-        {
-            "cheap": backend(
-                openai_upstream[1], models={"gpt-4o-mini": model_info()}, key_env="OPENAI_KEY"
-            ),
-            "strong": backend(
-                openai_spare[1], models={"gpt-4o": model_info()}, key_env="OPENAI_KEY"
-            ),
-        },
-        route(
-            "hard",
-            ("strong", "gpt-4o"),
-            match={"signals": {"learned_router": {"strong_share": 0.3}}},
-        ),
-        route("default", ("cheap", "gpt-4o-mini")),
+    routes = cheap_or_strong(
+        openai_upstream[1],
+        openai_spare[1],
+        "hard",
+        {"signals": {"learned_router": {"strong_share": 0.3}}},
     )
     with SidecarThread(routes, workdir, span_processor=span_processor, variables=variables) as s:
         yield s
@@ -61,12 +51,6 @@ def ask(sidecar: SidecarThread, prompt: str):
         )
 
 
-def route_span(otlp: OTLPReceiver, route_name: str):
-    return otlp.wait_for(
-        lambda s: s.name == "routemesh.route" and s.attributes.get("routemesh.route") == route_name
-    )[0]
-
-
 def test_a_request_that_needs_the_strong_model_goes_to_it(
     sidecar: SidecarThread, openai_upstream, openai_spare, otlp: OTLPReceiver
 ):
@@ -74,7 +58,7 @@ def test_a_request_that_needs_the_strong_model_goes_to_it(
     assert raw.parse().choices[0].message.content == "Hello from fake-openai-spare"
     assert raw.headers["x-routemesh-route"] == "hard"
     assert openai_upstream[0].count() == 0
-    span = route_span(otlp, "hard")
+    span = otlp.route_span("hard")
     router = load_learned_router()
     assert span.attributes["routemesh.learned_router.score"] == round(router.score(HARD), 4)
     assert span.attributes["routemesh.learned_router.score"] >= router.threshold(0.3)
@@ -87,5 +71,5 @@ def test_an_easy_request_goes_to_the_cheap_model_with_its_score(
     assert raw.parse().choices[0].message.content == "Hello from fake-openai"
     assert raw.headers["x-routemesh-route"] == "default"
     assert openai_spare[0].count() == 0
-    span = route_span(otlp, "default")
+    span = otlp.route_span("default")
     assert span.attributes["routemesh.learned_router.score"] < load_learned_router().threshold(0.3)
