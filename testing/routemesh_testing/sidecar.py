@@ -15,7 +15,7 @@ import random
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -211,3 +211,7 @@ class SidecarProcess:
     ) -> None:
         if self.process is not None:
             terminate(self.process, grace=DRAIN_GRACE)
+
+
+# Starts a sidecar on a route table (and settings), for as long as the test runs.
+StartSidecar = Callable[..., SidecarThread]

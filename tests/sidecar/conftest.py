@@ -5,8 +5,10 @@ seeded randomness and a span processor that exports over OTLP/HTTP to a real rec
 test asserts on what the client saw and on what the trace recorded.
 """
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -16,6 +18,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from routemesh_testing.fakes import ANTHROPIC_KEY, OPENAI_KEY, FakeAnthropic, FakeOpenAI
 from routemesh_testing.otlp import OTLPReceiver
 from routemesh_testing.serving import ServerThread
+from routemesh_testing.sidecar import SidecarThread, StartSidecar
 
 
 @pytest.fixture(scope="session")
@@ -69,3 +72,22 @@ def variables() -> dict[str, str]:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture
+def start_sidecar(
+    workdir: Path, span_processor: SpanProcessor, variables: dict[str, str]
+) -> Iterator[StartSidecar]:
+    """Start sidecars on route tables, exporting to the receiver with the fakes' keys.
+
+    Each stops when the test ends.
+    """
+    with contextlib.ExitStack() as running:
+
+        def start(routes: Any, **settings: Any) -> SidecarThread:
+            sidecar = SidecarThread(
+                routes, workdir, span_processor=span_processor, variables=variables, **settings
+            )
+            return running.enter_context(sidecar)
+
+        yield start

@@ -6,16 +6,12 @@ one output token per word. Each test checks what the client got, what each upstr
 the response headers, and what the trace says about the escalation.
 """
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import openai
 import pytest
-from opentelemetry.sdk.trace import SpanProcessor
 
 from routemesh_testing.fakes import BreakStream, Fail, FakeAnthropic, FakeOpenAI, Reply
 from routemesh_testing.otlp import OTLPReceiver, ReceivedSpan
-from routemesh_testing.sidecar import SidecarThread
+from routemesh_testing.sidecar import SidecarThread, StartSidecar
 from routemesh_testing.tables import backend, model_info, route, table
 
 pytestmark = pytest.mark.timeout(60)
@@ -35,12 +31,10 @@ DEAR_PRICES = (0.80, 4.00)
 
 @pytest.fixture
 def sidecar(
-    workdir: Path,
     openai_upstream: tuple[FakeOpenAI, str],
     anthropic_upstream: tuple[FakeAnthropic, str],
-    span_processor: SpanProcessor,
-    variables: dict[str, str],
-) -> Iterator[SidecarThread]:
+    start_sidecar: StartSidecar,
+) -> SidecarThread:
     routes = table(
         {
             "openai": backend(
@@ -68,8 +62,7 @@ def sidecar(
         ),
         route("dear-only", ("anthropic", "claude-3-5-haiku-latest"), match={"models": ["dear"]}),
     )
-    with SidecarThread(routes, workdir, span_processor=span_processor, variables=variables) as s:
-        yield s
+    return start_sidecar(routes)
 
 
 def client(sidecar: SidecarThread) -> openai.OpenAI:

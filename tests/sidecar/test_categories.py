@@ -5,16 +5,12 @@ multi-step reasoning goes to the strong model, anything else to the cheap one. T
 the example's own (three utterances, threshold 0.6), matched lexically by the sidecar.
 """
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import openai
 import pytest
-from opentelemetry.sdk.trace import SpanProcessor
 
 from routemesh_testing.fakes import FakeOpenAI
 from routemesh_testing.otlp import OTLPReceiver
-from routemesh_testing.sidecar import SidecarThread
+from routemesh_testing.sidecar import SidecarThread, StartSidecar
 from routemesh_testing.tables import cheap_or_strong
 
 pytestmark = pytest.mark.timeout(60)
@@ -32,17 +28,14 @@ REASONING = {
 
 @pytest.fixture
 def sidecar(
-    workdir: Path,
     openai_upstream: tuple[FakeOpenAI, str],
     openai_spare: tuple[FakeOpenAI, str],
-    span_processor: SpanProcessor,
-    variables: dict[str, str],
-) -> Iterator[SidecarThread]:
+    start_sidecar: StartSidecar,
+) -> SidecarThread:
     routes = cheap_or_strong(
         openai_upstream[1], openai_spare[1], "reasoning", {"signals": {"categories": [REASONING]}}
     )
-    with SidecarThread(routes, workdir, span_processor=span_processor, variables=variables) as s:
-        yield s
+    return start_sidecar(routes)
 
 
 def ask(sidecar: SidecarThread, prompt: str):

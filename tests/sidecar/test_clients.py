@@ -4,18 +4,14 @@ Sync and async clients, streaming and not, tool calls, and translation both ways
 checks what the upstream received: the sidecar's key (never the app's) and the target's model.
 """
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import anthropic
 import openai
 import pytest
 from openai.types.chat import ChatCompletionFunctionToolParam
-from opentelemetry.sdk.trace import SpanProcessor
 
 from routemesh_testing.fakes import ANTHROPIC_KEY, OPENAI_KEY, FakeAnthropic, FakeOpenAI, Reply
 from routemesh_testing.otlp import OTLPReceiver
-from routemesh_testing.sidecar import SidecarThread
+from routemesh_testing.sidecar import SidecarThread, StartSidecar
 from routemesh_testing.tables import backend, model_info, route, table
 
 APP_KEY = "sk-app-key-that-must-never-leave-the-pod"
@@ -31,12 +27,10 @@ WEATHER_TOOL: ChatCompletionFunctionToolParam = {
 
 @pytest.fixture
 def sidecar(
-    workdir: Path,
     openai_upstream: tuple[FakeOpenAI, str],
     anthropic_upstream: tuple[FakeAnthropic, str],
-    span_processor: SpanProcessor,
-    variables: dict[str, str],
-) -> Iterator[SidecarThread]:
+    start_sidecar: StartSidecar,
+) -> SidecarThread:
     routes = table(
         {
             "openai": backend(
@@ -60,8 +54,7 @@ def sidecar(
             match={"models": ["claude", "smart"]},
         ),
     )
-    with SidecarThread(routes, workdir, span_processor=span_processor, variables=variables) as s:
-        yield s
+    return start_sidecar(routes)
 
 
 def openai_client(sidecar: SidecarThread) -> openai.OpenAI:

@@ -6,17 +6,14 @@ content-policy fallbacks sends it there instead, and only there, and never to on
 route's retention level rules out.
 """
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-from opentelemetry.sdk.trace import SpanProcessor
 
 from routemesh_testing.fakes import Fail, FakeOpenAI
 from routemesh_testing.otlp import OTLPReceiver
-from routemesh_testing.sidecar import SidecarThread
+from routemesh_testing.sidecar import SidecarThread, StartSidecar
 from routemesh_testing.tables import backend, model_info, route, table
 
 REFUSAL = Fail(400, message="flagged by our safety system", code="content_filter")
@@ -24,12 +21,10 @@ REFUSAL = Fail(400, message="flagged by our safety system", code="content_filter
 
 @pytest.fixture
 def sidecar(
-    workdir: Path,
     openai_upstream: tuple[FakeOpenAI, str],
     openai_spare: tuple[FakeOpenAI, str],
-    span_processor: SpanProcessor,
-    variables: dict[str, str],
-) -> Iterator[SidecarThread]:
+    start_sidecar: StartSidecar,
+) -> SidecarThread:
     backends = {
         "strict": backend(openai_upstream[1], key_env="OPENAI_KEY", retention="None"),
         "other": backend(
@@ -52,8 +47,7 @@ def sidecar(
         ),
         route("lenient", ("strict", "m"), ("other", "m"), content_policy_fallbacks=lenient),
     )
-    with SidecarThread(routes, workdir, span_processor=span_processor, variables=variables) as s:
-        yield s
+    return start_sidecar(routes)
 
 
 def ask(sidecar: SidecarThread, model: str) -> Any:

@@ -7,12 +7,9 @@ are real, and short.
 """
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import pytest
-from opentelemetry.sdk.trace import SpanProcessor
 
 from routemesh_sidecar.listener.proxy import counted_usage
 from routemesh_sidecar.routing.contracts import RoutingRequest
@@ -20,7 +17,7 @@ from routemesh_sidecar.routing.tokens import load_tokenizers
 from routemesh_testing.fakes import BreakStream, Fail, FakeOpenAI, Hang, Malformed
 from routemesh_testing.faults import Blackhole, refused_url
 from routemesh_testing.otlp import OTLPReceiver, ReceivedSpan
-from routemesh_testing.sidecar import SidecarThread
+from routemesh_testing.sidecar import SidecarThread, StartSidecar
 from routemesh_testing.tables import backend, model_info, route, table
 
 FAST_RETRY = {
@@ -57,15 +54,12 @@ def upstreams(
 
 @pytest.fixture
 def sidecar(
-    workdir: Path,
     openai_upstream: tuple[FakeOpenAI, str],
     openai_spare: tuple[FakeOpenAI, str],
-    span_processor: SpanProcessor,
-    variables: dict[str, str],
-) -> Iterator[SidecarThread]:
+    start_sidecar: StartSidecar,
+) -> SidecarThread:
     routes = make_table(openai_upstream[1], openai_spare[1])
-    with SidecarThread(routes, workdir, span_processor=span_processor, variables=variables) as s:
-        yield s
+    return start_sidecar(routes)
 
 
 def client(sidecar: SidecarThread) -> openai.OpenAI:

@@ -5,16 +5,13 @@ provider watches its connections, so the test sees the loser's closed before it 
 """
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import pytest
-from opentelemetry.sdk.trace import SpanProcessor
 
 from routemesh_testing.fakes import Delay, FakeOpenAI, StreamStall
 from routemesh_testing.otlp import OTLPReceiver
-from routemesh_testing.sidecar import SidecarThread
+from routemesh_testing.sidecar import SidecarThread, StartSidecar
 from routemesh_testing.tables import backend, route, table
 
 SETTINGS = {
@@ -26,19 +23,16 @@ SETTINGS = {
 
 @pytest.fixture
 def sidecar(
-    workdir: Path,
     openai_upstream: tuple[FakeOpenAI, str],
     openai_spare: tuple[FakeOpenAI, str],
-    span_processor: SpanProcessor,
-    variables: dict[str, str],
-) -> Iterator[SidecarThread]:
+    start_sidecar: StartSidecar,
+) -> SidecarThread:
     backends = {
         "primary": backend(openai_upstream[1], key_env="OPENAI_KEY"),
         "spare": backend(openai_spare[1], key_env="OPENAI_KEY"),
     }
     routes = table(backends, route("chat", ("primary", "m"), ("spare", "m"), **SETTINGS))
-    with SidecarThread(routes, workdir, span_processor=span_processor, variables=variables) as s:
-        yield s
+    return start_sidecar(routes)
 
 
 def client(sidecar: SidecarThread) -> openai.OpenAI:

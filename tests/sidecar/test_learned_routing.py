@@ -5,17 +5,13 @@ learned router scores above the threshold of a 30% strong share go to the strong
 to the cheap one, and the route span carries the score.
 """
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import openai
 import pytest
-from opentelemetry.sdk.trace import SpanProcessor
 
 from routemesh_sidecar.routing.learned import load_learned_router
 from routemesh_testing.fakes import FakeOpenAI
 from routemesh_testing.otlp import OTLPReceiver
-from routemesh_testing.sidecar import SidecarThread
+from routemesh_testing.sidecar import SidecarThread, StartSidecar
 from routemesh_testing.tables import cheap_or_strong
 
 pytestmark = pytest.mark.timeout(60)
@@ -26,20 +22,17 @@ EASY = "Write a short, warm thank-you note to my neighbour for watering my plant
 
 @pytest.fixture
 def sidecar(
-    workdir: Path,
     openai_upstream: tuple[FakeOpenAI, str],
     openai_spare: tuple[FakeOpenAI, str],
-    span_processor: SpanProcessor,
-    variables: dict[str, str],
-) -> Iterator[SidecarThread]:
+    start_sidecar: StartSidecar,
+) -> SidecarThread:
     routes = cheap_or_strong(
         openai_upstream[1],
         openai_spare[1],
         "hard",
         {"signals": {"learned_router": {"strong_share": 0.3}}},
     )
-    with SidecarThread(routes, workdir, span_processor=span_processor, variables=variables) as s:
-        yield s
+    return start_sidecar(routes)
 
 
 def ask(sidecar: SidecarThread, prompt: str):

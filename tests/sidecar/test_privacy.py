@@ -5,17 +5,14 @@ A request that requires zero retention never reaches the spare, even when it is 
 upstream: not as a fallback, not in degraded mode once the primary's breaker is open.
 """
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-from opentelemetry.sdk.trace import SpanProcessor
 
 from routemesh_testing.fakes import Fail, FakeOpenAI
 from routemesh_testing.otlp import OTLPReceiver
-from routemesh_testing.sidecar import SidecarThread
+from routemesh_testing.sidecar import SidecarThread, StartSidecar
 from routemesh_testing.tables import backend, route, table
 
 HEADER = "x-routemesh-retention"
@@ -28,12 +25,10 @@ SETTINGS = {
 
 @pytest.fixture
 def sidecar(
-    workdir: Path,
     openai_upstream: tuple[FakeOpenAI, str],
     openai_spare: tuple[FakeOpenAI, str],
-    span_processor: SpanProcessor,
-    variables: dict[str, str],
-) -> Iterator[SidecarThread]:
+    start_sidecar: StartSidecar,
+) -> SidecarThread:
     backends = {
         "zdr": backend(openai_upstream[1], key_env="OPENAI_KEY", retention="None"),
         "retains": backend(openai_spare[1], key_env="OPENAI_KEY", retention="Standard"),
@@ -43,8 +38,7 @@ def sidecar(
         route("private", ("zdr", "m"), retention="None", match={"models": ["private"]}, **SETTINGS),
         route("chat", ("zdr", "m"), ("retains", "m"), **SETTINGS),
     )
-    with SidecarThread(routes, workdir, span_processor=span_processor, variables=variables) as s:
-        yield s
+    return start_sidecar(routes)
 
 
 def ask(sidecar: SidecarThread, model: str, **kwargs: Any) -> Any:
