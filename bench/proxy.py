@@ -12,7 +12,9 @@ Every target runs pinned to core 0; wrk, nginx's backend, the providers and this
 stream part's client) share core 1. The targets take turns
 for ROUNDS rounds, so that drift in the machine's load hits them all alike, and each figure is
 the median of its rounds. Results are ratios against the floor, because absolute numbers on a
-shared 2-core machine are noisy.
+shared 2-core machine are noisy. After the wrk part, the exporting sidecar's `/metrics` says how
+many spans the sink accepted and how many were dropped, so that an export that fails (and so
+costs nothing) cannot pass for a cheap one.
 
 A second part times streams: a fake provider (core 1) sends content events GAP_MS apart, and a
 client here records when each event arrives, directly, through the floor and through the sidecar:
@@ -34,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -267,9 +270,10 @@ def sidecar_argv(table: Path, port: int, admin: int | None = None) -> list[str]:
     return [sys.executable, "-m", "routemesh_sidecar", "--route-table", str(table), *flags]
 
 
-def wrk_targets(tmp: Path, stack: ExitStack) -> dict[str, str]:
-    """Start everything the wrk part measures; return each target's URL."""
-    backend, nginx_proxy, floor, sidecar, exporting, streaming = (free_port() for _ in range(6))
+def wrk_targets(tmp: Path, stack: ExitStack) -> tuple[dict[str, str], str]:
+    """Start everything the wrk part measures; each target's URL, and the exporter's admin URL."""
+    ports = [free_port() for _ in range(7)]
+    backend, nginx_proxy, floor, sidecar, exporting, streaming, exporting_admin = ports
     origin = f"http://127.0.0.1:{backend}"
     stack.enter_context(nginx_pair(tmp, backend, nginx_proxy))
     floor_argv = [sys.executable, str(BENCH / "passthrough_proxy.py"), str(floor), origin]
@@ -279,7 +283,8 @@ def wrk_targets(tmp: Path, stack: ExitStack) -> dict[str, str]:
     sse_table.write_text(route_table(origin + "/sse"))
     export = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{origin}/v1/traces"}
     stack.enter_context(process(sidecar_argv(plain_table, sidecar), sidecar, 0))
-    stack.enter_context(process(sidecar_argv(plain_table, exporting), exporting, 0, export))
+    exporting_argv = sidecar_argv(plain_table, exporting, exporting_admin)
+    stack.enter_context(process(exporting_argv, exporting, 0, export))
     stack.enter_context(process(sidecar_argv(sse_table, streaming), streaming, 0))
     path = "/v1/chat/completions"
     return {
@@ -290,10 +295,34 @@ def wrk_targets(tmp: Path, stack: ExitStack) -> dict[str, str]:
         "sidecar, every span exported": f"http://127.0.0.1:{exporting}{path}",
         "floor, streaming": f"http://127.0.0.1:{floor}/sse{path}",
         "sidecar, streaming": f"http://127.0.0.1:{streaming}{path}",
-    }
+    }, f"http://127.0.0.1:{exporting_admin}"
 
 
-def measure_wrk(tmp: Path) -> dict[tuple[str, int], WrkResult]:
+@dataclass(frozen=True)
+class ExportCounts:
+    """What the exporting sidecar's /metrics said once the wrk part was over."""
+
+    requests: float
+    exported: float
+    dropped: float
+
+
+def export_counts(admin_url: str) -> ExportCounts:
+    """Read the exporting sidecar's counters, after its last batch has had time to go out."""
+    time.sleep(2.5)  # the export interval is 1 s; a batch in flight gets its answer
+    with urllib.request.urlopen(f"{admin_url}/metrics", timeout=5) as response:  # noqa: S310
+        text = response.read().decode()
+    totals = {"routemesh_requests_total": 0.0, "routemesh_spans_exported_total": 0.0}
+    totals["routemesh_spans_dropped_total"] = 0.0
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        name = name.partition("{")[0]
+        if name in totals:
+            totals[name] += float(value)
+    return ExportCounts(*totals.values())
+
+
+def measure_wrk(tmp: Path) -> tuple[dict[tuple[str, int], WrkResult], ExportCounts]:
     """Each target at each in-flight count, ROUNDS times in turn; the median of each."""
     plain = tmp / "post.lua"
     plain.write_text(WRK_SCRIPT.format(body=json.dumps(BODY)))
@@ -305,7 +334,7 @@ def measure_wrk(tmp: Path) -> dict[tuple[str, int], WrkResult]:
     )
     runs: dict[tuple[str, int], list[WrkResult]] = {}
     with ExitStack() as stack:
-        targets = wrk_targets(tmp, stack)
+        targets, exporting_admin = wrk_targets(tmp, stack)
         for name, url in targets.items():  # warm up: connections, caches, the route table
             wrk(url, streamed if "streaming" in name else plain, 16)
         for _ in range(ROUNDS):
@@ -313,6 +342,7 @@ def measure_wrk(tmp: Path) -> dict[tuple[str, int], WrkResult]:
                 script = streamed if "streaming" in name else plain
                 for connections in IN_FLIGHT:
                     runs.setdefault((name, connections), []).append(wrk(url, script, connections))
+        counts = export_counts(exporting_admin)
     return {
         key: WrkResult(
             statistics.median(r.rps for r in results),
@@ -321,7 +351,7 @@ def measure_wrk(tmp: Path) -> dict[tuple[str, int], WrkResult]:
             sum(r.errors for r in results),
         )
         for key, results in runs.items()
-    }
+    }, counts
 
 
 async def stream_timings(session: aiohttp.ClientSession, url: str) -> list[float]:
@@ -379,6 +409,15 @@ def stream_part(tmp: Path) -> dict[str, list[list[float]]]:
                     }
                 )
             )
+
+
+def export_row(counts: ExportCounts) -> str:
+    """Whether every span reached the sink: two a request (the route span and its attempt)."""
+    return (
+        f"- the exporting sidecar served {counts.requests:,.0f} requests; the OTLP sink accepted "
+        f"{counts.exported:,.0f} spans ({counts.exported / max(counts.requests, 1):.2f} a "
+        f"request, 2 expected) and {counts.dropped:,.0f} were dropped"
+    )
 
 
 def wrk_rows(r: dict[tuple[str, int], WrkResult]) -> list[str]:
@@ -455,9 +494,9 @@ def run() -> list[str]:
     # wrk does, and never lands on the core the proxies run on.
     os.sched_setaffinity(0, {1})
     with tempfile.TemporaryDirectory() as tmp:
-        measured = measure_wrk(Path(tmp))
+        measured, counts = measure_wrk(Path(tmp))
         streams = stream_part(Path(tmp))
-    return [*wrk_rows(measured), "", *stream_rows(streams)]
+    return [*wrk_rows(measured), export_row(counts), "", *stream_rows(streams)]
 
 
 if __name__ == "__main__":

@@ -152,6 +152,7 @@ class Sidecar:
                 compression=settings.otlp_compression,
                 certificate=str(settings.otlp_certificate) if settings.otlp_certificate else None,
             ),
+            count=self.metrics.count_spans,
         )
 
     def _probe_session(self) -> aiohttp.ClientSession:

@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -217,6 +218,11 @@ def test_a_table_with_a_strategy_the_sidecar_cannot_run_is_refused(
     assert sidecar.running.active.last_error is None
 
 
+def admin_metrics(process: SidecarProcess) -> str:
+    with urllib.request.urlopen(process.admin_url + "/metrics", timeout=5) as response:  # noqa: S310
+        return str(response.read().decode())
+
+
 def test_standalone_process_serves_exports_otlp_and_propagates_trace_context(
     workdir: Path, openai_upstream, otlp
 ):
@@ -245,7 +251,15 @@ def test_standalone_process_serves_exports_otlp_and_propagates_trace_context(
         )
         [route_span] = otlp.wait_for(lambda s: s.name == "routemesh.route", timeout=10)
         [attempt] = otlp.wait_for(lambda s: s.parent_span_id == route_span.span_id, timeout=10)
+        # The receiver has them; the sidecar counts them when it reads the receiver's 200.
+        metrics = poll_until(
+            lambda: admin_metrics(process),
+            lambda text: "routemesh_spans_exported_total 2.0" in text,
+            timeout=10,
+        )
     assert reply.choices[0].message.content == "Hello from fake-openai"
+    assert "routemesh_spans_exported_total 2.0" in metrics, "both spans counted as exported"
+    assert 'routemesh_spans_dropped_total{reason="queue_full"}' not in metrics
     assert fake.requests[-1].headers["authorization"] == f"Bearer {OPENAI_KEY}"
     assert route_span.trace_id == trace_id, "the app's trace continues through the sidecar"
     assert route_span.parent_span_id == app_span

@@ -142,6 +142,27 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.spans_exported = Counter(
+            "routemesh_spans_exported",
+            "Spans the OTLP collector accepted.",
+            registry=self.registry,
+        )
+        self.spans_dropped = Counter(
+            "routemesh_spans_dropped",
+            "Spans lost before the collector had them, by reason: queue_full (more spans waiting "
+            "than the queue holds) or export_failed (a batch refused, or retried until the "
+            "export timeout).",
+            ["reason"],
+            registry=self.registry,
+        )
+
+    def count_spans(self, outcome: str, spans: int) -> None:
+        """What the OTLP exporter did with spans: "exported", or the reason they were dropped."""
+        if outcome == "exported":
+            self.spans_exported.inc(spans)
+        else:
+            self.of(self.spans_dropped, outcome).inc(spans)
+
     def of(self, metric: Counter | Gauge | Histogram, *values: str) -> Any:
         """The metric's child for these label values, looked up once and then cached.
 

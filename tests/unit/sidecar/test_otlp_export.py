@@ -8,6 +8,7 @@ official OTLP protobuf classes into equal messages. The exporter posts to a real
 from __future__ import annotations
 
 import asyncio
+import collections
 import gzip
 import threading
 from collections.abc import Iterator
@@ -59,6 +60,13 @@ def attempt(index: int, **fields: Any) -> AttemptRecord:
 
 def exporter_to(url: str, **settings: Any) -> OtlpExporter:
     return OtlpExporter(SpanEncoder(RESOURCE, SCOPE), ExportSettings(url, **settings))
+
+
+class SpanCounts(collections.Counter[str]):
+    """The exporter's `count` callback, recording spans by outcome."""
+
+    def __call__(self, outcome: str, spans: int) -> None:
+        self[outcome] += spans
 
 
 def record_spans(recorder: SpanRecorder) -> None:
@@ -223,10 +231,15 @@ async def test_a_full_batch_wakes_the_export_task_before_its_interval():
 
 
 def test_a_queue_past_its_limit_drops_and_counts_new_spans():
-    exporter = exporter_to("http://127.0.0.1:9/v1/traces", max_queued_spans=10)
+    counts = SpanCounts()
+    exporter = OtlpExporter(
+        SpanEncoder(RESOURCE, SCOPE),
+        ExportSettings("http://127.0.0.1:9/v1/traces", max_queued_spans=10),
+        count=counts,
+    )
     record_spans(SpanRecorder(None, RESOURCE, lambda: 1.0, exporter=exporter))
     assert len(exporter._queued) == 10
-    assert exporter.dropped == 3
+    assert counts == {"queue_full": 3}
 
 
 class VirtualSleep:
@@ -241,41 +254,49 @@ class VirtualSleep:
 
 @pytest.mark.asyncio
 async def test_a_retryable_status_is_retried_with_backoff_until_it_succeeds():
-    sleep = VirtualSleep()
+    sleep, counts = VirtualSleep(), SpanCounts()
     with collector(503, 429) as (url, handler):
-        exporter = OtlpExporter(SpanEncoder(RESOURCE, SCOPE), ExportSettings(url), sleep=sleep)
+        exporter = OtlpExporter(
+            SpanEncoder(RESOURCE, SCOPE), ExportSettings(url), sleep=sleep, count=counts
+        )
         record_spans(SpanRecorder(None, RESOURCE, lambda: 1.0, exporter=exporter))
         await exporter.close()
     assert len(handler.received) == 3
     assert sleep.slept == [0.5, 1.0]
+    assert counts == {"exported": 13}  # counted once, when the collector took them
 
 
 @pytest.mark.asyncio
 async def test_a_refused_batch_is_dropped_at_once_and_logged(caplog: pytest.LogCaptureFixture):
-    sleep = VirtualSleep()
+    sleep, counts = VirtualSleep(), SpanCounts()
     with collector(400) as (url, handler):
-        exporter = OtlpExporter(SpanEncoder(RESOURCE, SCOPE), ExportSettings(url), sleep=sleep)
+        exporter = OtlpExporter(
+            SpanEncoder(RESOURCE, SCOPE), ExportSettings(url), sleep=sleep, count=counts
+        )
         record_spans(SpanRecorder(None, RESOURCE, lambda: 1.0, exporter=exporter))
         await exporter.close()
     assert len(handler.received) == 1
     assert sleep.slept == []
     assert "dropped 13 spans: HTTP 400" in caplog.text
+    assert counts == {"export_failed": 13}
 
 
 @pytest.mark.asyncio
 async def test_an_unreachable_collector_is_retried_until_the_timeout_then_dropped(
     caplog: pytest.LogCaptureFixture,
 ):
-    sleep = VirtualSleep()
+    sleep, counts = VirtualSleep(), SpanCounts()
     exporter = OtlpExporter(
         SpanEncoder(RESOURCE, SCOPE),
         ExportSettings("http://127.0.0.1:9/v1/traces", timeout_seconds=1.2),
         sleep=sleep,
+        count=counts,
     )
     record_spans(SpanRecorder(None, RESOURCE, lambda: 1.0, exporter=exporter))
     await exporter.close()
     assert sleep.slept  # retried: a refused connection may be a collector restarting
     assert "dropped 13 spans: ConnectFailed" in caplog.text
+    assert counts == {"export_failed": 13}
 
 
 def test_the_standard_otel_variables_configure_the_export(monkeypatch: pytest.MonkeyPatch):
