@@ -70,6 +70,14 @@ def _field(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
+def _span_head(length: int) -> bytes:
+    """The head of a Span field (2) of ScopeSpans: its tag and length."""
+    return b"\x12" + _varint(length)
+
+
+_SPAN_HEADS = [_span_head(length) for length in range(4096)]  # nearly every span is shorter
+
+
 def _any_value(value: Any) -> bytes:  # noqa: PLR0911  (one return per AnyValue kind)
     """An AnyValue message; bool before int, since a bool is an int in Python."""
     if isinstance(value, str):
@@ -201,11 +209,26 @@ class SpanEncoder:
             self._scope += _field(3, scope.schema_url.encode())
 
     def request(self, spans: Sequence[bytes]) -> bytes:
-        """An ExportTraceServiceRequest holding these encoded spans (one resource, one scope)."""
+        """An ExportTraceServiceRequest holding these encoded spans (one resource, one scope).
+
+        The lengths are added up first and the message joined once: wrapping each span, then
+        the scope, then the resource, as nested fields, copied a 512-span batch four times
+        (602 µs a batch, against 60 µs so, 2026-12-06).
+        """
         if not spans:
             return b""
-        scope_spans = self._scope + b"".join([_field(2, span) for span in spans])
-        return _field(1, self._resource + _field(2, scope_spans) + self._resource_schema)
+        pieces = [b""]  # the ResourceSpans field's head, once its length is known
+        size = 0
+        for span in spans:
+            length = len(span)
+            head = _SPAN_HEADS[length] if length < len(_SPAN_HEADS) else _span_head(length)
+            pieces += (head, span)
+            size += len(head) + length
+        # ResourceSpans: the resource, then ScopeSpans (field 2: the scope, then the spans).
+        inner = self._resource + b"\x12" + _varint(len(self._scope) + size) + self._scope
+        pieces[0] = b"\x0a" + _varint(len(inner) + size + len(self._resource_schema)) + inner
+        pieces.append(self._resource_schema)
+        return b"".join(pieces)
 
     def span(self, span: SpanFields) -> bytes:
         """One Span message.

@@ -142,6 +142,22 @@ def test_spans_encoded_from_the_cache_still_match_the_sdk():
     assert queued_request(exporter) == encode_spans(sink.spans)
 
 
+@pytest.mark.parametrize("content_chars", [0, 127, 4_000, 20_000, 300_000])
+def test_a_batch_with_spans_of_every_length_matches_the_sdk(content_chars: int):
+    """Span lengths across the precomputed heads' range and past it (captured content is long)."""
+    sink = Collect()
+    exporter = exporter_to("http://127.0.0.1:9/v1/traces")
+    recorder = SpanRecorder(sink, RESOURCE, lambda: 1.0, exporter=exporter)  # type: ignore[arg-type]
+    record_spans(recorder)
+    long = {"routemesh.route": "default", "gen_ai.input.messages": "x" * content_chars}
+    RequestTrace(recorder, {}, "chat", long).finish(
+        usage=None, response_model=None, error_class=None
+    )
+    record_spans(recorder)
+    assert max(len(span) for span in exporter._queued) > content_chars
+    assert queued_request(exporter) == encode_spans(sink.spans)
+
+
 def test_an_empty_batch_is_an_empty_request():
     assert exporter_to("http://127.0.0.1:9/v1/traces").encoder.request([]) == b""
 
