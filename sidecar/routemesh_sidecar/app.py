@@ -148,9 +148,12 @@ class Sidecar:
             ExportSettings(
                 settings.traces_url,
                 headers=settings.otlp_header_map(),
-                timeout_seconds=settings.otlp_timeout_seconds,
+                timeout_seconds=settings.export_timeout_seconds,
                 compression=settings.otlp_compression,
                 certificate=str(settings.otlp_certificate) if settings.otlp_certificate else None,
+                batch_spans=settings.otlp_batch_spans,
+                interval_seconds=settings.otlp_schedule_delay_ms / 1000,
+                max_queued_spans=settings.otlp_max_queued_spans,
             ),
             count=self.metrics.count_spans,
         )

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -203,7 +203,43 @@ class SidecarSettings(BaseSettings):
         default=10.0,
         gt=0,
         validation_alias=AliasChoices("ROUTEMESH_SIDECAR_OTLP_TIMEOUT_SECONDS"),
-        description="How long one export, retries included, may take before its batch is dropped.",
+        description="How long one export, retries included, may take before its batch is dropped "
+        "(unless `otlp_timeout_ms` is set).",
+    )
+    otlp_timeout_ms: int | None = Field(
+        default=None,
+        gt=0,
+        validation_alias=AliasChoices(
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"
+        ),
+        description="The export timeout as the standard OTel variables give it, in "
+        "milliseconds; when set, it is used instead of `otlp_timeout_seconds`.",
+    )
+    otlp_batch_spans: int = Field(
+        default=512,
+        gt=0,
+        validation_alias=AliasChoices(
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "ROUTEMESH_SIDECAR_OTLP_BATCH_SPANS"
+        ),
+        description="Spans in one export request at most; a full batch is posted at once.",
+    )
+    otlp_schedule_delay_ms: int = Field(
+        default=1000,
+        gt=0,
+        validation_alias=AliasChoices(
+            "OTEL_BSP_SCHEDULE_DELAY", "ROUTEMESH_SIDECAR_OTLP_SCHEDULE_DELAY_MS"
+        ),
+        description="How often whatever is queued is posted, in milliseconds (the SDK's default "
+        "is 5000; one second puts a request's trace in the backend sooner).",
+    )
+    otlp_max_queued_spans: int = Field(
+        default=8192,
+        gt=0,
+        validation_alias=AliasChoices(
+            "OTEL_BSP_MAX_QUEUE_SIZE", "ROUTEMESH_SIDECAR_OTLP_MAX_QUEUED_SPANS"
+        ),
+        description="Spans waiting for export at most; past it, new spans are dropped and "
+        'counted in routemesh_spans_dropped_total{reason="queue_full"}.',
     )
     otlp_compression: Literal["none", "gzip"] = Field(
         default="none",
@@ -243,6 +279,22 @@ class SidecarSettings(BaseSettings):
             if sep and key.strip():
                 headers[key.strip()] = unquote(value.strip())
         return headers
+
+    @model_validator(mode="after")
+    def _batch_fits_the_queue(self) -> SidecarSettings:
+        if self.otlp_batch_spans > self.otlp_max_queued_spans:
+            raise ValueError(
+                f"OTEL_BSP_MAX_EXPORT_BATCH_SIZE ({self.otlp_batch_spans}) must not exceed "
+                f"OTEL_BSP_MAX_QUEUE_SIZE ({self.otlp_max_queued_spans})"
+            )
+        return self
+
+    @property
+    def export_timeout_seconds(self) -> float:
+        """How long one export may take: the OTel variable (milliseconds) when it is set."""
+        if self.otlp_timeout_ms is not None:
+            return self.otlp_timeout_ms / 1000
+        return self.otlp_timeout_seconds
 
     @property
     def traces_url(self) -> str | None:

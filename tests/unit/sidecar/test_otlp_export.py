@@ -321,3 +321,48 @@ def test_the_standard_otel_variables_configure_the_export(monkeypatch: pytest.Mo
     settings = SidecarSettings()
     assert settings.otlp_header_map() == {"x-api-key": "a b", "tenant": "t1"}
     assert settings.otlp_compression == "gzip"
+
+
+def test_the_batch_processor_and_timeout_variables_configure_the_exporter(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    from routemesh_sidecar.app import Sidecar
+
+    for name, value in {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "2500",  # milliseconds, as OTel writes it
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "64",
+        "OTEL_BSP_SCHEDULE_DELAY": "250",
+        "OTEL_BSP_MAX_QUEUE_SIZE": "1024",
+    }.items():
+        monkeypatch.setenv(name, value)
+    sidecar = Sidecar(SidecarSettings())
+    try:
+        assert sidecar.spans.exporter is not None
+        settings = sidecar.spans.exporter.settings
+    finally:
+        sidecar.embedding_pool.shutdown()
+    assert settings.url == "http://collector:4318/v1/traces"
+    assert (settings.timeout_seconds, settings.interval_seconds) == (2.5, 0.25)
+    assert (settings.batch_spans, settings.max_queued_spans) == (64, 1024)
+
+
+def test_without_the_otel_variables_the_defaults_and_the_sidecars_own_timeout_hold(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    monkeypatch.setenv("ROUTEMESH_SIDECAR_OTLP_TIMEOUT_SECONDS", "3")
+    settings = SidecarSettings()
+    assert settings.export_timeout_seconds == 3.0
+    assert (settings.otlp_batch_spans, settings.otlp_schedule_delay_ms) == (512, 1000)
+    assert settings.otlp_max_queued_spans == 8192
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "400")
+    assert SidecarSettings().export_timeout_seconds == 0.4, "the OTel variable wins"
+
+
+def test_a_batch_larger_than_the_queue_is_refused_with_both_variables_named(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4096")
+    monkeypatch.setenv("OTEL_BSP_MAX_QUEUE_SIZE", "2048")
+    with pytest.raises(ValueError, match=r"BATCH_SIZE \(4096\) must not exceed .*QUEUE_SIZE"):
+        SidecarSettings()
