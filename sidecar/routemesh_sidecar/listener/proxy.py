@@ -17,6 +17,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from aiohttp import web
@@ -83,6 +84,8 @@ Parser = Callable[[bytes], dict[str, Any]]
 
 # The status a downstream sees when every attempt failed with this class. A client_error keeps
 # the upstream's own status (it is the request's fault, and the app should see exactly why).
+# Route-span blocks kept (table, route, model, candidates, plan); past it, the cache starts over.
+_DECISION_BLOCKS = 4096
 _FAILURE_STATUS = {
     "connect_error": 502,
     "timeout": 504,
@@ -177,6 +180,7 @@ class Listener:
 
     def __init__(self, parts: ListenerParts) -> None:
         self.parts = parts
+        self._decision_blocks: dict[tuple[Any, ...], Mapping[str, Any]] = {}
 
     def app(self) -> web.Application:
         """The aiohttp application; the body limit is ours, so aiohttp's is lifted."""
@@ -195,6 +199,38 @@ class Listener:
         )
         app.router.add_get("/v1/models", self.models)
         return app
+
+    def _decision_block(
+        self, table: RouteTable, decision: Decision, call: DownstreamCall
+    ) -> Mapping[str, Any]:
+        """The route span's attributes that repeat from request to request, as one shared block.
+
+        The same table, route, API, model, candidates and plan give the same block object,
+        which the OTLP encoder writes once and then reuses by identity. Never mutated.
+        """
+        route = decision.route
+        candidates = tuple(c.label for c in decision.candidates)
+        plan = tuple(c.label for c in decision.plan)
+        model = str(call.body.get("model", ""))
+        key = (table.version_label, route.policy, route.name, call.api, model, candidates, plan)
+        block = self._decision_blocks.get(key)
+        if block is None:
+            block = MappingProxyType(
+                {
+                    "routemesh.table.version": table.version_label,
+                    "routemesh.policy": route.policy,
+                    "routemesh.route": route.name,
+                    "routemesh.strategy": route.strategy,
+                    "routemesh.downstream.api": call.api,
+                    "routemesh.candidates": list(candidates),
+                    "routemesh.plan": list(plan),
+                    "gen_ai.request.model": model,
+                }
+            )
+            if len(self._decision_blocks) >= _DECISION_BLOCKS:
+                self._decision_blocks.clear()  # tables and health change: start again
+            self._decision_blocks[key] = block
+        return block
 
     async def models(self, request: web.Request) -> web.Response:
         """The models the route table offers, as OpenAI's model list."""
@@ -294,7 +330,8 @@ class Listener:
             self.parts.spans,
             call.headers,
             call.operation,
-            _decision_attributes(table, decision, call),
+            _decision_details(decision),
+            self._decision_block(table, decision, call),
         )
         capture = self._capture(table, trace, call)
         shadowed = self._shadow(table, decision, routing_request, call, trace)
@@ -745,20 +782,9 @@ def counted_usage(routing: RoutingRequest, model: str, output: str) -> tuple[Usa
     return Usage(routing.prompt_tokens(exact=True), tokenizer.count(output)), tokenizer.name
 
 
-def _decision_attributes(
-    table: RouteTable, decision: Decision, call: DownstreamCall
-) -> dict[str, Any]:
-    route = decision.route
-    attributes: dict[str, Any] = {
-        "routemesh.table.version": table.version_label,
-        "routemesh.policy": route.policy,
-        "routemesh.route": route.name,
-        "routemesh.strategy": route.strategy,
-        "routemesh.downstream.api": call.api,
-        "routemesh.candidates": [c.label for c in decision.candidates],
-        "routemesh.plan": [c.label for c in decision.plan],
-        "gen_ai.request.model": str(call.body.get("model", "")),
-    }
+def _decision_details(decision: Decision) -> dict[str, Any]:
+    """What the route span says of this decision beyond its block: health, filters, scores."""
+    attributes: dict[str, Any] = {}
     # Only the breakers that are not closed: the usual all-closed case costs nothing.
     not_closed = [
         f"{c.label}={c.health.breaker.state}"

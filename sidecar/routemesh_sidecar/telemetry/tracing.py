@@ -12,7 +12,9 @@ OTLP exporter (`telemetry.otlp`, which encodes it at once), or to an SDK span pr
 `ReadableSpan` (tests read spans that way). The SDK's live
 `Span` validates every attribute one by one, under a lock, which cost a fifth of the sidecar's
 CPU per request; the attributes here are built by this module from known types, so that work
-buys nothing. The trade: these spans are not visible to `opentelemetry.trace.get_current_span`
+buys nothing. Attributes that repeat from request to request (an attempt's target, the route
+span's decision block from the listener) are one shared, never-mutated mapping, which the encoder
+writes once. The trade: these spans are not visible to `opentelemetry.trace.get_current_span`
 (nothing in the sidecar needs that).
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -50,6 +53,7 @@ _OPERATION_NAMES = {"chat": "chat", "completions": "text_completion", "embedding
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _ALL_TRACES = 2**64
+_TARGET_BLOCKS = 4096  # targets whose attempt attributes are kept; past it, the cache starts over
 
 
 def sampled(parent: SpanContext | None, trace_id: int, ratio: float) -> bool:
@@ -83,6 +87,33 @@ class SpanRecorder:
         self.resource = resource
         self.sampling_ratio = sampling_ratio
         self.ids = ids or RandomIdGenerator()
+        self._targets: dict[tuple[str, str, str, str, str], Mapping[str, Any]] = {}
+
+    def target_attributes(self, operation: str, record: AttemptRecord) -> Mapping[str, Any]:
+        """The attributes an attempt span has from its target alone, one shared block a target.
+
+        The same (operation, provider, model, endpoint, backend) gives the same object, so the
+        encoder writes it once and reuses its bytes by identity, and the endpoint's URL is split
+        once, not per attempt. Never mutated: an attempt's own attributes go beside it.
+        """
+        key = (operation, record.api, record.model, record.endpoint, record.backend)
+        block = self._targets.get(key)
+        if block is None:
+            url = urlsplit(record.endpoint)
+            block = MappingProxyType(
+                {
+                    "gen_ai.operation.name": operation,
+                    "gen_ai.provider.name": record.api,
+                    "gen_ai.request.model": record.model,
+                    "server.address": url.hostname or "",
+                    "server.port": url.port or (443 if url.scheme == "https" else 80),
+                    "routemesh.backend": record.backend,
+                }
+            )
+            if len(self._targets) >= _TARGET_BLOCKS:
+                self._targets.clear()  # endpoints come and go: start again rather than stop
+            self._targets[key] = block
+        return block
 
     def emit(self, span: SpanFields) -> None:
         """Hand a finished span to the exporter and the processor."""
@@ -104,6 +135,7 @@ class _OpenSpan:
     start_ns: int = field(default_factory=time.time_ns)
     events: list[Event] = field(default_factory=list)
     status: Status = UNSET_STATUS
+    fixed: Mapping[str, Any] | None = None  # a shared block, before `attributes`
 
     def fail(self, error_class: str, message: str | None) -> None:
         self.attributes["error.type"] = error_class
@@ -120,6 +152,7 @@ class _OpenSpan:
             time.time_ns(),
             self.events,
             self.status,
+            self.fixed,
         )
 
 
@@ -132,7 +165,9 @@ class RequestTrace:
         downstream_headers: Mapping[str, str],
         operation: str,
         attributes: dict[str, Any],
+        fixed: Mapping[str, Any] | None = None,
     ) -> None:
+        """`fixed`: route-span attributes shared by many requests (a never-mutated block)."""
         self._recorder = recorder
         self._operation = _OPERATION_NAMES.get(operation, operation)
         parent = _parent_context(downstream_headers)
@@ -146,6 +181,7 @@ class RequestTrace:
             parent,
             SpanKind.SERVER,
             {k: v for k, v in attributes.items() if v is not None},
+            fixed=fixed,
         )
         self._attempts: dict[int, _OpenSpan] = {}
 
@@ -164,23 +200,14 @@ class RequestTrace:
 
     def attempt_started(self, record: AttemptRecord) -> Mapping[str, str]:
         """Open the attempt's span and return the traceparent headers to send upstream."""
-        url = urlsplit(record.endpoint)
         route = self.route_span.context
         span = _OpenSpan(
             f"{self._operation} {record.model}",
             self._context(route.trace_id),
             route,
             SpanKind.CLIENT,
-            {
-                "gen_ai.operation.name": self._operation,
-                "gen_ai.provider.name": record.api,
-                "gen_ai.request.model": record.model,
-                "server.address": url.hostname or "",
-                "server.port": url.port or (443 if url.scheme == "https" else 80),
-                "routemesh.backend": record.backend,
-                "routemesh.attempt.index": record.index,
-                "routemesh.attempt.retry": record.retry,
-            },
+            {"routemesh.attempt.index": record.index, "routemesh.attempt.retry": record.retry},
+            fixed=self._recorder.target_attributes(self._operation, record),
         )
         if record.hedge:
             span.attributes["routemesh.attempt.hedge"] = True
@@ -251,12 +278,13 @@ class RequestTrace:
 
 def readable(span: SpanFields, resource: Resource) -> ReadableSpan:
     """The SDK's form of a finished span, for span processors."""
+    attributes = span.attributes if span.fixed is None else {**span.fixed, **span.attributes}
     return ReadableSpan(
         span.name,
         context=span.context,
         parent=span.parent,
         resource=resource,
-        attributes=span.attributes,
+        attributes=attributes,
         events=span.events,
         kind=span.kind,
         status=span.status,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import gzip
 import threading
 from collections.abc import Iterator
@@ -155,6 +156,42 @@ def test_a_batch_with_spans_of_every_length_matches_the_sdk(content_chars: int):
     )
     record_spans(recorder)
     assert max(len(span) for span in exporter._queued) > content_chars
+    assert queued_request(exporter) == encode_spans(sink.spans)
+
+
+def test_attempts_to_one_target_share_one_attribute_block_encoded_once():
+    sink = Collect()
+    exporter = exporter_to("http://127.0.0.1:9/v1/traces")
+    recorder = SpanRecorder(sink, RESOURCE, lambda: 1.0, exporter=exporter)  # type: ignore[arg-type]
+    same = [recorder.target_attributes("chat", attempt(index)) for index in range(3)]
+    elsewhere = dataclasses.replace(attempt(0), endpoint="https://eu.example.com/v1")
+    other = recorder.target_attributes("chat", elsewhere)
+    assert same[0] is same[1] is same[2], "one block a target, whatever the attempt's index"
+    assert other is not same[0]
+    assert (other["server.address"], other["server.port"]) == ("eu.example.com", 443)
+    record_spans(recorder)
+    record_spans(recorder)
+    assert len(exporter.encoder._attributes._blocks[9]) == 1  # every attempt: the same target
+    assert queued_request(exporter) == encode_spans(sink.spans)
+
+
+def test_past_the_block_limit_the_cache_starts_over_and_spans_still_encode(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    from routemesh_sidecar.telemetry import tracing
+
+    monkeypatch.setattr(tracing, "_TARGET_BLOCKS", 1)
+    sink = Collect()
+    exporter = exporter_to("http://127.0.0.1:9/v1/traces")
+    recorder = SpanRecorder(sink, RESOURCE, lambda: 1.0, exporter=exporter)  # type: ignore[arg-type]
+    here = recorder.target_attributes("chat", attempt(0))
+    elsewhere = dataclasses.replace(attempt(0), endpoint="https://eu.example.com/v1")
+    recorder.target_attributes("chat", elsewhere)
+    again = recorder.target_attributes("chat", attempt(0))
+    assert again is not here, "built again"
+    assert again == here, "with the same attributes"
+    assert len(recorder._targets) == 1
+    record_spans(recorder)
     assert queued_request(exporter) == encode_spans(sink.spans)
 
 
