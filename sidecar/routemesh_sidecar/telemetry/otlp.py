@@ -100,7 +100,7 @@ def _any_value(value: Any) -> bytes:  # noqa: PLR0911  (one return per AnyValue 
 class _KeyEntry:
     """One attribute key's encodings: the values seen with it, and the prefix of a float."""
 
-    __slots__ = ("bools", "float_prefix", "head", "ints", "number", "seqs", "strs")
+    __slots__ = ("bools", "float_prefix", "head", "int_prefixes", "ints", "number", "seqs", "strs")
 
     def __init__(self, number: int, key: str) -> None:
         self.number = number
@@ -113,6 +113,15 @@ class _KeyEntry:
         self.float_prefix = (
             _varint(number << 3 | 2) + _varint(body_length) + self.head + b"\x12\x09\x21"
         )
+        # An int's field up to its varint, by the varint's length (1 to 10 bytes): token counts
+        # vary past any cache, and must not fall to the slow path when it is full.
+        self.int_prefixes = [b""] + [
+            _varint(number << 3 | 2)
+            + _varint(len(self.head) + 3 + size)
+            + self.head
+            + bytes((0x12, 1 + size, 0x18))
+            for size in range(1, 11)
+        ]
 
     def _encode(self, value: Any) -> bytes:
         return _field(self.number, self.head + _field(2, _any_value(value)))
@@ -124,14 +133,22 @@ class _KeyEntry:
             return self.bools[value]
         if kind is float:
             return self.float_prefix + _DOUBLE.pack(value)
-        if kind is str or kind is int:  # a bool is an int, but was answered above
-            return self._cached(self.strs if kind is str else self.ints, value)
+        if kind is int or kind is str:  # a bool is an int, but was answered above
+            return self._int(value) if kind is int else self._cached(self.strs, value)
         if kind is list or kind is tuple:  # the decision's candidates: the same most times
             try:
                 return self._cached(self.seqs, tuple(value))
             except TypeError:  # an unhashable item: not an OTel attribute, but still encoded
                 return self._encode(tuple(value))
         return self._encode(value)
+
+    def _int(self, value: int) -> bytes:
+        """An int's field: its prefix and varint, kept in the cache while it has room."""
+        varint = _varint(value)
+        encoded = self.int_prefixes[len(varint)] + varint
+        if len(self.ints) < _CACHE_LIMIT:
+            self.ints[value] = encoded
+        return encoded
 
     def _cached(self, cache: dict[Any, bytes], value: Any) -> bytes:
         encoded = cache.get(value)

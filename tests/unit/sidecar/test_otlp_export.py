@@ -195,6 +195,23 @@ def test_past_the_block_limit_the_cache_starts_over_and_spans_still_encode(
     assert queued_request(exporter) == encode_spans(sink.spans)
 
 
+def test_ints_past_the_cache_limit_still_match_the_sdk(monkeypatch: pytest.MonkeyPatch):
+    """Token counts vary without end: once the cache is full they take the int fast path."""
+    from routemesh_sidecar.telemetry import otlp
+
+    monkeypatch.setattr(otlp, "_CACHE_LIMIT", 64)
+    sink = Collect()
+    exporter = exporter_to("http://127.0.0.1:9/v1/traces")
+    recorder = SpanRecorder(sink, RESOURCE, lambda: 1.0, exporter=exporter)  # type: ignore[arg-type]
+    for tokens in [0, 1, 127, 128, 16_383, 16_384, 2**31, 2**40, 2**63 - 1, *range(1000, 1100)]:
+        trace = RequestTrace(recorder, {}, "chat", {"routemesh.route": "default", "n": -tokens})
+        trace.attempt_started(attempt(0))
+        trace.finish(usage=Usage(tokens, tokens // 3, 7), response_model="m", error_class=None)
+    keys = exporter.encoder._attributes._keys[9]
+    assert len(keys["gen_ai.usage.input_tokens"].ints) == 64, "the cache stopped at its limit"
+    assert queued_request(exporter) == encode_spans(sink.spans)
+
+
 def test_an_empty_batch_is_an_empty_request():
     assert exporter_to("http://127.0.0.1:9/v1/traces").encoder.request([]) == b""
 
