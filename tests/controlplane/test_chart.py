@@ -412,6 +412,27 @@ def test_a_disruption_budget_that_would_let_every_replica_go_is_refused(helm: He
         helm.template("rm", "ops", {"operator": {"replicas": 2, "maxUnavailable": 2}})
 
 
+def test_a_span_batch_larger_than_the_sidecars_queue_is_refused(helm: Helm):
+    with pytest.raises(RuntimeError, match=r"otlpBatchSpans must not exceed .*otlpMaxQueuedSpans"):
+        helm.template(
+            "rm", "ops", {"sidecar": {"otlpBatchSpans": 4096, "otlpMaxQueuedSpans": 1024}}
+        )
+
+
+def test_the_sidecars_export_settings_reach_the_operators_injection_settings(helm: Helm):
+    values: dict[str, Any] = {"otlpEndpoint": "http://collector:4318", "otlpCompression": "gzip"}
+    values |= {"otlpBatchSpans": 256, "otlpScheduleDelayMs": 200, "otlpTimeoutMs": 3000}
+    docs = helm.template("rm", "ops", {"sidecar": values})
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    [operator] = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in operator["env"]}
+    injection = InjectionSettings.model_validate_json(env["ROUTEMESH_OPERATOR_INJECTION"])
+    assert injection.otlp_endpoint == "http://collector:4318"
+    assert (injection.otlp_compression, injection.otlp_timeout_ms) == ("gzip", 3000)
+    assert (injection.otlp_batch_spans, injection.otlp_schedule_delay_ms) == (256, 200)
+    assert injection.otlp_max_queued_spans == 8192
+
+
 def test_the_pre_delete_hook_is_an_exact_copy_so_applying_template_output_changes_nothing(
     helm: Helm, kubectl: Kubectl, namespace: str
 ):

@@ -94,6 +94,26 @@ class Sidecar(Values):
         description="OTLP/HTTP base URL of the collector the sidecars send traces to; empty "
         "sends none.",
     )
+    otlp_compression: Literal["none", "gzip"] = Field(
+        default="none",
+        description="Compression of the sidecars' export bodies (gzip for a collector across "
+        "nodes).",
+    )
+    otlp_timeout_ms: int = Field(
+        default=10000, ge=1, description="How long one export, retries included, may take."
+    )
+    otlp_batch_spans: int = Field(
+        default=512, ge=1, description="Spans in one export request at most."
+    )
+    otlp_schedule_delay_ms: int = Field(
+        default=1000, ge=1, description="How often a sidecar posts whatever spans are queued."
+    )
+    otlp_max_queued_spans: int = Field(
+        default=8192,
+        ge=1,
+        description="Spans a sidecar keeps waiting for export; past it, new spans are dropped "
+        "(and counted). At least otlpBatchSpans.",
+    )
 
 
 class GrafanaDashboard(Values):

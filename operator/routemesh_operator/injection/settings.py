@@ -132,11 +132,31 @@ class InjectionSettings(BaseModel):
     otel_service_name: str = Field(
         default="routemesh-sidecar", min_length=1, description="service.name of the spans."
     )
+    otlp_compression: Literal["none", "gzip"] = Field(
+        default="none", description="Compression of export bodies (OTEL_EXPORTER_OTLP_COMPRESSION)."
+    )
+    otlp_timeout_ms: int = Field(
+        default=10000, ge=1, description="Export timeout (OTEL_EXPORTER_OTLP_TIMEOUT)."
+    )
+    otlp_batch_spans: int = Field(
+        default=512, ge=1, description="Spans a request at most (OTEL_BSP_MAX_EXPORT_BATCH_SIZE)."
+    )
+    otlp_schedule_delay_ms: int = Field(
+        default=1000, ge=1, description="How often queued spans go out (OTEL_BSP_SCHEDULE_DELAY)."
+    )
+    otlp_max_queued_spans: int = Field(
+        default=8192, ge=1, description="Spans waiting at most (OTEL_BSP_MAX_QUEUE_SIZE)."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         if self.listen_port == self.admin_port:
             raise ValueError(f"listen_port and admin_port are both {self.listen_port}")
+        if self.otlp_batch_spans > self.otlp_max_queued_spans:
+            raise ValueError(
+                f"otlp_batch_spans ({self.otlp_batch_spans}) is more than otlp_max_queued_spans "
+                f"({self.otlp_max_queued_spans}): set sidecar.otlpMaxQueuedSpans at least as high"
+            )
         problems = resource_problems(
             {"cpu": self.cpu_request, "memory": self.memory_request},
             {"cpu": self.cpu_limit, "memory": self.memory_limit},

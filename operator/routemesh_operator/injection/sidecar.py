@@ -123,6 +123,16 @@ def _otel_env(settings: InjectionSettings) -> list[Json]:
     ]
     if settings.otlp_endpoint is not None:
         env.append({"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": settings.otlp_endpoint})
+        env += [
+            {"name": name, "value": str(value)}
+            for name, value in (
+                ("OTEL_EXPORTER_OTLP_COMPRESSION", settings.otlp_compression),
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", settings.otlp_timeout_ms),
+                ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", settings.otlp_batch_spans),
+                ("OTEL_BSP_SCHEDULE_DELAY", settings.otlp_schedule_delay_ms),
+                ("OTEL_BSP_MAX_QUEUE_SIZE", settings.otlp_max_queued_spans),
+            )
+        ]
     return env
 
 

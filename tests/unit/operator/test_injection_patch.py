@@ -490,9 +490,35 @@ def test_otel_settings_name_the_pod_namespace_and_node(monkeypatch):
     )
 
 
+def test_the_export_settings_reach_the_sidecar_as_the_otel_variables(monkeypatch):
+    settings = InjectionSettings(
+        otlp_endpoint="http://otel-collector.observability:4318",
+        otlp_compression="gzip",
+        otlp_timeout_ms=2500,
+        otlp_batch_spans=256,
+        otlp_schedule_delay_ms=200,
+    )
+    env = resolved_env(sidecar_of(inject(pod(), settings=settings)))
+    assert env["OTEL_EXPORTER_OTLP_COMPRESSION"] == "gzip"
+    assert env["OTEL_EXPORTER_OTLP_TIMEOUT"] == "2500"
+    assert env["OTEL_BSP_MAX_EXPORT_BATCH_SIZE"] == "256"
+    assert env["OTEL_BSP_SCHEDULE_DELAY"] == "200"
+    assert env["OTEL_BSP_MAX_QUEUE_SIZE"] == "8192"
+    sidecar = sidecar_settings(env, monkeypatch)
+    assert (sidecar.otlp_compression, sidecar.export_timeout_seconds) == ("gzip", 2.5)
+    assert (sidecar.otlp_batch_spans, sidecar.otlp_schedule_delay_ms) == (256, 200)
+    assert sidecar.otlp_max_queued_spans == 8192
+
+
+def test_a_span_batch_larger_than_the_queue_is_refused_with_the_fix():
+    with pytest.raises(ValueError, match=r"set sidecar\.otlpMaxQueuedSpans at least as high"):
+        InjectionSettings(otlp_batch_spans=4096, otlp_max_queued_spans=1024)
+
+
 def test_without_a_collector_no_endpoint_is_set():
     env = env_of(sidecar_of(inject(pod())))
     assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in env
+    assert "OTEL_BSP_MAX_EXPORT_BATCH_SIZE" not in env  # nothing to tune without an export
     assert "OTEL_RESOURCE_ATTRIBUTES" in env
 
 
