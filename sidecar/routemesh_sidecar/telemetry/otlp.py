@@ -219,8 +219,8 @@ class SpanFields:
     end_ns: int
     events: Sequence[Event]
     status: Status
-    # Attributes shared by many spans (an attempt's target), encoded once by identity; the
-    # span's own `attributes` follow them and never repeat their keys.
+    # Attributes shared by many spans (an attempt's target, a route's decision), encoded once
+    # and found again by identity; the span's own `attributes` follow, never repeating a key.
     fixed: Mapping[str, Any] | None = None
 
 
@@ -250,7 +250,7 @@ class SpanEncoder:
 
         The lengths are added up first and the message joined once: wrapping each span, then
         the scope, then the resource, as nested fields, copied a 512-span batch four times
-        (602 µs a batch, against 60 µs so, 2026-12-06).
+        (602 µs a batch, against 60-88 µs joined once; 2026-12-06).
         """
         if not spans:
             return b""
