@@ -128,6 +128,11 @@ def test_status_shows_the_policy_the_backend_and_a_sidecar_that_runs_its_table(
     assert sidecar_row["openBreakers"] == []
 
 
+def _judged_invalid(policy_row: dict[str, Any]) -> bool:
+    """The operator wrote its conditions (Accepted with the rest, in one patch) and found a fault."""
+    return policy_row["accepted"] is True and policy_row["valid"] is False
+
+
 def test_status_exits_1_and_says_why_when_a_policy_names_a_missing_backend(
     control_plane: LocalControlPlane, kubectl: Kubectl, namespace: str, operator: None
 ):
@@ -135,9 +140,11 @@ def test_status_exits_1_and_says_why_when_a_policy_names_a_missing_backend(
     policy = docs[-1]
     policy["spec"]["routes"][0]["targets"] = [{"backend": "nowhere", "model": "small"}]
     kubectl.apply(yaml.safe_dump_all(docs), namespace=namespace)
+    # Wait for the operator's verdict, not for the empty status before it: a policy with no
+    # conditions yet is not valid either, and its message is only "no status yet".
     poll_until(
         lambda: run("status", "-n", namespace, *kc(control_plane), "-o", "json"),
-        lambda result: json.loads(result[1])["policies"][0]["valid"] is False,
+        lambda result: _judged_invalid(json.loads(result[1])["policies"][0]),
         timeout=30,
     )
     code, shown, _ = run("status", "-n", namespace, *kc(control_plane))
