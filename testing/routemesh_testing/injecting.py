@@ -45,9 +45,15 @@ def injecting_operator(
     workdir: Path,
     *,
     tls: bool = False,
+    otlp_endpoint: str | None = None,
+    otlp_headers_secret: str | None = None,
     **overrides: Any,
 ) -> Iterator[Injecting]:
-    """The operator, injecting into this module's namespaces, until the block ends."""
+    """The operator, injecting into this module's namespaces, until the block ends.
+
+    `otlp_endpoint` and `otlp_headers_secret` are the injected sidecars' trace export, as the
+    chart's sidecar.otlpEndpoint and sidecar.otlpHeadersSecret set it.
+    """
     suffix = secrets.token_hex(3)
     setup = Injecting(
         labelled=f"t-inj-{suffix}",
@@ -79,6 +85,8 @@ def injecting_operator(
             distribution_port=setup.distribution_port,
             cert_dir=workdir,
             tls=tls,
+            otlp_endpoint=otlp_endpoint,
+            otlp_headers_secret=otlp_headers_secret,
         )
         with running_operator(plane, **(settings | overrides)):
             wait_for_ca_bundle(kubectl, setup.configuration)

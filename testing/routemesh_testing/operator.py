@@ -48,11 +48,13 @@ def injecting_settings(
     cert_dir: Path,
     tls: bool = False,
     otlp_endpoint: str | None = None,
+    otlp_headers_secret: str | None = None,
 ) -> dict[str, Any]:
     """Operator settings for injection on this machine: webhook and distribution on 127.0.0.1.
 
     The injected sidecars find the distribution server on 127.0.0.1 too (over TLS, trusting
-    the CA the operator publishes, when `tls`); `otlp_endpoint` is where they send spans.
+    the CA the operator publishes, when `tls`); `otlp_endpoint` is where they send spans, with
+    the headers of the Secret `otlp_headers_secret` of their namespace.
     """
     scheme = "https" if tls else "http"
     return {
@@ -71,6 +73,7 @@ def injecting_settings(
             discovery_url=f"{scheme}://127.0.0.1:{distribution_port}",
             discovery_ca_configmap="routemesh-ca" if tls else None,
             otlp_endpoint=otlp_endpoint,
+            otlp_headers_secret=otlp_headers_secret,
         ),
     }
 

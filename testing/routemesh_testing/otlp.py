@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,9 +61,16 @@ def _attributes(pairs: Any) -> dict[str, Any]:
 class OTLPReceiver:
     """Receives OTLP/HTTP trace exports and keeps the spans."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, required_headers: Mapping[str, str] | None = None) -> None:
+        """A receiver; with `required_headers`, one that refuses exports without them.
+
+        It answers 401, as a hosted collector does to a request without its API key, and
+        counts each refusal in `refused`.
+        """
         self._spans: list[ReceivedSpan] = []
         self._lock = threading.Lock()
+        self._required = dict(required_headers or {})
+        self.refused = 0
         self.endpoint = ""
         self.app = web.Application()
         self.app.router.add_post("/v1/traces", self._export)
@@ -111,6 +118,10 @@ class OTLPReceiver:
 
     async def _export(self, request: web.Request) -> web.Response:
         body = await request.read()
+        if any(request.headers.get(k) != v for k, v in self._required.items()):
+            with self._lock:
+                self.refused += 1
+            return web.json_response({"code": 16, "message": "missing API key"}, status=401)
         message = ExportTraceServiceRequest()
         if request.content_type == "application/json":
             ParseDict(json.loads(body), message)

@@ -3,10 +3,11 @@
 No kubelet runs here, so `InjectedSidecar` does its part for the sidecar container of a stored
 Pod: it writes each RouteMesh volume (the projected ServiceAccount token, minted with the real
 TokenRequest API and bound to the Pod; the pod's labels; the route-table ConfigMap; the
-credentials Secrets), resolves the container's environment (fieldRefs and `$(VAR)` references),
-and starts `python -m routemesh_sidecar` with it. Volumes are written under a work directory and
-the environment is remapped to them, except the credentials, which go where the route table says
-they are (the operator's compiler names absolute paths), and are removed afterwards.
+credentials Secrets), resolves the container's environment (fieldRefs, secretKeyRefs and `$(VAR)`
+references), and starts `python -m routemesh_sidecar` with it. Volumes are written under a work
+directory and the environment is remapped to them, except the credentials, which go where the
+route table says they are (the operator's compiler names absolute paths), and are removed
+afterwards.
 
 Test and demo support only: product code never imports it.
 """
@@ -66,6 +67,7 @@ class InjectedSidecar:
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "sidecar.log"
         self._written: list[Path] = []
+        self.env: dict[str, str] = {}  # what the process was started with, once it is
 
     @property
     def admin_url(self) -> str:
@@ -79,7 +81,7 @@ class InjectedSidecar:
 
     def __enter__(self) -> InjectedSidecar:
         remap = self._write_volumes()
-        env = self._environment(remap)
+        env = self.env = self._environment(remap)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "routemesh_sidecar"],
@@ -182,8 +184,14 @@ class InjectedSidecar:
         env = {"PATH": os.environ.get("PATH", ""), "HOME": str(self.workdir)}  # noqa: TID251
         env.update(self.image_env)
         for entry in self.container["env"]:
-            if "valueFrom" in entry:
-                value = fields[entry["valueFrom"]["fieldRef"]["fieldPath"]]
+            source = entry.get("valueFrom") or {}
+            if "secretKeyRef" in source:
+                found = self._secret_value(source["secretKeyRef"])
+                if found is None:
+                    continue  # optional and absent: the kubelet leaves the variable unset
+                value = found
+            elif "fieldRef" in source:
+                value = fields[source["fieldRef"]["fieldPath"]]
             else:
                 value = entry["value"]
                 for name, known in env.items():
@@ -192,6 +200,19 @@ class InjectedSidecar:
                 value = value.replace(mount, str(local))
             env[entry["name"]] = value
         return env
+
+    def _secret_value(self, reference: dict[str, Any]) -> str | None:
+        """A Secret's key, as the kubelet resolves `secretKeyRef`: None if optional and absent."""
+        found = self.kubectl.run(
+            "get", "secret", reference["name"], "-n", self._namespace, "-o", "json", check=False
+        )
+        data = (json.loads(found.stdout).get("data") or {}) if found.returncode == 0 else {}
+        if reference["key"] in data:
+            return base64.b64decode(data[reference["key"]]).decode()
+        if reference.get("optional"):
+            return None
+        # The kubelet would not start the container (CreateContainerConfigError).
+        raise LookupError(f"secret {reference['name']} has no key {reference['key']}")
 
     @property
     def _namespace(self) -> str:

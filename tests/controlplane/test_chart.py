@@ -433,6 +433,43 @@ def test_the_sidecars_export_settings_reach_the_operators_injection_settings(hel
     assert injection.otlp_max_queued_spans == 8192
 
 
+def test_the_export_headers_secret_reaches_the_operators_injection_settings(helm: Helm):
+    values = {"otlpEndpoint": "https://otlp.example.com", "otlpHeadersSecret": "otlp-auth"}
+    docs = helm.template("rm", "ops", {"sidecar": values | {"otlpHeadersSecretKey": "api"}})
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    [operator] = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in operator["env"]}
+    injection = InjectionSettings.model_validate_json(env["ROUTEMESH_OPERATOR_INJECTION"])
+    assert (injection.otlp_headers_secret, injection.otlp_headers_secret_key) == (
+        "otlp-auth",
+        "api",
+    )
+    plain = helm.template("rm", "ops", {"sidecar": {"otlpEndpoint": "https://otlp.example.com"}})
+    [deployment] = [d for d in plain if d["kind"] == "Deployment"]
+    [operator] = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in operator["env"]}
+    assert (
+        InjectionSettings.model_validate_json(
+            env["ROUTEMESH_OPERATOR_INJECTION"]
+        ).otlp_headers_secret
+        is None
+    )
+
+
+def test_a_headers_secret_without_a_collector_is_refused(helm: Helm):
+    with pytest.raises(RuntimeError, match=r"otlpHeadersSecret needs sidecar\.otlpEndpoint"):
+        helm.template("rm", "ops", {"sidecar": {"otlpHeadersSecret": "otlp-auth"}})
+
+
+def test_a_headers_secret_name_kubernetes_would_refuse_is_refused_by_the_schema(helm: Helm):
+    with pytest.raises(RuntimeError, match="otlpHeadersSecret"):
+        helm.template(
+            "rm",
+            "ops",
+            {"sidecar": {"otlpEndpoint": "http://c:4318", "otlpHeadersSecret": "Otlp_Auth"}},
+        )
+
+
 def test_the_pre_delete_hook_is_an_exact_copy_so_applying_template_output_changes_nothing(
     helm: Helm, kubectl: Kubectl, namespace: str
 ):

@@ -32,6 +32,7 @@ from routemesh_testing.manifests import (
     chat_setup,
     wait_for_table_version,
 )
+from routemesh_testing.otlp import OTLPReceiver
 from routemesh_testing.podrun import InjectedSidecar
 from routemesh_testing.pods import SIDECAR, create_pod, sidecar_of
 from routemesh_testing.serving import ServerThread
@@ -361,3 +362,79 @@ def test_over_tls_the_injected_sidecar_trusts_the_ca_the_operator_published(
                 dump = json.loads(response.read())
             status = kubectl.get("routingpolicy", "chat", namespace=setup.labelled)["status"]
             assert dump["route_table"]["version"] == status["routeTableVersion"]
+
+
+def dropped_exports(admin_url: str) -> float:
+    """routemesh_spans_dropped_total{reason="export_failed"} of a running sidecar."""
+    with urllib.request.urlopen(f"{admin_url}/metrics", timeout=5) as response:  # noqa: S310
+        for line in response.read().decode().splitlines():
+            if line.startswith("routemesh_spans_dropped_total{") and "export_failed" in line:
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def ask(sidecar: InjectedSidecar) -> None:
+    with openai.OpenAI(
+        base_url=sidecar.app_env()["OPENAI_BASE_URL"], api_key="app", max_retries=0, timeout=20
+    ) as client:
+        client.chat.completions.create(model="small", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_the_sidecar_exports_with_the_headers_of_its_namespaces_secret_and_starts_without_it(
+    control_plane: LocalControlPlane, kubectl: Kubectl, tmp_path: Path
+):
+    api_key = f"otlp-{secrets.token_hex(8)}"
+    receiver = OTLPReceiver(required_headers={"x-api-key": api_key})  # as a hosted collector
+    with (
+        ServerThread(receiver.app) as collector,
+        ServerThread(FakeOpenAI(name="upstream", api_key=OPENAI_KEY).app) as provider,
+        injecting_operator(
+            control_plane,
+            kubectl,
+            tmp_path / "operator",
+            otlp_endpoint=collector.url,
+            otlp_headers_secret="otlp-auth",
+        ) as setup,
+    ):
+        receiver.bind(collector)
+        kubectl.apply(
+            yaml.safe_dump_all(policy_docs("provider-key", provider.url + "/v1")),
+            namespace=setup.labelled,
+        )
+        programmed(kubectl, setup.labelled)
+        annotations = {
+            "routemesh.dev/sidecar-port": str(free_port()),
+            "routemesh.dev/sidecar-admin-port": str(free_port()),
+        }
+        # No Secret yet: the pod is still injected and its sidecar still serves the app.
+        unauthorised = create_pod(
+            kubectl, setup.labelled, labels={"app": "chat"}, annotations=annotations
+        )
+        assert env_of(sidecar_of(unauthorised))["OTEL_EXPORTER_OTLP_HEADERS"] == {
+            "secretKeyRef": {"name": "otlp-auth", "key": "headers", "optional": True}
+        }
+        with InjectedSidecar(kubectl, unauthorised, tmp_path / "without") as running:
+            assert "OTEL_EXPORTER_OTLP_HEADERS" not in running.env
+            ask(running)
+            # The collector refuses the batch; the sidecar counts the spans it lost.
+            poll_until(lambda: dropped_exports(running.admin_url), lambda n: n >= 2, timeout=20)
+        assert receiver.refused >= 1
+        assert receiver.spans == []
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "otlp-auth"},
+            "stringData": {"headers": f"x-api-key={api_key}"},
+        }
+        kubectl.apply(yaml.safe_dump(secret), namespace=setup.labelled)
+        annotations = {
+            "routemesh.dev/sidecar-port": str(free_port()),
+            "routemesh.dev/sidecar-admin-port": str(free_port()),
+        }
+        pod = create_pod(kubectl, setup.labelled, labels={"app": "chat"}, annotations=annotations)
+        assert api_key not in json.dumps(pod), "the key stays in the Secret"
+        with InjectedSidecar(kubectl, pod, tmp_path / "with") as running:
+            ask(running)
+            [route] = receiver.wait_for(lambda s: s.name == "routemesh.route", timeout=20)
+            assert route.resource["k8s.pod.name"] == pod["metadata"]["name"]
+            assert dropped_exports(running.admin_url) == 0

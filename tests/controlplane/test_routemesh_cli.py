@@ -129,7 +129,7 @@ def test_status_shows_the_policy_the_backend_and_a_sidecar_that_runs_its_table(
 
 
 def _judged_invalid(policy_row: dict[str, Any]) -> bool:
-    """The operator wrote its conditions (Accepted with the rest, in one patch) and found a fault."""
+    """The operator wrote its conditions (Accepted with the rest, at once) and found a fault."""
     return policy_row["accepted"] is True and policy_row["valid"] is False
 
 

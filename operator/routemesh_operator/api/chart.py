@@ -114,6 +114,21 @@ class Sidecar(Values):
         description="Spans a sidecar keeps waiting for export; past it, new spans are dropped "
         "(and counted). At least otlpBatchSpans.",
     )
+    otlp_headers_secret: str = Field(
+        default="",
+        # Empty, or a Secret's name (a DNS subdomain), so that Helm refuses a typo at install.
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)?$",
+        description="Name of a Secret, in each injected pod's namespace, whose key "
+        "otlpHeadersSecretKey holds the export's headers as OTEL_EXPORTER_OTLP_HEADERS does "
+        "(comma-separated key=value, such as a hosted collector's API key); empty sets none. "
+        "Needs otlpEndpoint. A namespace without the Secret still gets its sidecars, which "
+        "export without the headers.",
+    )
+    otlp_headers_secret_key: str = Field(
+        default="headers",
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="The headers' key in that Secret.",
+    )
 
 
 class GrafanaDashboard(Values):

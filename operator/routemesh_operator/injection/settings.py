@@ -17,6 +17,10 @@ from routemesh_operator import __version__
 from routemesh_operator.injection.quantities import is_quantity, quantity_value
 
 LogLevel = Literal["debug", "info", "warning", "error"]
+# A Secret's name (a DNS subdomain) and a key in its data, as the API server checks them
+# (patterns, not passwords: hence the noqa).
+SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"  # noqa: S105
+SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"  # noqa: S105
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
@@ -147,11 +151,29 @@ class InjectionSettings(BaseModel):
     otlp_max_queued_spans: int = Field(
         default=8192, ge=1, description="Spans waiting at most (OTEL_BSP_MAX_QUEUE_SIZE)."
     )
+    otlp_headers_secret: str | None = Field(
+        default=None,
+        pattern=SECRET_NAME_PATTERN,
+        description="A Secret in each injected pod's namespace whose key `otlp_headers_secret_key` "
+        "holds the export's headers (OTEL_EXPORTER_OTLP_HEADERS: comma-separated key=value, "
+        "such as a hosted collector's API key). Optional in the pod: a namespace without it "
+        "still gets its sidecars, which export without the headers. None sets none.",
+    )
+    otlp_headers_secret_key: str = Field(
+        default="headers",
+        pattern=SECRET_KEY_PATTERN,
+        description="The headers' key in that Secret.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         if self.listen_port == self.admin_port:
             raise ValueError(f"listen_port and admin_port are both {self.listen_port}")
+        if self.otlp_headers_secret is not None and self.otlp_endpoint is None:
+            raise ValueError(
+                f"otlp_headers_secret ({self.otlp_headers_secret}) is set but otlp_endpoint is "
+                "not: set sidecar.otlpEndpoint, or the headers go nowhere"
+            )
         if self.otlp_batch_spans > self.otlp_max_queued_spans:
             raise ValueError(
                 f"otlp_batch_spans ({self.otlp_batch_spans}) is more than otlp_max_queued_spans "

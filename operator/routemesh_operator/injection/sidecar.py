@@ -133,7 +133,22 @@ def _otel_env(settings: InjectionSettings) -> list[Json]:
                 ("OTEL_BSP_MAX_QUEUE_SIZE", settings.otlp_max_queued_spans),
             )
         ]
+        if settings.otlp_headers_secret is not None:
+            env.append(
+                _otlp_headers_env(settings.otlp_headers_secret, settings.otlp_headers_secret_key)
+            )
     return env
+
+
+def _otlp_headers_env(secret: str, key: str) -> Json:
+    """The export's headers from a Secret of the pod's namespace, never written into the pod.
+
+    Optional: a missing Secret must not keep an app from starting for the sake of its traces;
+    its sidecar exports without the headers, and a collector that needs them refuses the
+    batches, which the sidecar logs and counts (routemesh_spans_dropped_total).
+    """
+    reference = {"name": secret, "key": key, "optional": True}
+    return {"name": "OTEL_EXPORTER_OTLP_HEADERS", "valueFrom": {"secretKeyRef": reference}}
 
 
 def _env(setting: str, value: str) -> Json:

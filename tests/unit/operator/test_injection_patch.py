@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from routemesh_operator import conventions
+from routemesh_operator.api.chart import Sidecar as ChartSidecar
 from routemesh_operator.api.v1alpha1 import ModelBackend, RoutingPolicy
 from routemesh_operator.compiler.compile import compile_namespace
 from routemesh_operator.compiler.inputs import Snapshot
@@ -510,6 +511,61 @@ def test_the_export_settings_reach_the_sidecar_as_the_otel_variables(monkeypatch
     assert sidecar.otlp_max_queued_spans == 8192
 
 
+def test_the_export_headers_come_from_an_optional_secret_never_written_into_the_pod(monkeypatch):
+    settings = InjectionSettings(
+        otlp_endpoint="https://otlp.example.com", otlp_headers_secret="otlp-auth"
+    )
+    sidecar = sidecar_of(inject(pod(), settings=settings))
+    [headers] = [e for e in sidecar["env"] if e["name"] == "OTEL_EXPORTER_OTLP_HEADERS"]
+    assert "value" not in headers, "the API key stays in the Secret"
+    assert headers["valueFrom"] == {
+        "secretKeyRef": {"name": "otlp-auth", "key": "headers", "optional": True}
+    }
+    # What the sidecar makes of the Secret's value once the kubelet has resolved it.
+    env = resolved_env({"env": [e for e in sidecar["env"] if e is not headers]})
+    env["OTEL_EXPORTER_OTLP_HEADERS"] = "x-api-key=s3cret,x-tenant=shop%20one"
+    parsed = sidecar_settings(env, monkeypatch).otlp_header_map()
+    assert parsed == {"x-api-key": "s3cret", "x-tenant": "shop one"}
+
+
+def test_the_headers_secret_key_is_configurable():
+    settings = InjectionSettings(
+        otlp_endpoint="https://otlp.example.com",
+        otlp_headers_secret="collector",
+        otlp_headers_secret_key="otlp-headers",
+    )
+    env = env_of(sidecar_of(inject(pod(), settings=settings)))
+    assert env["OTEL_EXPORTER_OTLP_HEADERS"]["secretKeyRef"]["key"] == "otlp-headers"
+
+
+def test_without_a_headers_secret_no_headers_are_set():
+    settings = InjectionSettings(otlp_endpoint="https://otlp.example.com")
+    assert "OTEL_EXPORTER_OTLP_HEADERS" not in env_of(sidecar_of(inject(pod(), settings=settings)))
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"otlp_headers_secret": "otlp-auth"}, r"set sidecar\.otlpEndpoint"),
+        (
+            {"otlp_endpoint": "http://c:4318", "otlp_headers_secret": "Not_A_Name"},
+            "should match pattern",
+        ),
+        (
+            {
+                "otlp_endpoint": "http://c:4318",
+                "otlp_headers_secret": "a",
+                "otlp_headers_secret_key": "a/b",
+            },
+            "should match pattern",
+        ),
+    ],
+)
+def test_a_headers_secret_that_could_never_work_is_refused(fields, message):
+    with pytest.raises(ValueError, match=message):
+        InjectionSettings(**fields)
+
+
 def test_a_span_batch_larger_than_the_queue_is_refused_with_the_fix():
     with pytest.raises(ValueError, match=r"set sidecar\.otlpMaxQueuedSpans at least as high"):
         InjectionSettings(otlp_batch_spans=4096, otlp_max_queued_spans=1024)
@@ -763,3 +819,22 @@ def test_one_overridden_resource_keeps_the_other_defaults():
         "requests": {"cpu": "100m", "memory": "64Mi"},
         "limits": {"memory": "512Mi"},
     }
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["otlp_compression", "otlp_batch_spans", "otlp_schedule_delay_ms", "otlp_max_queued_spans"],
+)
+def test_the_export_defaults_agree_in_the_chart_the_operator_and_the_sidecar(field):
+    """The same default in the three layers that each hold one (none may import the next)."""
+    chart = ChartSidecar.model_fields[field].default
+    operator = InjectionSettings.model_fields[field].default
+    sidecar = SidecarSettings.model_fields[field].default
+    assert chart == operator == sidecar
+
+
+def test_the_export_timeout_default_agrees_in_the_chart_the_operator_and_the_sidecar():
+    chart_ms = ChartSidecar.model_fields["otlp_timeout_ms"].default
+    operator_ms = InjectionSettings.model_fields["otlp_timeout_ms"].default
+    sidecar_seconds = SidecarSettings.model_fields["otlp_timeout_seconds"].default
+    assert chart_ms == operator_ms == sidecar_seconds * 1000
