@@ -410,7 +410,9 @@ def test_the_sidecar_exports_with_the_headers_of_its_namespaces_secret_and_start
         unauthorised = create_pod(
             kubectl, setup.labelled, labels={"app": "chat"}, annotations=annotations
         )
-        assert env_of(sidecar_of(unauthorised))["OTEL_EXPORTER_OTLP_HEADERS"] == {
+        sidecar = sidecar_of(unauthorised)
+        assert sidecar is not None
+        assert env_of(sidecar)["OTEL_EXPORTER_OTLP_HEADERS"] == {
             "secretKeyRef": {"name": "otlp-auth", "key": "headers", "optional": True}
         }
         with InjectedSidecar(kubectl, unauthorised, tmp_path / "without") as running:
