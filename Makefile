@@ -58,10 +58,13 @@ router: bench-data ## Train the learned router on the public prompt sets (cross-
 	PYTHONPATH=testing $(PY) hack/train-router.py
 
 .PHONY: models
-models: install ## Distil (or reuse from cache) the Static category tier's token table from the packaged MiniLM
-	@out="$$(PYTHONPATH=testing $(PY) -m routemesh_testing.models)"; \
+models: install ## Build (or reuse from cache) the embedding tiers' models: the Static token table and the int8 MiniLM
+	@out="$$(PYTHONPATH=testing $(PY) -m routemesh_testing.models static)"; \
 	if [[ -f "$$out" ]]; then echo "models: cached: $$out"; \
 	else $(PY) hack/distill-static-model.py --out "$$out"; fi
+	@out="$$(PYTHONPATH=testing $(PY) -m routemesh_testing.models transformer)"; \
+	if [[ -f "$$out" ]]; then echo "models: cached: $$out"; \
+	else $(PY) hack/quantize-minilm.py --out "$$out"; fi
 
 .PHONY: test
 test: install controlplane tools otel-backend models ## Run every test: unit tests and tests against the local control plane and trace backend

@@ -11,7 +11,8 @@ the labels are ours). No set shares a prompt with the examples. A prompt counts 
 when the category with the highest similarity is its own (thresholds aside: they decide between
 a category and the default route, which is a policy's choice, not the model's).
 
-For every tier (Lexical, Static, Transformer) and method (BestExample, Centroid,
+For every tier (Lexical, Static, Transformer, the last with int8 compute as the image runs it,
+and again on the package's own model, computed in float32) and method (BestExample, Centroid,
 NearestExamples with k=3) it reports the accuracy on MT-Bench, on HumanEval, on evals and on all
 three together, and the
 latency of one decision on one thread: embedding one prompt and classifying it (p50 and p99 of
@@ -38,7 +39,7 @@ from routemesh_sidecar.routing.categories import CategoryClassifier
 from routemesh_sidecar.routing.contracts import RoutingRequest
 from routemesh_sidecar.routing.semantic import EmbeddingClassifier, SemanticMatcher
 from routemesh_testing import tables
-from routemesh_testing.models import static_model
+from routemesh_testing.models import static_model, transformer_model
 from routemesh_testing.prompts import EXAMPLES, evals_tasks, human_eval, mt_bench
 
 METHODS = ("BestExample", "Centroid", "NearestExamples")
@@ -98,10 +99,15 @@ def row(
     )
 
 
-def model_rows(tier: str, sets: dict[str, list[tuple[str, str]]]) -> list[str]:
+def model_rows(
+    tier: str, sets: dict[str, list[tuple[str, str]]], *, packaged: bool = False
+) -> list[str]:
+    """Every method of one tier; `packaged`: the Transformer on the package's own model."""
+    quantized = None if packaged else transformer_model()
+    label = f"{tier}, packaged model (float32 compute)" if packaged else tier
     with ThreadPoolExecutor(1) as pool:
-        semantic = SemanticMatcher(pool, static_model=static_model())
-        encoder = load_encoder(tier, static_model())
+        semantic = SemanticMatcher(pool, static_model=static_model(), transformer_model=quantized)
+        encoder = load_encoder(tier, static_model(), quantized)
         examples = [e for ex in EXAMPLES.values() for e in ex]
         vectors = encoder.encode(examples)
         prompt_vectors = {t: encoder.encode([t])[0] for t, _ in sets["all"]}
@@ -116,7 +122,7 @@ def model_rows(tier: str, sets: dict[str, list[tuple[str, str]]]) -> list[str]:
             scores = {name: accuracy(predict, prompts) for name, prompts in sets.items()}
             chat = decision_latency(semantic, tier, method, [t for t, _ in sets["mt-bench"]])
             code = decision_latency(semantic, tier, method, [t for t, _ in sets["humaneval"]])
-            rows.append(row(tier, method, scores, [chat[:2], code[:2]], hit=chat[2]))
+            rows.append(row(label, method, scores, [chat[:2], code[:2]], hit=chat[2]))
         return rows
 
 
@@ -169,7 +175,7 @@ def run() -> list[str]:
     rows = lexical_rows(sets)
     for tier in TIERS[1:]:
         rows += model_rows(tier, sets)
-    return rows
+    return rows + model_rows("Transformer", sets, packaged=True)
 
 
 if __name__ == "__main__":

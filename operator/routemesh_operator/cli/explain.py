@@ -96,13 +96,19 @@ def _router(table: RouteTable) -> Router:
     """A router for the table: with its embedding tier loaded here, when its categories need one.
 
     The model comes from this machine (the `embeddings` extra, and the Static table at
-    ROUTEMESH_SIDECAR_STATIC_MODEL, as in the sidecar image), so explain classifies exactly as
+    ROUTEMESH_SIDECAR_STATIC_MODEL, the quantized MiniLM at ROUTEMESH_SIDECAR_TRANSFORMER_MODEL,
+    as in the sidecar image), so explain classifies exactly as
     a sidecar with that image would.
     """
     if not uses_model(table):
         return Router()
     with ThreadPoolExecutor(1, thread_name_prefix="routemesh-explain") as pool:
-        semantic = SemanticMatcher(pool, static_model=SidecarSettings().static_model)
+        settings = SidecarSettings()
+        semantic = SemanticMatcher(
+            pool,
+            static_model=settings.static_model,
+            transformer_model=settings.transformer_model,
+        )
         try:
             asyncio.run(semantic.prepare(table))
         except TableRefused as exc:

@@ -132,6 +132,7 @@ class SemanticMatcher:
         pool: Executor,
         *,
         static_model: Path | None = None,
+        transformer_model: Path | None = None,
         cache_size: int = 4096,
         queue_limit: int = 64,
     ) -> None:
@@ -141,6 +142,7 @@ class SemanticMatcher:
         self._queue_limit = queue_limit
         self.waiting = 0
         self._static_model = static_model
+        self._transformer_model = transformer_model
         self._encoders: dict[str, Encoder] = {}
         self._prepared: OrderedDict[int, PreparedTable] = OrderedDict()
         self._cache: OrderedDict[tuple[str, bytes], Any] = OrderedDict()
@@ -230,5 +232,7 @@ class SemanticMatcher:
     def _encoder(self, tier: str) -> Encoder:
         encoder = self._encoders.get(tier)
         if encoder is None:
-            encoder = self._encoders[tier] = load_encoder(tier, self._static_model)
+            encoder = self._encoders[tier] = load_encoder(
+                tier, self._static_model, self._transformer_model
+            )
         return encoder

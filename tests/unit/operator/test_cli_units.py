@@ -12,7 +12,7 @@ from routemesh_operator.cli.errors import CliError
 from routemesh_operator.cli.explain import ExplainRequest, explain
 from routemesh_operator.cli.main import main, parser
 from routemesh_operator.cli.sidecars import cost_window
-from routemesh_testing.models import static_model
+from routemesh_testing.models import static_model, transformer_model
 from routemesh_testing.serving import ServerThread
 from routemesh_testing.tables import backend, model_info, route, table
 
@@ -121,7 +121,7 @@ def test_the_common_flags_count_before_and_after_the_command(argv: list[str]):
     assert (args.output, args.kubeconfig, args.namespace, args.context) == ("json", "/k", "ns", "c")
 
 
-def semantic_table() -> str:
+def semantic_table(tier: str = "Static") -> str:
     category = {
         "name": "cooking",
         "examples": ["Give me a recipe for lasagna", "How long should I boil an egg?"],
@@ -131,9 +131,19 @@ def semantic_table() -> str:
         {"b": backend("http://127.0.0.1:9/v1")},
         route("cooking", ("b", "m"), match={"signals": {"categories": [category]}}),
         route("rest", ("b", "m")),
-        category_matching={"tier": "Static", "method": "Centroid"},
+        category_matching={"tier": tier, "method": "Centroid"},
     )
     return built.model_dump_json()
+
+
+def test_explain_runs_the_transformer_model_the_sidecar_is_configured_with(monkeypatch, tmp_path):
+    monkeypatch.setenv("ROUTEMESH_SIDECAR_TRANSFORMER_MODEL", str(transformer_model()))
+    request = ExplainRequest(model="m", prompt="What should I cook for dinner with chicken?")
+    assert explain(semantic_table("Transformer"), request)["route"] == "cooking"
+    monkeypatch.setenv("ROUTEMESH_SIDECAR_TRANSFORMER_MODEL", str(tmp_path / "absent.onnx"))
+    with pytest.raises(CliError) as refused:
+        explain(semantic_table("Transformer"), request)
+    assert "ROUTEMESH_SIDECAR_TRANSFORMER_MODEL" in refused.value.message
 
 
 def test_explain_classifies_with_the_tables_embedding_tier(monkeypatch):

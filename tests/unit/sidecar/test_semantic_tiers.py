@@ -1,8 +1,8 @@
 """The embedding tiers of semantic categories: encoders, classifiers, preparing a table, routing.
 
-The encoders are the real models (MiniLM int8 on onnxruntime, and the token table distilled
-from it by `make models`); only the "extra not installed" case replaces the module lookup, the
-seam `load_encoder` reads.
+The encoders are the real models (MiniLM on onnxruntime, both the packaged one and the int8
+compute one `make models` quantizes, and the token table distilled from it); only the "extra not
+installed" case replaces the module lookup, the seam `load_encoder` reads.
 """
 
 from __future__ import annotations
@@ -34,11 +34,13 @@ from routemesh_sidecar.routing.semantic import (
     SemanticMatcher,
 )
 from routemesh_testing import tables
-from routemesh_testing.models import static_model
+from routemesh_testing.models import static_model, transformer_model
 
 pytestmark = pytest.mark.timeout(60)
 
-TIERS = ["Static", "Transformer"]
+# The Transformer tier as the image runs it (int8 compute) and as a plain install does (the
+# packaged model, computed in float32).
+TIERS = ["Static", "Transformer", "Transformer, packaged"]
 PARAPHRASES = [
     ("How do I reverse a list in Python?", "What is the way to invert a Python list?"),
     ("What is the capital of France?", "Which city is France's capital?"),
@@ -54,7 +56,35 @@ NON_ENGLISH = {
 
 @pytest.fixture(scope="module", params=TIERS)
 def encoder(request: pytest.FixtureRequest) -> Any:
-    return load_encoder(request.param, static_model())
+    if request.param == "Transformer, packaged":
+        return load_encoder("Transformer", None, None)
+    return load_encoder(request.param, static_model(), transformer_model())
+
+
+def test_int8_compute_embeds_as_the_packaged_model_does():
+    """The quantized model is the packaged one, computed in int8: the same vectors, nearly."""
+    quantized = load_encoder("Transformer", None, transformer_model())
+    packaged = load_encoder("Transformer", None, None)
+    texts = [a for pair in PARAPHRASES for a in pair] + [*NON_ENGLISH.values(), "x" * 3000]
+    agreement = np.sum(quantized.encode(texts) * packaged.encode(texts), axis=1)
+    assert agreement.min() > 0.98, agreement
+    # and it keeps the packaged model's judgement: paraphrases closer than unrelated texts
+    for model in (quantized, packaged):
+        assert cosine(model, *PARAPHRASES[0]) > cosine(model, *UNRELATED) + 0.2
+
+
+def test_a_configured_transformer_model_that_is_missing_is_unavailable_and_says_what_to_set(
+    tmp_path: Path,
+):
+    with pytest.raises(EncoderUnavailable, match="ROUTEMESH_SIDECAR_TRANSFORMER_MODEL"):
+        load_encoder("Transformer", None, tmp_path / "absent.onnx")
+
+
+def test_a_damaged_transformer_model_is_unavailable_with_the_reason(tmp_path: Path):
+    damaged = tmp_path / "damaged.onnx"
+    damaged.write_bytes(b"not an onnx model")
+    with pytest.raises(EncoderUnavailable, match="tier Transformer failed to load"):
+        load_encoder("Transformer", None, damaged)
 
 
 def cosine(encoder: Any, a: str, b: str) -> float:
@@ -234,12 +264,18 @@ def routing_request(text: str) -> RoutingRequest:
     ],
 )
 def test_a_prepared_table_routes_by_meaning(tier: str, text: str, route: str):
+    packaged = tier == "Transformer, packaged"
+
     async def main() -> str:
         with ThreadPoolExecutor(2) as pool:
-            semantic = SemanticMatcher(pool, static_model=static_model())
+            semantic = SemanticMatcher(
+                pool,
+                static_model=static_model(),
+                transformer_model=None if packaged else transformer_model(),
+            )
             active = ActiveRouteTable()
             active.add_preparer(semantic.prepare)
-            prepared = table(tier)
+            prepared = table("Transformer" if packaged else tier)
             assert await active.admit(prepared)
             request = routing_request(text)
             await semantic.embed(prepared, request)
@@ -252,7 +288,9 @@ def test_a_prepared_table_routes_by_meaning(tier: str, text: str, route: str):
 def test_a_repeated_prompt_is_answered_from_the_cache():
     async def main() -> tuple[int, int, bool]:
         with ThreadPoolExecutor(1) as pool:
-            semantic = SemanticMatcher(pool, static_model=static_model())
+            semantic = SemanticMatcher(
+                pool, static_model=static_model(), transformer_model=transformer_model()
+            )
             prepared = table("Static")
             await semantic.prepare(prepared)
             for _ in range(3):
@@ -298,7 +336,9 @@ class Failing:
 def test_any_failure_while_preparing_refuses_the_table_rather_than_escaping():
     async def main() -> None:
         with ThreadPoolExecutor(1) as pool:
-            semantic = SemanticMatcher(pool, static_model=static_model())
+            semantic = SemanticMatcher(
+                pool, static_model=static_model(), transformer_model=transformer_model()
+            )
             semantic._encoders["Static"] = Failing()
             with pytest.raises(TableRefused, match="could not be embedded: the model file is"):
                 await semantic.prepare(table("Static"))
@@ -309,7 +349,9 @@ def test_any_failure_while_preparing_refuses_the_table_rather_than_escaping():
 def test_a_request_on_a_table_whose_classifiers_were_dropped_prepares_it_again():
     async def main() -> str:
         with ThreadPoolExecutor(1) as pool:
-            semantic = SemanticMatcher(pool, static_model=static_model())
+            semantic = SemanticMatcher(
+                pool, static_model=static_model(), transformer_model=transformer_model()
+            )
             old = table("Static")
             await semantic.prepare(old)
             for _ in range(10):  # later tables push the old one's classifiers out
@@ -339,7 +381,12 @@ class Gated:
 def test_beyond_the_queue_limit_a_prompt_is_shed_not_queued_without_bound():
     async def main() -> tuple[int, int]:
         with ThreadPoolExecutor(1) as pool:
-            semantic = SemanticMatcher(pool, static_model=static_model(), queue_limit=2)
+            semantic = SemanticMatcher(
+                pool,
+                static_model=static_model(),
+                transformer_model=transformer_model(),
+                queue_limit=2,
+            )
             gated = Gated()
             semantic._encoders["Static"] = gated
             prepared = table("Static")
