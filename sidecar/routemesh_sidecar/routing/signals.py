@@ -226,10 +226,24 @@ def contains_code(text: str) -> bool:
     """A code fence, or a line that opens like a statement or ends in ; { or } (see above).
 
     Line by line with string methods rather than one multi-line regex, which tries every
-    position of the text: 1.5 µs for 1,000 characters of prose, against 16.
+    position of the text: 1.5 µs for 1,000 characters of prose, against 16. A fence is found
+    anywhere (one substring search); the lines are read in the first and the last
+    `_MARKER_CHARS` characters only, which bounds a huge prompt's cost (a 200,000-character
+    prompt took 300 µs of the event loop) and still finds the code pasted under a long document.
     """
     if "```" in text:
         return True
+    if len(text) > 2 * _MARKER_CHARS:
+        head, tail = text[:_MARKER_CHARS], text[-_MARKER_CHARS:]
+        # The lines the windows cut are not read: a cut line could end in ";" where the whole
+        # one does not. A window without a line break is one long line, read as it is.
+        head = head.rpartition("\n")[0] if "\n" in head else head
+        tail = tail.partition("\n")[2] if "\n" in tail else tail
+        return _code_line(head) or _code_line(tail)
+    return _code_line(text)
+
+
+def _code_line(text: str) -> bool:
     for line in text.split("\n"):
         indented = line.lstrip()
         if indented.startswith(_CODE_LINE_STARTS) or line.rstrip().endswith(_CODE_LINE_ENDS):

@@ -2,7 +2,8 @@
 
 `contains_code` reads line by line with string methods and `contains_math` skips the regex for
 ASCII text without a digit or backslash, both for speed; each must answer exactly as the plain
-regex did. The regexes here are the specification, copied from the version before the change.
+regex did (for code, on texts up to 40,000 characters: past that, only a fence and the lines of
+the first and last 20,000 are read, as the last test pins). The regexes here are the specification, copied from the version before the change.
 Random texts are drawn, seeded, from an alphabet of the characters and keywords that matter.
 """
 
@@ -72,3 +73,29 @@ def test_math_is_found_exactly_where_the_regex_found_it(seed: int):
 )
 def test_math_on_prose_tables_and_other_scripts(text: str, math: bool):
     assert contains_math(text) is math
+
+
+PROSE_LINE = "The committee met again on Tuesday and discussed the annual report at length.\n"
+_LINES = PROSE_LINE * 200
+CUT_AT_A_SEMICOLON = (
+    _LINES + "y" * (20_000 - len(_LINES) - 1) + "; and the sentence goes on\n" + PROSE_LINE * 3000
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "found"),
+    [
+        (PROSE_LINE * 3000 + "def f(x):\n    return x\n", True),  # pasted under a document
+        ("import os\n" + PROSE_LINE * 3000, True),
+        (PROSE_LINE * 1500 + "def f(x):\n" + PROSE_LINE * 1500, False),  # past both windows
+        (PROSE_LINE * 1500 + "```\nx\n```" + PROSE_LINE * 1500, True),  # a fence, anywhere
+        (CUT_AT_A_SEMICOLON, False),  # the line the first window cuts, just after a ";"
+        ("x" * 250_000 + ";", True),  # one line with no break: read as it is
+    ],
+    ids=["tail", "head", "middle", "fence", "cut-line", "one-line"],
+)
+def test_a_huge_prompt_is_read_for_code_in_its_first_and_last_20000_characters(
+    text: str, found: bool
+):
+    assert len(text) > 40_000
+    assert contains_code(text) is found
