@@ -3,8 +3,9 @@
 `contains_code` reads line by line with string methods and `contains_math` skips the regex for
 ASCII text without a digit or backslash, both for speed; each must answer exactly as the plain
 regex did (for code, on texts up to 40,000 characters: past that, only a fence and the lines of
-the first and last 20,000 are read, as the last test pins). The regexes here are the specification, copied from the version before the change.
-Random texts are drawn, seeded, from an alphabet of the characters and keywords that matter.
+the first and last 20,000 are read, as the last test pins). The regexes here are the
+specification, copied from the version before the change. Random texts are drawn, seeded, from
+an alphabet of the characters and keywords that matter.
 """
 
 # ruff: noqa: RUF001  (other scripts' digits and Unicode spaces are the point)
