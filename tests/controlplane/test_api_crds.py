@@ -187,6 +187,20 @@ INVALID = [
         id="centroid-with-the-lexical-tier",
     ),
     pytest.param(
+        changed(valid_policy(), "spec.categoryMatching", {"lexicalWeight": "0.5"}),
+        ["spec.categoryMatching", "lexicalWeight blends the Lexical tier into a model tier"],
+        id="lexical-weight-with-the-lexical-tier",
+    ),
+    pytest.param(
+        changed(
+            valid_policy(),
+            "spec.categoryMatching",
+            {"tier": "Transformer", "lexicalWeight": "1.5"},
+        ),
+        ["spec.categoryMatching.lexicalWeight", "should match"],
+        id="lexical-weight-over-1",
+    ),
+    pytest.param(
         changed(valid_policy(), "spec.categoryMatching", {"tier": "Static", "k": 4}),
         ["spec.categoryMatching", "k is read only with method NearestExamples"],
         id="k-without-nearest-examples",

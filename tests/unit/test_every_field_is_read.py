@@ -210,7 +210,12 @@ POLICY: dict[str, Any] = {
     },
     "privacy": {"retention": "Standard", "requestHeader": "x-retention"},
     "telemetry": {"captureContent": True, "samplingRatio": "0.25"},
-    "categoryMatching": {"tier": "Static", "method": "NearestExamples", "k": 4},
+    "categoryMatching": {
+        "tier": "Static",
+        "method": "NearestExamples",
+        "k": 4,
+        "lexicalWeight": "0.5",
+    },
 }
 LABEL_SETS = [
     {"app": "chat", "tier": "web"},

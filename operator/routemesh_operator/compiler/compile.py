@@ -361,7 +361,10 @@ def _category_matching(spec: RoutingPolicySpec) -> wire.CategoryMatching | None:
     if given is None or given == type(given)():
         return None
     return wire.CategoryMatching(
-        tier=given.tier or "Lexical", method=given.method or "BestExample", k=given.k or 3
+        tier=given.tier or "Lexical",
+        method=given.method or "BestExample",
+        k=given.k or 3,
+        lexical_weight=float(given.lexical_weight or 0),
     )
 
 

@@ -155,7 +155,8 @@ class CategoryIndex:
             if vector is None:  # a caller that did not embed first (a dry run): embed here
                 vector = self._prepared.encoder.encode([request.last_user_text[:MAX_CHARS]])[0]
                 request.__dict__["embedding"] = vector
-            found: CategoryMatch | None = self._prepared.classifier(signals).classify(vector)
+            classifier = self._prepared.classifier(signals)
+            found: CategoryMatch | None = classifier.classify(vector, request.last_user_text)
             return found
         if not self._lexical:
             raise RuntimeError("the route table's category tier embeds, and it was not prepared")

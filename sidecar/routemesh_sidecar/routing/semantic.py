@@ -41,6 +41,7 @@ from routemesh_sidecar.routetable import (
 )
 from routemesh_sidecar.routing.categories import (
     MAX_CHARS,
+    CategoryClassifier,
     CategoryMatch,
     first_matched_else_closest,
 )
@@ -50,6 +51,7 @@ MODEL_TIERS = ("Static", "Transformer")
 # Prepared tables kept: the one in use, the one being swapped in, and a few older ones that
 # requests still in flight may have started on.
 KEPT_TABLES = 8
+LEXICAL_CACHE_SIZE = 4096  # prompts whose words' similarities a blending classifier keeps
 
 
 class EmbeddingBusy(RuntimeError):
@@ -57,7 +59,12 @@ class EmbeddingBusy(RuntimeError):
 
 
 class EmbeddingClassifier:
-    """The categories of one match, with their examples' unit vectors."""
+    """The categories of one match, with their examples' unit vectors.
+
+    With a `lexical_weight`, each category's similarity blends in the Lexical tier's (TF-IDF
+    over the same examples): words and meaning fail differently (code shares its words with
+    code examples, a paraphrase shares none), so the blend can beat both (docs/benchmarks.md).
+    """
 
     def __init__(
         self, categories: Sequence[Category], vectors: Any, matching: CategoryMatching
@@ -65,6 +72,11 @@ class EmbeddingClassifier:
         import numpy as np  # noqa: PLC0415  (the embeddings extra)
 
         self._categories = tuple(categories)
+        self._lexical_weight = matching.lexical_weight
+        self._lexical = CategoryClassifier(categories) if matching.lexical_weight else None
+        # The words' similarities of repeated prompts, as the vectors are cached: a blend's
+        # cache hit would otherwise read the words again (0.1-0.13 ms).
+        self._lexical_cache: OrderedDict[str, list[float]] = OrderedDict()
         self._owner = np.array([i for i, c in enumerate(self._categories) for _ in c.examples])
         self._vectors = vectors
         self._method = matching.method
@@ -75,7 +87,26 @@ class EmbeddingClassifier:
         norms = np.linalg.norm(centroids, axis=1, keepdims=True)
         self._centroids = centroids / np.maximum(norms, 1e-12)
 
-    def similarities(self, vector: Any) -> list[float]:
+    def similarities(self, vector: Any, text: str = "") -> list[float]:
+        """Each category's similarity to the text (its vector, and its words for a blend)."""
+        found = self._model_similarities(vector)
+        if self._lexical is None:
+            return found
+        weight = self._lexical_weight
+        lexical = self._lexical_similarities(self._lexical, text[:MAX_CHARS])
+        return [(1 - weight) * m + weight * w for m, w in zip(found, lexical, strict=True)]
+
+    def _lexical_similarities(self, lexical: CategoryClassifier, text: str) -> list[float]:
+        found = self._lexical_cache.get(text)
+        if found is None:
+            found = self._lexical_cache[text] = lexical.similarities(text)
+            if len(self._lexical_cache) > LEXICAL_CACHE_SIZE:
+                self._lexical_cache.popitem(last=False)
+        else:
+            self._lexical_cache.move_to_end(text)
+        return found
+
+    def _model_similarities(self, vector: Any) -> list[float]:
         """Each category's similarity to the text's vector, in [0, 1]."""
         import numpy as np  # noqa: PLC0415
 
@@ -94,9 +125,12 @@ class EmbeddingClassifier:
                     found[i] = mine.mean() if mine.size else 0.0
         return [min(1.0, max(0.0, float(s))) for s in found]
 
-    def classify(self, vector: Any) -> CategoryMatch | None:
-        """The first category the vector is in, else the closest one."""
-        return first_matched_else_closest(self._categories, self.similarities(vector))
+    def classify(self, vector: Any, text: str = "") -> CategoryMatch | None:
+        """The first category the text is in, else the closest one.
+
+        `text` is read only by a blend with the Lexical tier: the same text the vector is of.
+        """
+        return first_matched_else_closest(self._categories, self.similarities(vector, text))
 
 
 @dataclass

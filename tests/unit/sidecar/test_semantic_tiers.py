@@ -26,6 +26,8 @@ from routemesh_sidecar.routetable import (
     RouteTable,
     TableRefused,
 )
+from routemesh_sidecar.routing import semantic
+from routemesh_sidecar.routing.categories import CategoryClassifier
 from routemesh_sidecar.routing.contracts import RoutingRequest
 from routemesh_sidecar.routing.pipeline import Router
 from routemesh_sidecar.routing.semantic import (
@@ -199,6 +201,60 @@ def test_nearest_examples_gives_zero_to_a_category_with_none_among_them():
     assert classifier.similarities(unit(1, 0, 0)) == [pytest.approx(1.0), 0.0]
 
 
+@pytest.mark.parametrize("weight", [0.0, 0.3, 0.5, 1.0])
+@pytest.mark.parametrize("text", ["a", "d e", "", "nothing alike", "é" * 5000])
+def test_a_lexical_weight_blends_the_lexical_similarity_into_the_models(weight: float, text: str):
+    query = unit(0.1, 1, 0)  # the vector leans to math's examples
+    matching = CategoryMatching(tier="Transformer", method="BestExample", lexical_weight=weight)
+    blended = EmbeddingClassifier(CATEGORIES, VECTORS, matching).similarities(query, text)
+    model = EmbeddingClassifier(
+        CATEGORIES, VECTORS, CategoryMatching(tier="Transformer", method="BestExample")
+    ).similarities(query, text)
+    lexical = CategoryClassifier(CATEGORIES).similarities(text)
+    expected = [(1 - weight) * m + weight * w for m, w in zip(model, lexical, strict=True)]
+    assert blended == pytest.approx(expected)
+    assert all(0.0 <= value <= 1.0 for value in blended)
+
+
+def test_a_blend_reads_a_repeated_prompts_words_once_and_keeps_a_bounded_cache(monkeypatch):
+    classifier = EmbeddingClassifier(
+        CATEGORIES, VECTORS, CategoryMatching(tier="Static", lexical_weight=0.5)
+    )
+    lexical = classifier._lexical
+    assert lexical is not None
+    read: list[str] = []
+    real = lexical.similarities
+    monkeypatch.setattr(lexical, "similarities", lambda text: read.append(text) or real(text))
+    first = classifier.similarities(unit(1, 0, 0), "a b")
+    assert classifier.similarities(unit(1, 0, 0), "a b") == first
+    assert read == ["a b"]
+    monkeypatch.setattr(semantic, "LEXICAL_CACHE_SIZE", 3)
+    for index in range(10):
+        classifier.similarities(unit(1, 0, 0), f"text {index}")
+    assert len(classifier._lexical_cache) == 3
+
+
+def test_the_words_can_outvote_the_vector_in_a_blend():
+    """The text is code's own example, word for word; the vector leans to math."""
+    query = unit(0.1, 1, 0)
+    plain = EmbeddingClassifier(CATEGORIES, VECTORS, CategoryMatching(tier="Static"))
+    blend = EmbeddingClassifier(
+        CATEGORIES, VECTORS, CategoryMatching(tier="Static", lexical_weight=0.6)
+    )
+    assert plain.classify(query, "a") is not None
+    assert plain.classify(query, "a").name == "math"  # type: ignore[union-attr]
+    assert blend.classify(query, "a").name == "code"  # type: ignore[union-attr]
+
+
+def test_a_lexical_weight_on_the_lexical_tier_is_refused_and_zero_is_left_out_of_the_table():
+    with pytest.raises(ValueError, match="blends into a model tier"):
+        CategoryMatching(tier="Lexical", lexical_weight=0.5)
+    assert "lexical_weight" not in CategoryMatching(tier="Static").model_dump()
+    assert (
+        CategoryMatching(tier="Static", lexical_weight=0.25).model_dump()["lexical_weight"] == 0.25
+    )
+
+
 def test_below_every_threshold_the_closest_category_is_reported_unmatched():
     strict = [Category(name=c.name, examples=c.examples, threshold=0.99) for c in CATEGORIES]
     classifier = EmbeddingClassifier(strict, VECTORS, CategoryMatching(tier="Static"))
@@ -215,7 +271,7 @@ def test_below_every_threshold_the_closest_category_is_reported_unmatched():
 THRESHOLDS = {"Lexical": 0.3, "Static": 0.4, "Transformer": 0.17}
 
 
-def table(tier: str, method: str = "Centroid") -> RouteTable:
+def table(tier: str, method: str = "Centroid", lexical_weight: float = 0.0) -> RouteTable:
     threshold = THRESHOLDS[tier]
     categories: list[dict[str, Any]] = [
         {
@@ -245,7 +301,7 @@ def table(tier: str, method: str = "Centroid") -> RouteTable:
         {"b": tables.backend("http://127.0.0.1:9/v1")},
         *routes,
         tables.route("default", ("b", "m")),
-        category_matching={"tier": tier, "method": method},
+        category_matching={"tier": tier, "method": method, "lexical_weight": lexical_weight},
     )
 
 
@@ -254,7 +310,7 @@ def routing_request(text: str) -> RoutingRequest:
     return RoutingRequest("openai", "chat", "m", {}, body, random.Random(0), 0.0)
 
 
-@pytest.mark.parametrize("tier", TIERS)
+@pytest.mark.parametrize("tier", [*TIERS, "Transformer, blended"])
 @pytest.mark.parametrize(
     ("text", "route"),
     [
@@ -264,7 +320,9 @@ def routing_request(text: str) -> RoutingRequest:
     ],
 )
 def test_a_prepared_table_routes_by_meaning(tier: str, text: str, route: str):
+    """Each tier, and the Transformer blended half and half with the Lexical tier."""
     packaged = tier == "Transformer, packaged"
+    blended = tier == "Transformer, blended"
 
     async def main() -> str:
         with ThreadPoolExecutor(2) as pool:
@@ -275,7 +333,10 @@ def test_a_prepared_table_routes_by_meaning(tier: str, text: str, route: str):
             )
             active = ActiveRouteTable()
             active.add_preparer(semantic.prepare)
-            prepared = table("Transformer" if packaged else tier)
+            if packaged or blended:
+                prepared = table("Transformer", lexical_weight=0.5 if blended else 0.0)
+            else:
+                prepared = table(tier)
             assert await active.admit(prepared)
             request = routing_request(text)
             await semantic.embed(prepared, request)
