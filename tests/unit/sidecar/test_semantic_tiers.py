@@ -224,7 +224,12 @@ def test_a_blend_reads_a_repeated_prompts_words_once_and_keeps_a_bounded_cache(m
     assert lexical is not None
     read: list[str] = []
     real = lexical.similarities
-    monkeypatch.setattr(lexical, "similarities", lambda text: read.append(text) or real(text))
+
+    def counted(text: str) -> list[float]:
+        read.append(text)
+        return real(text)
+
+    monkeypatch.setattr(lexical, "similarities", counted)
     first = classifier.similarities(unit(1, 0, 0), "a b")
     assert classifier.similarities(unit(1, 0, 0), "a b") == first
     assert read == ["a b"]
