@@ -246,10 +246,7 @@ def namespaces(kubectl: Kubectl) -> None:
             "metadata": {"name": name, "labels": labels},
         }
         kubectl.apply(yaml.safe_dump(body))
-    poll_until(
-        lambda: kubectl.run("get", "serviceaccount", "default", "-n", DEMO, check=False),
-        lambda result: result.returncode == 0,
-    )
+    kubectl.wait_for_default_service_account(DEMO)
 
 
 def operator(stack: ExitStack, plane: LocalControlPlane, workdir: Path, otlp_endpoint: str) -> None:

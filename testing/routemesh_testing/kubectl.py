@@ -12,6 +12,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from routemesh_testing.waiting import poll_until
+
+SERVICE_ACCOUNT_TIMEOUT = 120.0  # seconds
+
 
 class KubectlError(RuntimeError):
     """kubectl exited non-zero; the message holds its stderr."""
@@ -41,6 +45,26 @@ class Kubectl:
         if check and result.returncode != 0:
             raise KubectlError(list(args), result.returncode, result.stderr)
         return result
+
+    def wait_for_default_service_account(self, namespace: str) -> None:
+        """Until the namespace's `default` ServiceAccount exists: a Pod is refused without it.
+
+        The ServiceAccount controller of a control plane that has just started (its storage
+        still initializing, 2 cores shared with the tests) took more than 30 s to make one in
+        CI. Raises, naming the namespace, when it never comes.
+        """
+        found = poll_until(
+            lambda: self.run("get", "serviceaccount", "default", "-n", namespace, check=False),
+            lambda result: result.returncode == 0,
+            timeout=SERVICE_ACCOUNT_TIMEOUT,
+            interval=0.25,
+        )
+        if found.returncode != 0:
+            raise RuntimeError(
+                f"namespace {namespace} has no default ServiceAccount after "
+                f"{SERVICE_ACCOUNT_TIMEOUT:.0f} s: is the kube-controller-manager running? "
+                f"{found.stderr.strip()}"
+            )
 
     def apply(self, manifest: str, *, namespace: str | None = None) -> str:
         """`kubectl apply -f -` with the manifest text; return kubectl's stdout."""

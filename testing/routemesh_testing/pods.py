@@ -13,7 +13,6 @@ import yaml
 
 from routemesh_testing.kubectl import Kubectl
 from routemesh_testing.pytest_plugin import TEST_NAMESPACE_LABEL
-from routemesh_testing.waiting import poll_until
 
 SIDECAR = "routemesh-sidecar"
 
@@ -26,10 +25,7 @@ def make_namespace(kubectl: Kubectl, name: str, labels: dict[str, str]) -> None:
         "metadata": {"name": name, "labels": {TEST_NAMESPACE_LABEL: "true", **labels}},
     }
     kubectl.apply(yaml.safe_dump(body))
-    poll_until(
-        lambda: kubectl.run("get", "serviceaccount", "default", "-n", name, check=False),
-        lambda result: result.returncode == 0,
-    )
+    kubectl.wait_for_default_service_account(name)
 
 
 def create_pod(

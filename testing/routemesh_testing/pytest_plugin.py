@@ -28,7 +28,6 @@ from routemesh_testing.controlplane import (
 )
 from routemesh_testing.kubectl import Kubectl
 from routemesh_testing.phoenix import PhoenixServer
-from routemesh_testing.waiting import poll_until
 
 TEST_NAMESPACE_LABEL = "routemesh.dev/test-namespace"
 
@@ -114,7 +113,7 @@ metadata:
     {TEST_NAMESPACE_LABEL}: "true"
 """
     )
-    _wait_for_default_service_account(kubectl, name)
+    kubectl.wait_for_default_service_account(name)
     try:
         yield name
     finally:
@@ -124,17 +123,6 @@ metadata:
 def _namespace_name(test_name: str) -> str:
     stem = re.sub(r"[^a-z0-9-]+", "-", test_name.lower()).strip("-")[:40].rstrip("-")
     return f"t-{stem}-{secrets.token_hex(3)}"
-
-
-def _wait_for_default_service_account(kubectl: Kubectl, namespace: str) -> None:
-    # The serviceaccount controller creates it shortly after the namespace; the ServiceAccount
-    # admission plugin refuses Pods until it exists.
-    found = poll_until(
-        lambda: kubectl.run("get", "serviceaccount", "default", "-n", namespace, check=False),
-        lambda result: result.returncode == 0,
-    )
-    if found.returncode != 0:
-        pytest.fail(f"serviceaccount/default never appeared in namespace {namespace}")
 
 
 def _delete_test_webhooks(kubectl: Kubectl) -> None:
