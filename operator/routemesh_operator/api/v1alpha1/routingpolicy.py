@@ -677,8 +677,8 @@ class CategoryMatching(ApiModel):
     category's similarity is the model's times (1 - weight) plus the lexical one's times weight,
     and its threshold applies to that. Words and meaning fail differently (code shares its words
     with code examples; a paraphrase shares none), so a blend can beat both: with the
-    Transformer tier and Centroid, "0.3" to "0.7" gave 0.725 to 0.754 on the routing-quality
-    benchmark, against 0.684 for the Transformer alone and 0.638 for Lexical
+    Transformer tier and Centroid, "0.3" to "0.7" gave 0.720 to 0.758 on the routing-quality
+    benchmark, against 0.681 for the Transformer alone and 0.638 for Lexical
     (docs/benchmarks.md). Needs tier Static or Transformer. Absent means "0"."""
 
 
