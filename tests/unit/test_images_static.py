@@ -117,3 +117,17 @@ def test_the_sidecars_variants_are_a_build_argument_with_a_lock_each():
     assert 'hack/build-rootfs.sh "$EXTRAS"' in dockerfile
     for extras in ("sidecar", "sidecar,tokenizer", "sidecar,embeddings"):
         assert (IMAGES / "locks" / f"{extras.replace(',', '-')}.txt").exists()
+
+
+def test_the_quantizers_build_lock_covers_its_extra():
+    """images/locks/model-build.txt: what hack/build-rootfs.sh quantizes MiniLM with."""
+    own = {
+        re.sub(r"[-_.]+", "-", Requirement(line).name).lower()
+        for line in requires("routemesh") or ()
+        if Requirement(line).marker is not None
+        and Requirement(line).marker.evaluate({"extra": "model-build"})  # type: ignore[union-attr]
+        and not Requirement(line).marker.evaluate({"extra": ""})  # type: ignore[union-attr]
+    }
+    assert own == {"onnx"}
+    assert own <= lock_names("model-build")
+    # That the tree it builds holds no onnx is tests/images/test_rootfs.py's, on a real build.
