@@ -36,6 +36,7 @@ from routemesh_testing.otlp import OTLPReceiver
 from routemesh_testing.podrun import InjectedSidecar
 from routemesh_testing.pods import SIDECAR, create_pod, sidecar_of
 from routemesh_testing.serving import ServerThread
+from routemesh_testing.sidecar import metric_samples
 from routemesh_testing.waiting import poll_until
 
 pytestmark = pytest.mark.timeout(240)
@@ -366,11 +367,7 @@ def test_over_tls_the_injected_sidecar_trusts_the_ca_the_operator_published(
 
 def dropped_exports(admin_url: str) -> float:
     """routemesh_spans_dropped_total{reason="export_failed"} of a running sidecar."""
-    with urllib.request.urlopen(f"{admin_url}/metrics", timeout=5) as response:  # noqa: S310
-        for line in response.read().decode().splitlines():
-            if line.startswith("routemesh_spans_dropped_total{") and "export_failed" in line:
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return sum(metric_samples(admin_url, "routemesh_spans_dropped_total", reason="export_failed"))
 
 
 def ask(sidecar: InjectedSidecar) -> None:
