@@ -10,9 +10,10 @@ call): about 1.5x faster and 100 MB smaller in memory.
 
 What is quantized: the MatMuls with a constant weight (the attention projections and the first
 feed-forward layer of each block). Left in float32: the second feed-forward layer of each block,
-whose input, the GELU's output, has outliers that a per-tensor activation scale clips (quantizing
-it too was 20-25% faster again and cost 0.032 of routing-quality accuracy with Centroid, against
-0.022 as done here; docs/benchmarks.md), and the attention's own products, which have no constant weight.
+whose input, the GELU's output, has outliers that a per-tensor activation scale clips
+(quantizing it too was 20-25% faster again and cost 0.032 of routing-quality accuracy with
+Centroid, against 0.022 as done here; docs/benchmarks.md), and the attention's own products,
+which have no constant weight.
 
 The written model is checked against the source before it is kept: each text of a small set must
 embed within `--min-cosine` of the source model's vector, or the script fails.
