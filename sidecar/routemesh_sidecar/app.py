@@ -131,8 +131,8 @@ class Sidecar:
         self.shared_health: SharedHealthChannel | None = None
         self.shadow_reporter: ShadowReporter | None = None
         self.source = source or self._discovery_source() or self._file_source()
-        self._runners: list[web.AppRunner] = []
-        self._listener: web.AppRunner | None = None  # drained first, before anything else stops
+        self._runners: list[web.BaseRunner] = []
+        self._listener: web.BaseRunner | None = None  # drained first, before anything else stops
         self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
         self.listen_port: int | None = None
@@ -292,8 +292,11 @@ class Sidecar:
         admin = AdminSources(
             self.not_ready_reason, self.config_dump, self.metrics.render, CONTENT_TYPE
         )
+        admin_runner = web.AppRunner(
+            build_admin_app(admin), access_log=None, handle_signals=False, shutdown_timeout=1.0
+        )
         self.admin_port = await self._serve(
-            build_admin_app(admin), self.settings.admin_host, self.settings.admin_port
+            admin_runner, self.settings.admin_host, self.settings.admin_port
         )
         parts = ListenerParts(
             self.active,
@@ -309,11 +312,13 @@ class Sidecar:
             self.semantic,
             self.learned,
         )
-        self.listen_port = await self._serve(
-            Listener(parts).app(),
-            self.settings.listen_host,
-            self.settings.listen_port,
+        listener = web.ServerRunner(
+            Listener(parts).server(),
+            handle_signals=False,
             shutdown_timeout=self.settings.drain_seconds,
+        )
+        self.listen_port = await self._serve(
+            listener, self.settings.listen_host, self.settings.listen_port
         )
         self._listener = self._runners[-1]
         log.info(
@@ -329,12 +334,8 @@ class Sidecar:
             return None
         return await asyncio.to_thread(load_tokenizers)
 
-    async def _serve(
-        self, app: web.Application, host: str, port: int, *, shutdown_timeout: float = 1.0
-    ) -> int:
-        runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout
-        )
+    async def _serve(self, runner: web.BaseRunner, host: str, port: int) -> int:
+        """Start `runner` on host:port; the port it bound (when 0 was asked for)."""
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()

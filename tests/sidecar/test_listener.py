@@ -9,7 +9,7 @@ import json
 import os
 import sys
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -91,6 +91,73 @@ async def test_bad_openai_requests_get_openai_errors_and_go_nowhere(
     assert set(error["error"]) >= {"message", "type", "code", "param"}
     assert words in error["error"]["message"]
     assert fake.count() == 0, "nothing is sent upstream for a refused request"
+
+
+@pytest.mark.asyncio
+async def test_a_chunked_body_past_the_limit_is_refused_while_it_is_read(
+    sidecar: SidecarThread, openai_upstream
+):
+    """No Content-Length to check first: the limit holds while the body is read."""
+    fake, _ = openai_upstream
+
+    async def pieces() -> AsyncIterator[bytes]:
+        yield b'{"model": "m", "messages": [{"role": "user", "content": "'
+        for _ in range(10):
+            yield b"x" * 500
+        yield b'"}]}'
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(sidecar.base_url + "/v1/chat/completions", data=pieces()) as response,
+    ):
+        assert response.request_info.headers.get("Transfer-Encoding") == "chunked"
+        error = json.loads(await response.read())
+    assert response.status == 413
+    assert "limit of 4096 bytes" in error["error"]["message"]
+    assert fake.count() == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("method", "path", "status", "words", "allow"),
+    [
+        ("POST", "/v1/chat/completion", 404, "no such path: /v1/chat/completion", None),
+        ("GET", "/", 404, "no such path: /", None),
+        ("GET", "/v1/chat/completions", 405, "GET is not allowed", "POST"),
+        ("POST", "/v1/models", 405, "use GET", "GET, HEAD"),
+    ],
+)
+async def test_an_unknown_path_or_method_gets_an_openai_error(
+    sidecar: SidecarThread,
+    openai_upstream,
+    method: str,
+    path: str,
+    status: int,
+    words: str,
+    allow: str | None,
+):
+    fake, _ = openai_upstream
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, sidecar.base_url + path, data=b"{}") as response,
+    ):
+        error = json.loads(await response.read())
+    assert response.status == status
+    assert words in error["error"]["message"]
+    assert response.headers.get("Allow") == allow
+    assert fake.count() == 0
+
+
+@pytest.mark.asyncio
+async def test_head_on_the_model_list_answers_its_headers_only(sidecar: SidecarThread):
+    async with aiohttp.ClientSession() as session:
+        async with session.head(sidecar.base_url + "/v1/models") as response:
+            assert response.status == 200
+            assert response.content_type == "application/json"
+            assert await response.read() == b""
+        async with session.get(sidecar.base_url + "/v1/models") as response:
+            listed = json.loads(await response.read())
+    assert [model["id"] for model in listed["data"]] == ["gpt-4o", "m"]
 
 
 @pytest.mark.asyncio
