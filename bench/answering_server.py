@@ -1,9 +1,11 @@
 """A Python HTTP server that only answers: how much of a proxy's cost is its server framework.
 
-Usage: answering_server.py aiohttp|httptools PORT. Either way it reads a request's body and
-answers the benchmark's fixed chat completion, with no upstream:
-  - `aiohttp`: an `aiohttp.web` application with one catch-all route on uvloop, the server
-    the sidecar's listener and the floor (`passthrough_proxy.py`) are built on;
+Usage: answering_server.py aiohttp|aiohttp-server|httptools PORT. Each reads a request's body and
+answers the benchmark's fixed chat completion, with no upstream, on uvloop:
+  - `aiohttp`: an `aiohttp.web` application with one catch-all route, as the floor
+    (`passthrough_proxy.py`) is built;
+  - `aiohttp-server`: aiohttp's low-level `web.Server` with the handler called directly, as the
+    sidecar's listener is built;
   - `httptools`: an asyncio protocol on uvloop that feeds bytes to `httptools` (the parser the
     sidecar's upstream client uses) and writes the answer when a message is complete: the least
     a Python HTTP/1.1 server can do per request (no routing, no request object, no body limit,
@@ -29,7 +31,7 @@ HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d
 )
 
 
-async def answer(request: web.Request) -> web.Response:
+async def answer(request: web.BaseRequest) -> web.Response:
     await request.read()
     return web.Response(body=ANSWER, content_type="application/json")
 
@@ -45,6 +47,13 @@ def serve_aiohttp(port: int) -> None:
         access_log=None,
         loop=uvloop.new_event_loop(),
     )
+
+
+async def serve_aiohttp_server(port: int) -> None:
+    runner = web.ServerRunner(web.Server(answer, access_log=None), handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await asyncio.Event().wait()
 
 
 class Answering(asyncio.Protocol):
@@ -79,5 +88,7 @@ if __name__ == "__main__":
     kind, listen = sys.argv[1], int(sys.argv[2])
     if kind == "aiohttp":
         serve_aiohttp(listen)
+    elif kind == "aiohttp-server":
+        uvloop.run(serve_aiohttp_server(listen))
     else:
         uvloop.run(serve_httptools(listen))

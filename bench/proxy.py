@@ -8,9 +8,10 @@ completion, through each target in turn, in one run:
     exported; the same sidecar exporting every span over OTLP/HTTP (to an nginx location that
     answers 200, so the sink costs nothing); and the sidecar streaming (nginx answers a fixed
     event stream, which the sidecar parses for usage as it forwards it);
-  - two servers that answer with no upstream (`answering_server.py`): aiohttp.web, the server
-    the sidecar and the floor are built on, and a bare httptools protocol, the least a Python
-    HTTP/1.1 server does: their difference is what the server framework costs each request.
+  - three servers that answer with no upstream (`answering_server.py`): an aiohttp.web
+    application (as the floor is built), aiohttp's low-level server (as the sidecar's listener
+    is), and a bare httptools protocol, the least a Python HTTP/1.1 server does: what the server
+    framework costs each request.
 Every target runs pinned to core 0; wrk, nginx's backend, the providers and this process (the
 stream part's client) share core 1. The targets take turns
 for ROUNDS rounds, so that drift in the machine's load hits them all alike, and each figure is
@@ -64,7 +65,8 @@ EXPORT_PAIRS = 8
 # Servers that answer without an upstream (`answering_server.py`): what the server framework
 # alone costs a request, against the least a Python HTTP/1.1 server does.
 SERVER_ALONE = {
-    "aiohttp": "aiohttp.web alone, answering",
+    "aiohttp": "aiohttp.web application alone, answering",
+    "aiohttp-server": "aiohttp low-level server alone, answering",
     "httptools": "bare httptools protocol, answering",
 }
 STREAM_REQUESTS = 150
@@ -287,9 +289,9 @@ def sidecar_argv(table: Path, port: int, admin: int | None = None) -> list[str]:
 
 def wrk_targets(tmp: Path, stack: ExitStack) -> tuple[dict[str, str], str]:
     """Start everything the wrk part measures; each target's URL, and the exporter's admin URL."""
-    ports = [free_port() for _ in range(9)]
-    backend, nginx_proxy, floor, sidecar, exporting, streaming, exporting_admin = ports[:7]
-    aiohttp_alone, httptools_alone = ports[7:]
+    ports = [free_port() for _ in range(7)]
+    backend, nginx_proxy, floor, sidecar, exporting, streaming, exporting_admin = ports
+    alone = {kind: free_port() for kind in SERVER_ALONE}
     origin = f"http://127.0.0.1:{backend}"
     stack.enter_context(nginx_pair(tmp, backend, nginx_proxy))
     floor_argv = [sys.executable, str(BENCH / "passthrough_proxy.py"), str(floor), origin]
@@ -302,7 +304,7 @@ def wrk_targets(tmp: Path, stack: ExitStack) -> tuple[dict[str, str], str]:
     exporting_argv = sidecar_argv(plain_table, exporting, exporting_admin)
     stack.enter_context(process(exporting_argv, exporting, 0, export))
     stack.enter_context(process(sidecar_argv(sse_table, streaming), streaming, 0))
-    for kind, port in (("aiohttp", aiohttp_alone), ("httptools", httptools_alone)):
+    for kind, port in alone.items():
         answering = [sys.executable, str(BENCH / "answering_server.py"), kind, str(port)]
         stack.enter_context(process(answering, port, 0))
     path = "/v1/chat/completions"
@@ -314,8 +316,7 @@ def wrk_targets(tmp: Path, stack: ExitStack) -> tuple[dict[str, str], str]:
         "sidecar, every span exported": f"http://127.0.0.1:{exporting}{path}",
         "floor, streaming": f"http://127.0.0.1:{floor}/sse{path}",
         "sidecar, streaming": f"http://127.0.0.1:{streaming}{path}",
-        SERVER_ALONE["aiohttp"]: f"http://127.0.0.1:{aiohttp_alone}{path}",
-        SERVER_ALONE["httptools"]: f"http://127.0.0.1:{httptools_alone}{path}",
+        **{SERVER_ALONE[kind]: f"http://127.0.0.1:{port}{path}" for kind, port in alone.items()},
     }, f"http://127.0.0.1:{exporting_admin}"
 
 
@@ -521,13 +522,14 @@ def server_row(r: dict[tuple[str, int], WrkResult]) -> str:
     about the inverse of the rate.
     """
     micros = {name: 1e6 / r[(name, IN_FLIGHT[-1])].rps for name, _ in r}
-    framework = micros[SERVER_ALONE["aiohttp"]] - micros[SERVER_ALONE["httptools"]]
+    application, server, bare = (micros[SERVER_ALONE[kind]] for kind in SERVER_ALONE)
     sidecar = micros["sidecar"]
     return (
-        f"- server framework, at {IN_FLIGHT[-1]} in flight: aiohttp.web answers in "
-        f"{micros[SERVER_ALONE['aiohttp']]:.1f} µs of CPU a request, a bare httptools protocol in "
-        f"{micros[SERVER_ALONE['httptools']]:.1f}; the sidecar spends {sidecar:.1f} µs a request, "
-        f"of which the {framework:.1f} µs difference is {framework / sidecar:.0%}"
+        f"- server framework, CPU a request at {IN_FLIGHT[-1]} in flight, answering alone: "
+        f"aiohttp.web application {application:.1f} µs (the floor's), aiohttp's low-level "
+        f"server {server:.1f} µs (the sidecar's), a bare httptools protocol {bare:.1f} µs; the "
+        f"sidecar spends {sidecar:.1f} µs a request, {(server - bare) / sidecar:.0%} of it the "
+        "difference between its server and the bare protocol"
     )
 
 
