@@ -7,6 +7,7 @@ table it started with; the admin port shows the active table without secrets.
 import asyncio
 import json
 import os
+import socket
 import sys
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -146,6 +147,56 @@ async def test_an_unknown_path_or_method_gets_an_openai_error(
     assert words in error["error"]["message"]
     assert response.headers.get("Allow") == allow
     assert fake.count() == 0
+
+
+def expect_continue(
+    sidecar: SidecarThread, content_length: int, expect: bytes = b"100-continue"
+) -> tuple[bytes, socket.socket]:
+    """Send a chat request's head with `Expect: 100-continue`; the sidecar's first answer."""
+    port = int(sidecar.base_url.rsplit(":", 1)[1])
+    client = socket.create_connection(("127.0.0.1", port), timeout=5)
+    client.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: sidecar\r\n"
+        b"Content-Type: application/json\r\nExpect: %s\r\n"
+        b"Content-Length: %d\r\n\r\n" % (expect, content_length)
+    )
+    return client.recv(65536), client
+
+
+def test_a_client_that_expects_100_continue_is_told_to_send_its_body(
+    sidecar: SidecarThread, openai_upstream
+):
+    """A client such as curl sends `Expect: 100-continue` past 1 KiB, and waits to be told."""
+    body = json.dumps(
+        {"model": "m", "messages": [{"role": "user", "content": "x" * 1500}]}
+    ).encode()
+    first, client = expect_continue(sidecar, len(body))
+    with client:
+        assert first == b"HTTP/1.1 100 Continue\r\n\r\n"
+        client.sendall(body)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += client.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 OK"), answer[:200]
+    assert openai_upstream[0].count() == 1
+
+
+def test_a_body_past_the_limit_is_refused_before_the_client_sends_it(
+    sidecar: SidecarThread, openai_upstream
+):
+    first, client = expect_continue(sidecar, 5000)
+    with client:
+        assert first.startswith(b"HTTP/1.1 413 "), first[:200]
+        assert b"limit of 4096 bytes" in first
+    assert openai_upstream[0].count() == 0
+
+
+def test_an_expectation_other_than_100_continue_is_refused(sidecar: SidecarThread, openai_upstream):
+    first, client = expect_continue(sidecar, 100, expect=b"something-else")
+    with client:
+        assert first.startswith(b"HTTP/1.1 417 "), first[:200]
+        assert b"something-else" in first
+    assert openai_upstream[0].count() == 0
 
 
 @pytest.mark.asyncio

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11
 
 from routemesh_sidecar.listener.shadow import Shadowed, Shadowing, shadow_attributes
 from routemesh_sidecar.protocol.anthropic import parse_messages_request
@@ -155,9 +156,22 @@ def error_response(
 
 
 async def read_body(request: web.BaseRequest, limit: int) -> bytes:
-    """The request body, refused with 413 past `limit` bytes (checked before reading it all)."""
+    """The request body, refused with 413 past `limit` bytes (checked before reading it all).
+
+    A client that sent `Expect: 100-continue` (curl does, past 1 KiB) waits for the go-ahead
+    before its body: it gets it once the declared length is known to fit, and a 413 without
+    sending the body when it does not.
+    """
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, f"request body is larger than the limit of {limit} bytes")
+    expect = request.headers.get(hdrs.EXPECT)
+    if expect is not None and request.version >= HttpVersion11:
+        if expect.lower() != "100-continue":
+            raise ApiError(417, f"the only expectation understood is 100-continue, not {expect}")
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        # Not the answer's bytes: aiohttp counts them as the body's length, and would take an
+        # error after this for an answer already begun (and close instead of answering it).
+        request.writer.output_size = 0
     try:
         # The application's client_max_size is limit + 1, so aiohttp stops reading past it.
         return await request.read()
