@@ -123,6 +123,7 @@ async def test_a_chunked_body_past_the_limit_is_refused_while_it_is_read(
     ("method", "path", "status", "words", "allow"),
     [
         ("POST", "/v1/chat/completion", 404, "no such path: /v1/chat/completion", None),
+        ("POST", "/v1%2Fchat/completions", 404, "no such path: /v1%2Fchat/completions", None),
         ("GET", "/", 404, "no such path: /", None),
         ("GET", "/v1/chat/completions", 405, "GET is not allowed", "POST"),
         ("POST", "/v1/models", 405, "use GET", "GET, HEAD"),
@@ -197,6 +198,19 @@ def test_an_expectation_other_than_100_continue_is_refused(sidecar: SidecarThrea
         assert first.startswith(b"HTTP/1.1 417 "), first[:200]
         assert b"something-else" in first
     assert openai_upstream[0].count() == 0
+
+
+def test_an_empty_expect_header_expects_nothing(sidecar: SidecarThread, openai_upstream):
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    port = int(sidecar.base_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        client.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: sidecar\r\nExpect: \r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        answer = client.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 OK"), answer[:200]
+    assert openai_upstream[0].count() == 1
 
 
 @pytest.mark.asyncio

@@ -164,8 +164,8 @@ async def read_body(request: web.BaseRequest, limit: int) -> bytes:
     """
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, f"request body is larger than the limit of {limit} bytes")
-    expect = request.headers.get(hdrs.EXPECT)
-    if expect is not None and request.version >= HttpVersion11:
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if expect and request.version >= HttpVersion11:  # an empty Expect expects nothing
         if expect.lower() != "100-continue":
             raise ApiError(417, f"the only expectation understood is 100-continue, not {expect}")
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -239,16 +239,21 @@ class Listener:
         }
 
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
-        """The handler of the request's method and path, or the error that says there is none."""
-        handler = self._by_route.get((request.method, request.path))
+        """The handler of the request's method and path, or the error that says there is none.
+
+        The path is matched with `%2F` and `%25` still encoded, as aiohttp's router does: an
+        encoded slash is part of a segment, not a separator.
+        """
+        path = request.rel_url.path_safe
+        handler = self._by_route.get((request.method, path))
         if handler is not None:
             return await handler(request)
-        api: Api = "anthropic" if request.path == "/v1/messages" else "openai"
-        allowed = sorted(method for method, path in self._by_route if path == request.path)
+        api: Api = "anthropic" if path == "/v1/messages" else "openai"
+        allowed = sorted(method for method, known in self._by_route if known == path)
         if allowed:
-            message = f"{request.method} is not allowed on {request.path}: use {allowed[0]}"
+            message = f"{request.method} is not allowed on {path}: use {allowed[0]}"
             return error_response(api, ApiError(405, message), {"Allow": ", ".join(allowed)})
-        return error_response(api, ApiError(404, f"no such path: {request.path}"))
+        return error_response(api, ApiError(404, f"no such path: {path}"))
 
     def _decision_block(
         self, table: RouteTable, decision: Decision, call: DownstreamCall
