@@ -277,6 +277,9 @@ class Sidecar:
     async def start(self) -> None:
         """Load the route table, then bind the listeners and start the source's watch."""
         self._started = True
+        tokenizers = await self._tokenizers()
+        if tokenizers is not None:  # before the first table, which may name GPT-4
+            self.active.add_preparer(tokenizers.prepare)
         if self.source is not None:
             await self.source.load_once()
             self._spawn("route-table-source", self.source.run())
@@ -308,7 +311,7 @@ class Sidecar:
             self.rng,
             self.settings.content_capture_max_bytes,
             self.shadowing,
-            await self._tokenizers(),
+            tokenizers,
             self.semantic,
             self.learned,
         )

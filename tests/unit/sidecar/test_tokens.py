@@ -5,6 +5,7 @@ estimate stands), for an empty prompt, 200,000 characters, and Japanese text, wh
 undercounts by about 3.5.
 """
 
+import asyncio
 import random
 from typing import Any
 
@@ -70,6 +71,47 @@ def test_the_estimate_undercounts_japanese_by_more_than_two_and_a_half(tokenizer
 )
 def test_the_vocabulary_follows_the_requested_model(tokenizers, model, vocabulary):
     assert tokenizers.for_model(model).name == vocabulary
+
+
+GPT4_TABLE = table(
+    {"openai": backend("http://127.0.0.1:9/v1", models={"gpt-4": model_info()})},
+    route("chat", ("openai", "gpt-4")),
+)
+GPT4O_TABLE = table(
+    {"openai": backend("http://127.0.0.1:9/v1", models={"gpt-4o": model_info()})},
+    route("chat", ("openai", "gpt-4o"), match={"models": ["claude-sonnet-4-5"]}),
+)
+
+
+def fresh() -> Tokenizers:
+    loaded = load_tokenizers()
+    assert loaded is not None
+    return loaded
+
+
+def cl100k_count(text: str) -> int:
+    import bpe_openai
+
+    return len(bpe_openai.get_encoding("cl100k_base").encode_ordinary(text))
+
+
+def test_cl100k_is_built_only_for_a_table_that_names_a_model_using_it():
+    tokenizers = fresh()
+    assert tokenizers.unbuilt(GPT4O_TABLE.model_names()) == [], "o200k is built at start"
+    asyncio.run(tokenizers.prepare(GPT4O_TABLE))
+    assert tokenizers.unbuilt(["gpt-3.5-turbo"]) == [tokenizers.cl100k], "still unbuilt"
+    asyncio.run(tokenizers.prepare(GPT4_TABLE))
+    assert tokenizers.unbuilt(GPT4_TABLE.model_names()) == []
+    text = "Counting tokens exactly, with the vocabulary GPT-4 uses."
+    assert tokenizers.for_model("gpt-4").count(text) == cl100k_count(text)
+
+
+def test_a_request_for_a_model_no_table_named_builds_its_vocabulary_then():
+    tokenizers = fresh()
+    r = request("Hello there, how are you today?", tokenizers, model="gpt-4")
+    assert r.prompt_tokens(exact=True) == cl100k_count("Hello there, how are you today?") + 3 + 3
+    assert r.token_method == "cl100k_base"
+    assert tokenizers.unbuilt(["gpt-4"]) == []
 
 
 def test_without_a_tokenizer_the_estimate_stands_and_says_so():
