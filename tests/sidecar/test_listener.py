@@ -6,6 +6,7 @@ table it started with; the admin port shows the active table without secrets.
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import sys
@@ -21,7 +22,8 @@ from opentelemetry.sdk.trace import SpanProcessor
 
 from routemesh_sidecar.routing import pipeline
 from routemesh_testing.fakes import OPENAI_KEY, Delay, Reply
-from routemesh_testing.sidecar import SidecarProcess, SidecarThread, write_table
+from routemesh_testing.otlp import OTLPReceiver
+from routemesh_testing.sidecar import SidecarProcess, SidecarThread, metric_samples, write_table
 from routemesh_testing.tables import backend, model_info, route, table
 from routemesh_testing.waiting import poll_until
 
@@ -211,6 +213,37 @@ def test_an_empty_expect_header_expects_nothing(sidecar: SidecarThread, openai_u
         answer = client.recv(65536)
     assert answer.startswith(b"HTTP/1.1 200 OK"), answer[:200]
     assert openai_upstream[0].count() == 1
+
+
+@pytest.mark.asyncio
+async def test_an_app_that_leaves_mid_stream_is_not_taken_for_a_broken_upstream(
+    sidecar: SidecarThread, openai_upstream, otlp: OTLPReceiver, caplog: pytest.LogCaptureFixture
+):
+    fake, _ = openai_upstream
+    fake.script(Reply(text=" ".join(["word"] * 40), chunks=40, chunk_gap_seconds=0.05))
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(sidecar.base_url + "/v1/chat/completions", json=body)
+        assert response.status == 200
+        assert (await response.content.readline()).startswith(b"data: {")
+        response.close()  # the app leaves mid-stream: its connection closes
+    span = otlp.route_span("chat")
+    assert span.attributes["error.type"] == "downstream_closed"
+    assert "closed its connection mid-stream" in span.status_message
+    assert "routemesh.downstream.closed" in [name for name, _ in span.events]
+    [attempt] = otlp.wait_for(lambda s: s.parent_span_id == span.span_id)
+    assert "error.type" not in attempt.attributes, "the upstream did nothing wrong"
+    assert span.attributes["gen_ai.usage.output_tokens"] < 40, "billed for what was generated"
+    broken = metric_samples(
+        sidecar.admin_url, "routemesh_errors_total", error_class="stream_broken"
+    )
+    assert sum(broken) == 0
+    gone = metric_samples(
+        sidecar.admin_url, "routemesh_errors_total", error_class="downstream_closed"
+    )
+    assert gone == [1.0]
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert errors == [], [r.getMessage() for r in errors]
 
 
 @pytest.mark.asyncio

@@ -492,16 +492,20 @@ class Listener:
             raise
         error_class: str | None = None
         message: str | None = None
+        downstream_gone = False
         streamed = StreamCapture(call.api, capture.limit) if capture is not None else None
         try:
             # Closed at once when the loop stops (a downstream that went away), not when
             # the generator is collected: its end tells health how the stream ended.
             async with contextlib.aclosing(stream.relay()) as relayed:
                 async for data in relayed:
-                    await response.write(data)
+                    await _write_downstream(response, data)
                     if streamed is not None:
                         streamed.feed(data)
-        except Exception as exc:  # any failure after the first byte ends the stream
+        except DownstreamGone as gone:
+            downstream_gone = True
+            self._downstream_gone(trace, outcome, str(gone))
+        except Exception as exc:  # any other failure after the first byte ends the stream
             error_class = getattr(exc, "error_class", "stream_broken")
             message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
             log.warning(
@@ -531,8 +535,21 @@ class Listener:
             if capture is not None and streamed is not None
             else None,
         )
-        await response.write_eof()
+        if not downstream_gone:  # a gone downstream's connection is aiohttp's to close
+            await response.write_eof()
         return response
+
+    def _downstream_gone(self, trace: RequestTrace, outcome: Outcome, reason: str) -> None:
+        """The app closed its connection mid-stream: its doing, not the upstream's.
+
+        The upstream's stream is closed already (the relay ended), and health hears of no fault;
+        the route span says the downstream closed, and the attempt span keeps no error.
+        """
+        message = f"the downstream closed its connection mid-stream: {reason}"
+        log.info("%s (from %s)", message, outcome.target.backend_name)
+        self.parts.metrics.of(self.parts.metrics.errors, "downstream_closed").inc()
+        trace.event("routemesh.downstream.closed", {"routemesh.error.message": reason})
+        trace.route_span.fail("downstream_closed", message)
 
     def _failed(
         self,
@@ -795,6 +812,21 @@ def _failure_status(failure: UpstreamFailure) -> int:
     if failure.error_class == "client_error" and failure.status:
         return failure.status
     return _FAILURE_STATUS.get(failure.error_class, 502)
+
+
+class DownstreamGone(ConnectionError):
+    """A write to the app failed: it closed its connection (or reset it) mid-answer."""
+
+
+async def _write_downstream(response: web.StreamResponse, data: bytes) -> None:
+    """Write to the app, turning its connection's failure into `DownstreamGone`.
+
+    So that an app that left is never taken for an upstream whose stream broke.
+    """
+    try:
+        await response.write(data)
+    except ConnectionError as exc:
+        raise DownstreamGone(str(exc) or type(exc).__name__) from exc
 
 
 async def _write_terminal_error(response: web.StreamResponse, api: Api, message: str) -> None:
