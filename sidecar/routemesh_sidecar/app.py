@@ -323,7 +323,7 @@ class Sidecar:
         self.listen_port = await self._serve(
             listener, self.settings.listen_host, self.settings.listen_port
         )
-        self._listener = self._runners[-1]
+        self._listener = listener
         log.info(
             "listening on %s:%d (admin %d)",
             self.settings.listen_host,

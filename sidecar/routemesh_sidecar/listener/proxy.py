@@ -173,7 +173,7 @@ async def read_body(request: web.BaseRequest, limit: int) -> bytes:
         # error after this for an answer already begun (and close instead of answering it).
         request.writer.output_size = 0
     try:
-        # The application's client_max_size is limit + 1, so aiohttp stops reading past it.
+        # The server's requests get client_max_size limit + 1, so aiohttp stops reading past it.
         return await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise ApiError(413, f"request body is larger than the limit of {limit} bytes") from exc

@@ -25,6 +25,7 @@ import threading
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -128,14 +129,9 @@ def load_tokenizers() -> Tokenizers | None:
             return None
         return Tokenizers(
             _Vocabulary("o200k_base", bpe_openai.get_encoding("o200k_base")),
-            _LazyVocabulary("cl100k_base", lambda: _get_encoding(bpe_openai, "cl100k_base")),
+            # Only the import warns: the later build needs no filter (nor its thread-unsafe state).
+            _LazyVocabulary("cl100k_base", partial(bpe_openai.get_encoding, "cl100k_base")),
         )
-
-
-def _get_encoding(bpe_openai: Any, name: str) -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return bpe_openai.get_encoding(name)
 
 
 def chat_tokens(tokenizer: Tokenizer, texts: list[str], messages: int) -> int:
