@@ -504,14 +504,13 @@ def wrk_rows(r: dict[tuple[str, int], WrkResult]) -> list[str]:
             f"{many.p50_us:.0f} | {many.rps:,.0f} | {one.errors + many.errors} |"
         )
     direct = r[("direct to nginx", 1)].p50_us
-    floor_name = FLOOR
-    floor_added = r[(floor_name, 1)].p50_us - direct
+    floor_added = r[(FLOOR, 1)].p50_us - direct
     rows.append("")
     for name in ("sidecar", EXPORTED):
         added = r[(name, 1)].p50_us - direct
         rows.append(
-            f"- {name}: throughput {r[(name, 1)].rps / r[(floor_name, 1)].rps:.2f}x the floor at "
-            f"1 in flight and {r[(name, 16)].rps / r[(floor_name, 16)].rps:.2f}x at 16 (goal >= "
+            f"- {name}: throughput {r[(name, 1)].rps / r[(FLOOR, 1)].rps:.2f}x the floor at "
+            f"1 in flight and {r[(name, 16)].rps / r[(FLOOR, 16)].rps:.2f}x at 16 (goal >= "
             f"0.7); added p50 {added:.0f} µs against the floor's {floor_added:.0f} µs, "
             f"{added / floor_added:.2f}x (goal <= 1.5)"
         )
