@@ -73,16 +73,24 @@ class UpstreamResponse:
         return self
 
     async def readany(self) -> bytes:
-        """The next bytes of the body as they arrived; b"" at its end."""
+        """Every byte of the body that has arrived and was not read yet; b"" at its end.
+
+        All of it, not one piece: a chunked body arrives as one piece per chunk, and the stream
+        relay writes what one read returns in one write. Read a piece at a time, two events
+        that came in one packet (a stream's role event and its first token) left in two
+        writes, the first token's behind the other's.
+        """
         while not self._chunks:
             if self._error is not None:
                 raise self._error
             if self._ended:
                 return b""
             await self._wait()
-        chunk = self._chunks.popleft()
-        self._consumed(len(chunk))
-        return chunk
+        chunks = self._chunks
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._consumed(self._buffered)
+        return data
 
     async def read(self, limit: int | None = None) -> bytes:
         """The whole body (or its first `limit` bytes, for an error's message)."""

@@ -347,6 +347,18 @@ def chunked_stream(*events: bytes, end: bool = True) -> bytes:
     )
 
 
+async def test_readany_returns_every_chunk_that_arrived_not_one_at_a_time():
+    # A stream's role event and first token often come in one packet: one read returns both,
+    # so that the relay writes them downstream together instead of the token second.
+    two_events = chunked_stream(b"data: 1\n\n", b"data: 2\n\n", end=False)
+    async with serving(answering(two_events)) as (_, url):
+        pool = ConnectionPool(url)
+        response = await pool.post("/x", {}, b"{}", connect_timeout=2)
+        assert await response.readany() == b"data: 1\n\ndata: 2\n\n"
+        response.close()
+        await pool.close()
+
+
 async def test_a_released_stream_is_read_to_its_end_and_its_connection_reused():
     def script(server: Server) -> Handler:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
