@@ -272,8 +272,8 @@ class UpstreamClient:
                     stream = UpstreamStream(call, target, response, deadline)
                     await stream.read_first_event()
                     return stream
-                # The rest of a whole answer may take until the request's deadline.
-                limit.reschedule(deadline)
+                if not response.ended:  # the rest may take until the request's deadline
+                    limit.reschedule(deadline)
                 raw = await response.read()
             reply = _reply(call, target, response.status, raw)
             reply.headers = response.headers
@@ -417,6 +417,8 @@ class UpstreamStream:
             on_end(error_class)
 
     async def _relay(self) -> AsyncGenerator[bytes, None]:
+        # The request's deadline fails the answer once, rather than a timeout around each read.
+        self.response.fail_at(self.deadline, TimeoutError())
         try:
             while True:
                 out, broken = self._handle_pending()
@@ -427,8 +429,7 @@ class UpstreamStream:
                 if self._done:
                     return
                 try:
-                    async with asyncio.timeout_at(self.deadline):
-                        chunk = await self.response.content.readany()
+                    chunk = await self.response.content.readany()
                 except TimeoutError as exc:
                     raise StreamBroken(
                         "timeout", "the request's total timeout ended the stream"

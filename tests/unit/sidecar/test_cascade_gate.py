@@ -238,6 +238,9 @@ class Response:
     def release(self) -> None:
         pass
 
+    def fail_at(self, when: float, error: BaseException) -> None:
+        pass  # these streams end, break or are cancelled well before their deadline
+
 
 async def stream_of(chunks: list[bytes], ended: list[Any], hang: bool = False) -> UpstreamStream:
     deadline = asyncio.get_running_loop().time() + 5

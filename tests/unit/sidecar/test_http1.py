@@ -359,6 +359,57 @@ async def test_readany_returns_every_chunk_that_arrived_not_one_at_a_time():
         await pool.close()
 
 
+async def test_an_answer_past_its_deadline_fails_the_read_that_waits_for_more():
+    stalled = chunked_stream(b"data: 1\n\n", end=False)
+    async with serving(answering(stalled)) as (server, url):
+        pool = ConnectionPool(url)
+        response = await pool.post("/x", {}, b"{}", connect_timeout=2)
+        response.fail_at(asyncio.get_running_loop().time() + 0.05, TimeoutError("deadline"))
+        assert await response.readany() == b"data: 1\n\n", "what arrived is read first"
+        with pytest.raises(TimeoutError, match="deadline"):
+            await response.readany()
+        response.close()
+        await asyncio.wait_for(server.disconnects.wait(), 2)
+        await pool.close()
+
+
+async def test_an_answer_that_ended_keeps_no_deadline():
+    async with serving(keep_answering(OK)) as (_, url):
+        pool = ConnectionPool(url)
+        response = await pool.post("/x", {}, b"{}", connect_timeout=2)
+        response.fail_at(asyncio.get_running_loop().time() + 0.01, TimeoutError("deadline"))
+        assert response.ended, "a small answer arrives with its headers"
+        await asyncio.sleep(0.05)  # past the deadline: an answer that had ended is still whole
+        assert await response.read() == b'{"ok":true}'
+        await pool.close()
+
+
+async def test_the_pool_hands_a_freed_slot_to_the_next_waiter_and_skips_a_cancelled_one():
+    def script(server: Server) -> Handler:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                await server.read_request(reader)
+                await asyncio.sleep(0.02)
+                writer.write(OK)
+                await writer.drain()
+
+        return handle
+
+    async with serving(script) as (server, url):
+        pool = ConnectionPool(url, limit=1)
+        first = asyncio.ensure_future(post(pool))
+        await asyncio.sleep(0)
+        given_up = asyncio.ensure_future(post(pool))  # waits for the slot, then is cancelled
+        third = asyncio.ensure_future(post(pool))
+        await asyncio.sleep(0)
+        given_up.cancel()
+        assert await first == (200, b'{"ok":true}')
+        assert await third == (200, b'{"ok":true}'), "the slot skipped the cancelled waiter"
+        assert given_up.cancelled()
+        assert server.peak_open == 1
+        await pool.close()
+
+
 async def test_a_released_stream_is_read_to_its_end_and_its_connection_reused():
     def script(server: Server) -> Handler:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -33,18 +33,30 @@ def chunk(text: str) -> bytes:
 
 
 class Content:
-    def __init__(self, chunks: list[bytes]) -> None:
+    def __init__(self, chunks: list[bytes], stall: bool = False) -> None:
         self.chunks = chunks
+        self.stall = stall  # out of chunks, wait for more that never come
+        self.failure: tuple[float, BaseException] | None = None
 
     async def readany(self) -> bytes:
-        return self.chunks.pop(0) if self.chunks else b""
+        if self.chunks:
+            return self.chunks.pop(0)
+        if self.stall:  # as the real response: its deadline fails the read that waits
+            assert self.failure is not None, "a stream's relay must set its deadline"
+            when, error = self.failure
+            await asyncio.sleep(max(0.0, when - asyncio.get_running_loop().time()))
+            raise error
+        return b""
 
 
 class Response:
-    def __init__(self, chunks: list[bytes]) -> None:
+    def __init__(self, chunks: list[bytes], stall: bool = False) -> None:
         self.headers = {"content-type": "text/event-stream"}
-        self.content = Content(chunks)
+        self.content = Content(chunks, stall)
         self.closed = False
+
+    def fail_at(self, when: float, error: BaseException) -> None:
+        self.content.failure = (when, error)
 
     def close(self) -> None:
         self.closed = True
@@ -54,10 +66,12 @@ class Response:
         self.released = True
 
 
-async def stream_of(chunks: list[bytes], ended: list[Any]) -> tuple[UpstreamStream, Response]:
-    response = Response(chunks)
+async def stream_of(
+    chunks: list[bytes], ended: list[Any], *, stall: bool = False, seconds: float = 5
+) -> tuple[UpstreamStream, Response]:
+    response = Response(chunks, stall)
     loop_time = asyncio.get_running_loop().time()
-    stream = UpstreamStream(CALL, TARGET, response, loop_time + 5)  # type: ignore[arg-type]
+    stream = UpstreamStream(CALL, TARGET, response, loop_time + seconds)  # type: ignore[arg-type]
     stream.on_end = ended.append
     await stream.read_first_event()
     return stream, response
@@ -81,6 +95,24 @@ async def test_an_upstream_that_ends_early_is_reported_as_stream_broken():
         async for _ in stream.relay():
             pass
     assert ended == ["stream_broken"]
+
+
+@pytest.mark.asyncio
+async def test_a_stream_still_going_at_the_requests_deadline_breaks_as_a_timeout():
+    ended: list[Any] = []
+    stream, response = await stream_of([chunk("a")], ended, stall=True, seconds=0.05)
+    relayed: list[bytes] = []
+
+    async def relay_all() -> None:
+        async for data in stream.relay():
+            relayed.append(data)
+
+    with pytest.raises(StreamBroken) as broken:
+        await relay_all()
+    assert relayed == [chunk("a")], "what came before the deadline went out"
+    assert broken.value.error_class == "timeout"
+    assert ended == ["timeout"]
+    assert response.closed
 
 
 @pytest.mark.asyncio
