@@ -1,7 +1,7 @@
 """A lean HTTP/1.1 client for upstream attempts: a keep-alive pool per endpoint, parsed in C.
 
 `upstream.client.UpstreamClient` sends every attempt through `ConnectionPool.post` and reads the
-answer from the `UpstreamResponse` it returns: whole (`read`), or event by event (`readany`) for
+answer from the `UpstreamResponse` it returns: whole (`read`), or as it arrives (`readany`) for
 a stream. Why not aiohttp's client: measured from outside with wrk (`make bench-proxy`,
 2026-12-03, 2 cores), the same pass-through proxy served 11,158 requests a second through this
 design and 3,718 through `aiohttp.ClientSession`, whose per-request objects (request, response,
