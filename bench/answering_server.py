@@ -1,11 +1,13 @@
 """A Python HTTP server that only answers: how much of a proxy's cost is its server framework.
 
-Usage: answering_server.py aiohttp|aiohttp-server|httptools PORT. Each reads a request's body and
-answers the benchmark's fixed chat completion, with no upstream, on uvloop:
+Usage: answering_server.py aiohttp|aiohttp-server|listener|httptools PORT. Each reads a request's
+body and answers the benchmark's fixed chat completion, with no upstream, on uvloop:
   - `aiohttp`: an `aiohttp.web` application with one catch-all route, as the floor
     (`passthrough_proxy.py`) is built;
   - `aiohttp-server`: aiohttp's low-level `web.Server` with the handler called directly, as the
-    sidecar's listener is built;
+    sidecar's listener was built until 2026-12-07;
+  - `listener`: the sidecar's own server (`routemesh_sidecar.listener.server`), as its listener
+    is built now;
   - `httptools`: an asyncio protocol on uvloop that feeds bytes to `httptools` (the parser the
     sidecar's upstream client uses) and writes the answer when a message is complete: the least
     a Python HTTP/1.1 server can do per request (no routing, no request object, no body limit,
@@ -24,6 +26,12 @@ import uvloop
 from aiohttp import web
 
 from proxy import COMPLETION
+from routemesh_sidecar.listener.server import (
+    Answer,
+    DownstreamRequest,
+    ListenerServer,
+    ServerLimits,
+)
 
 ANSWER = json.dumps(COMPLETION, separators=(",", ":")).encode()
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(
@@ -53,6 +61,17 @@ async def serve_aiohttp_server(port: int) -> None:
     runner = web.ServerRunner(web.Server(answer, access_log=None), handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
+    await asyncio.Event().wait()
+
+
+async def answer_listener(request: DownstreamRequest) -> Answer:
+    await request.read()
+    return Answer(200, ANSWER)
+
+
+async def serve_listener(port: int) -> None:
+    server = ListenerServer(answer_listener, ServerLimits(max_body_bytes=4 * 1024 * 1024))
+    await server.start("127.0.0.1", port)
     await asyncio.Event().wait()
 
 
@@ -90,5 +109,7 @@ if __name__ == "__main__":
         serve_aiohttp(listen)
     elif kind == "aiohttp-server":
         uvloop.run(serve_aiohttp_server(listen))
+    elif kind == "listener":
+        uvloop.run(serve_listener(listen))
     else:
         uvloop.run(serve_httptools(listen))

@@ -8,10 +8,10 @@ completion, through each target in turn, in one run:
     exported; the same sidecar exporting every span over OTLP/HTTP (to an nginx location that
     answers 200, so the sink costs nothing); and the sidecar streaming (nginx answers a fixed
     event stream, which the sidecar parses for usage as it forwards it);
-  - three servers that answer with no upstream (`answering_server.py`): an aiohttp.web
+  - four servers that answer with no upstream (`answering_server.py`): an aiohttp.web
     application (as the floor is built), aiohttp's low-level server (as the sidecar's listener
-    is), and a bare httptools protocol, the least a Python HTTP/1.1 server does: what the server
-    framework costs each request.
+    was), the sidecar's own server (as its listener is), and a bare httptools protocol, the
+    least a Python HTTP/1.1 server does: what the server framework costs each request.
 Every target runs pinned to core 0; wrk, nginx's backend, the providers and this process (the
 stream part's client) share core 1. The targets take turns
 for ROUNDS rounds, so that drift in the machine's load hits them all alike, and each figure is
@@ -76,6 +76,7 @@ PAIRED_GOALS = (
 SERVER_ALONE = {
     "aiohttp": "aiohttp.web application alone, answering",
     "aiohttp-server": "aiohttp low-level server alone, answering",
+    "listener": "the sidecar's own server alone, answering",
     "httptools": "bare httptools protocol, answering",
 }
 STREAM_REQUESTS = 150
@@ -533,14 +534,15 @@ def server_row(r: dict[tuple[str, int], WrkResult]) -> str:
     about the inverse of the rate.
     """
     micros = {name: 1e6 / r[(name, IN_FLIGHT[-1])].rps for name, _ in r}
-    application, server, bare = (micros[SERVER_ALONE[kind]] for kind in SERVER_ALONE)
+    application, low_level, own, bare = (micros[SERVER_ALONE[kind]] for kind in SERVER_ALONE)
     sidecar = micros["sidecar"]
     return (
         f"- server framework, CPU a request at {IN_FLIGHT[-1]} in flight, answering alone: "
         f"aiohttp.web application {application:.1f} µs (the floor's), aiohttp's low-level "
-        f"server {server:.1f} µs (the sidecar's), a bare httptools protocol {bare:.1f} µs; the "
-        f"sidecar spends {sidecar:.1f} µs a request, {(server - bare) / sidecar:.0%} of it the "
-        "difference between its server and the bare protocol"
+        f"server {low_level:.1f} µs, the sidecar's own server {own:.1f} µs, a bare httptools "
+        f"protocol {bare:.1f} µs; the sidecar spends {sidecar:.1f} µs a request, "
+        f"{(own - bare) / sidecar:.0%} of it the difference between its server and the bare "
+        "protocol"
     )
 
 

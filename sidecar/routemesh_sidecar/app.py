@@ -34,6 +34,7 @@ from routemesh_sidecar.discovery.watch import (
     read_downward_labels,
 )
 from routemesh_sidecar.listener.proxy import Listener, ListenerParts
+from routemesh_sidecar.listener.server import ListenerServer
 from routemesh_sidecar.listener.shadow import MirrorLimits, Shadowing
 from routemesh_sidecar.routetable import ActiveRouteTable, Locality, RouteTable, TableRefused
 from routemesh_sidecar.routing.learned import LearnedRouting
@@ -132,7 +133,7 @@ class Sidecar:
         self.shadow_reporter: ShadowReporter | None = None
         self.source = source or self._discovery_source() or self._file_source()
         self._runners: list[web.BaseRunner] = []
-        self._listener: web.BaseRunner | None = None  # drained first, before anything else stops
+        self._listener: ListenerServer | None = None  # drained first, before anything else stops
         self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
         self.listen_port: int | None = None
@@ -315,13 +316,9 @@ class Sidecar:
             self.semantic,
             self.learned,
         )
-        listener = web.ServerRunner(
-            Listener(parts).server(),
-            handle_signals=False,
-            shutdown_timeout=self.settings.drain_seconds,
-        )
-        self.listen_port = await self._serve(
-            listener, self.settings.listen_host, self.settings.listen_port
+        listener = Listener(parts).server()
+        self.listen_port = await listener.start(
+            self.settings.listen_host, self.settings.listen_port
         )
         self._listener = listener
         log.info(
@@ -361,8 +358,7 @@ class Sidecar:
         """
         self.draining = True
         if self._listener is not None:
-            await self._listener.cleanup()
-            self._runners.remove(self._listener)
+            await self._listener.drain(self.settings.drain_seconds)
             self._listener = None
         for task in self._tasks:
             task.cancel()

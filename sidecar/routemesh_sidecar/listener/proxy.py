@@ -11,7 +11,6 @@ It owns no routing, retry or classification logic; it wires them to HTTP.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import random
@@ -21,12 +20,17 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from aiohttp import hdrs, web
-from aiohttp.http import HttpVersion11
-
+from routemesh_sidecar.listener.server import (
+    Answer,
+    BodyTooLarge,
+    DownstreamRequest,
+    ListenerServer,
+    ServerLimits,
+    StreamAnswer,
+)
 from routemesh_sidecar.listener.shadow import Shadowed, Shadowing, shadow_attributes
 from routemesh_sidecar.protocol.anthropic import parse_messages_request
-from routemesh_sidecar.protocol.codec import dumps_json
+from routemesh_sidecar.protocol.codec import dumps_json, encode_json
 from routemesh_sidecar.protocol.errors import ApiError, anthropic_error, openai_error
 from routemesh_sidecar.protocol.openai import (
     parse_chat_request,
@@ -83,7 +87,7 @@ from routemesh_sidecar.upstream.executor import (
 log = logging.getLogger(__name__)
 
 Parser = Callable[[bytes], dict[str, Any]]
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+Handler = Callable[[DownstreamRequest], Awaitable[Answer | StreamAnswer]]
 
 # The status a downstream sees when every attempt failed with this class. A client_error keeps
 # the upstream's own status (it is the request's fault, and the app should see exactly why).
@@ -141,9 +145,7 @@ class Capture:
         )
 
 
-def error_response(
-    api: Api, error: ApiError, headers: Mapping[str, str] | None = None
-) -> web.Response:
+def error_response(api: Api, error: ApiError, headers: Mapping[str, str] | None = None) -> Answer:
     """An error in the shape of the API the downstream called."""
     body = (
         anthropic_error(error.status, error.message, type=error.type)
@@ -152,10 +154,10 @@ def error_response(
             error.status, error.message, type=error.type, code=error.code, param=error.param
         )
     )
-    return web.json_response(body, status=error.status, headers=headers)
+    return Answer(error.status, encode_json(body), headers)
 
 
-async def read_body(request: web.BaseRequest, limit: int) -> bytes:
+async def read_body(request: DownstreamRequest, limit: int) -> bytes:
     """The request body, refused with 413 past `limit` bytes (checked before reading it all).
 
     A client that sent `Expect: 100-continue` (curl does, past 1 KiB) waits for the go-ahead
@@ -164,31 +166,15 @@ async def read_body(request: web.BaseRequest, limit: int) -> bytes:
     """
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, f"request body is larger than the limit of {limit} bytes")
-    expect = request.headers.get(hdrs.EXPECT, "")
-    if expect and request.version >= HttpVersion11:  # an empty Expect expects nothing
+    expect = request.headers.get("expect", "")
+    if expect and request.version >= (1, 1):  # an empty Expect expects nothing
         if expect.lower() != "100-continue":
             raise ApiError(417, f"the only expectation understood is 100-continue, not {expect}")
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        # Not the answer's bytes: aiohttp counts them as the body's length, and would take an
-        # error after this for an answer already begun (and close instead of answering it).
-        request.writer.output_size = 0
+        await request.send_continue()
     try:
-        # The server's requests get client_max_size limit + 1, so aiohttp stops reading past it.
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
+        return await request.read()  # the server stops reading past its limit, which is ours
+    except BodyTooLarge as exc:
         raise ApiError(413, f"request body is larger than the limit of {limit} bytes") from exc
-
-
-class EventStreamResponse(web.StreamResponse):
-    """A streamed answer whose headers leave with its first event, in one write.
-
-    aiohttp's StreamResponse sends its headers on their own when prepared; a stream is prepared
-    only once its first event has arrived, so a separate write for the headers bought nothing
-    and cost a system call (and a packet) on the way to the first token. (`web.Response` sets
-    the same class attribute for the same reason.)
-    """
-
-    _send_headers_immediately = False
 
 
 class Listener:
@@ -199,29 +185,15 @@ class Listener:
         self._decision_blocks: dict[tuple[Any, ...], Mapping[str, Any]] = {}
         self._by_route = self._routes()
 
-    def server(self) -> web.Server:
-        """The HTTP server: aiohttp's low-level one, with the listener's own dispatch.
+    def server(self) -> ListenerServer:
+        """The HTTP server, with the listener's dispatch and body limit.
 
-        Not a `web.Application`: its router, request objects and middleware chain cost about
-        30 µs a request on the sidecar's one core (measured against this server answering the
-        same request, docs/benchmarks.md), for five fixed paths that a dictionary finds. The
-        body limit is ours, so aiohttp's is lifted just past it.
+        The sidecar's own (`listener.server`), not aiohttp's: aiohttp's low-level server cost
+        about 57 µs of CPU a request that a bare httptools protocol answers in 7
+        (docs/benchmarks.md); a dictionary finds the listener's six (method, path) pairs.
         """
-        loop = asyncio.get_running_loop()
-        client_max_size = self.parts.max_body_bytes + 1
-
-        def request(
-            message: Any,
-            payload: Any,
-            protocol: Any,
-            writer: Any,
-            task: asyncio.Task[None],
-        ) -> web.BaseRequest:
-            return web.BaseRequest(
-                message, payload, protocol, writer, task, loop, client_max_size=client_max_size
-            )
-
-        return web.Server(self._dispatch, request_factory=request, access_log=None)
+        limits = ServerLimits(max_body_bytes=self.parts.max_body_bytes)
+        return ListenerServer(self._dispatch, limits)
 
     def _routes(self) -> dict[tuple[str, str], Handler]:
         models = self.models
@@ -238,13 +210,13 @@ class Listener:
             ("HEAD", "/v1/models"): models,
         }
 
-    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _dispatch(self, request: DownstreamRequest) -> Answer | StreamAnswer:
         """The handler of the request's method and path, or the error that says there is none.
 
         The path is matched with `%2F` and `%25` still encoded, as aiohttp's router does: an
         encoded slash is part of a segment, not a separator.
         """
-        path = request.rel_url.path_safe
+        path = request.path
         handler = self._by_route.get((request.method, path))
         if handler is not None:
             return await handler(request)
@@ -287,7 +259,7 @@ class Listener:
             self._decision_blocks[key] = block
         return block
 
-    async def models(self, request: web.BaseRequest) -> web.Response:
+    async def models(self, request: DownstreamRequest) -> Answer:
         """The models the route table offers, as OpenAI's model list."""
         table = self.parts.active.current
         if table is None:
@@ -296,10 +268,10 @@ class Listener:
             {"id": name, "object": "model", "created": 0, "owned_by": "routemesh"}
             for name in table.model_names()
         ]
-        return web.json_response({"object": "list", "data": data})
+        return Answer(200, encode_json({"object": "list", "data": data}))
 
     def _handler(self, api: Api, operation: Operation, parse: Parser) -> Handler:
-        async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        async def handle(request: DownstreamRequest) -> Answer | StreamAnswer:
             started = time.perf_counter()
             try:
                 table = self.parts.active.current
@@ -324,7 +296,7 @@ class Listener:
 
     async def _decision(
         self, table: RouteTable, routing_request: RoutingRequest, call: DownstreamCall
-    ) -> Decision | web.StreamResponse:
+    ) -> Decision | Answer:
         """The routing decision, or the answer that says why the request has none."""
         try:
             if self.parts.semantic is not None:
@@ -361,8 +333,8 @@ class Listener:
             return _no_healthy_upstream(call.api, str(exc), exc.retry_after)
 
     async def _route(
-        self, request: web.BaseRequest, table: RouteTable, call: DownstreamCall, started: float
-    ) -> web.StreamResponse:
+        self, request: DownstreamRequest, table: RouteTable, call: DownstreamCall, started: float
+    ) -> Answer | StreamAnswer:
         routing_request = RoutingRequest(
             call.api,
             call.operation,
@@ -457,13 +429,11 @@ class Listener:
             attributes=_outcome_attributes(outcome, cost) | _budget_attributes(limits),
             content=capture.attributes(output_messages(call.api, reply.body)) if capture else None,
         )
-        return web.Response(
-            body=reply.body, status=reply.status, content_type="application/json", headers=headers
-        )
+        return Answer(reply.status, reply.body, headers)
 
     async def _stream(
         self,
-        request: web.BaseRequest,
+        request: DownstreamRequest,
         stream: UpstreamStream | BufferedStream,
         *,
         routing: RoutingRequest,
@@ -476,20 +446,17 @@ class Listener:
         capture: Capture | None,
         cost_labels: CostLabels,
         shadowed: Shadowed | None,
-    ) -> web.StreamResponse:
-        response = EventStreamResponse(
-            status=200,
-            headers={
+    ) -> StreamAnswer:
+        # Its head leaves with the first event, in one write; an app gone by then is found
+        # by that write (`DownstreamGone`), and the relay's end frees the upstream.
+        response = request.stream(
+            200,
+            {
                 "content-type": "text/event-stream",
                 "cache-control": "no-cache",
                 **_routing_headers(decision, outcome),
             },
         )
-        try:
-            await response.prepare(request)
-        except BaseException:
-            stream.abandon()  # the downstream left before the first byte: free the upstream
-            raise
         error_class: str | None = None
         message: str | None = None
         downstream_gone = False
@@ -535,8 +502,8 @@ class Listener:
             if capture is not None and streamed is not None
             else None,
         )
-        if not downstream_gone:  # a gone downstream's connection is aiohttp's to close
-            await response.write_eof()
+        if not downstream_gone:  # a gone downstream's connection is the server's to close
+            await response.end()
         return response
 
     def _downstream_gone(self, trace: RequestTrace, outcome: Outcome, reason: str) -> None:
@@ -560,7 +527,7 @@ class Listener:
         started: float,
         *,
         limits: RequestBudget | None,
-    ) -> web.Response:
+    ) -> Answer:
         self._record_attempts(failed.attempts)
         failure = failed.failure
         if isinstance(failed, BudgetExceeded):
@@ -600,7 +567,7 @@ class Listener:
         started: float,
         *,
         limits: RequestBudget | None,
-    ) -> web.Response:
+    ) -> Answer:
         """400, naming the budget: the official clients do not retry it.
 
         Nothing that would have broken the budget was sent.
@@ -799,7 +766,7 @@ def _budget_attributes(limits: RequestBudget | None) -> dict[str, Any]:
     return attributes
 
 
-def _no_healthy_upstream(api: Api, message: str, retry_after: float | None) -> web.Response:
+def _no_healthy_upstream(api: Api, message: str, retry_after: float | None) -> Answer:
     """503 with a class of its own: nothing was sent, because nothing healthy was left."""
     headers = {"x-routemesh-error-class": "no_healthy_upstream"}
     if retry_after is not None:
@@ -818,7 +785,7 @@ class DownstreamGone(ConnectionError):
     """A write to the app failed: it closed its connection (or reset it) mid-answer."""
 
 
-async def _write_downstream(response: web.StreamResponse, data: bytes) -> None:
+async def _write_downstream(response: StreamAnswer, data: bytes) -> None:
     """Write to the app, turning its connection's failure into `DownstreamGone`.
 
     So that an app that left is never taken for an upstream whose stream broke.
@@ -829,7 +796,7 @@ async def _write_downstream(response: web.StreamResponse, data: bytes) -> None:
         raise DownstreamGone(str(exc) or type(exc).__name__) from exc
 
 
-async def _write_terminal_error(response: web.StreamResponse, api: Api, message: str) -> None:
+async def _write_terminal_error(response: StreamAnswer, api: Api, message: str) -> None:
     """End a broken stream with an error event both SDKs raise on (never a clean end)."""
     text = f"upstream stream broke: {message}"
     if api == "anthropic":
