@@ -192,8 +192,9 @@ class StreamAnswer:
         self._request = request
         self.chunked = request.version >= (1, 1)
         framing = "Transfer-Encoding: chunked\r\n" if self.chunked else ""
-        close = not self.chunked or request._connection.closes_after(request)
-        self._head = _head(status, headers, framing, close)
+        connection = request._connection
+        close = not self.chunked or connection.closes_after(request)
+        self._head = _head(status, headers, framing, close, connection.date())
         self.started = False
         self.ended = False
 
@@ -362,6 +363,10 @@ class _Connection(asyncio.Protocol):
         if self.transport is None:
             raise ConnectionResetError("the app closed its connection")
 
+    def date(self) -> bytes:
+        """The Date header's value now."""
+        return self._server.date()
+
     def closes_after(self, request: DownstreamRequest) -> bool:
         """Whether the connection closes once this request is answered."""
         return self._closing or not request.keep_alive
@@ -414,7 +419,7 @@ class _Connection(asyncio.Protocol):
         close = self.closes_after(request) or not request._complete or request._error is not None
         try:
             if isinstance(answer, Answer):
-                self.write(_whole(answer, request, close))
+                self.write(_whole(answer, request, close, self.date()))
             elif not answer.ended or not answer.chunked:  # unended (broken, or its app left)
                 close = True
         except ConnectionError:
@@ -443,7 +448,7 @@ class _Connection(asyncio.Protocol):
         if self._active is None and self.transport is not None:
             error = {"error": {"message": message, "type": "invalid_request_error"}}
             answer = Answer(status, json.dumps(error).encode())
-            self.transport.write(_whole(answer, None, close=True))
+            self.transport.write(_whole(answer, None, True, self.date()))
             self.transport.close()
         elif self._current is not None:
             self._current._fail(ConnectionResetError(message))
@@ -469,6 +474,7 @@ class ListenerServer:
         self._connections: set[_Connection] = set()
         self._all_closed: asyncio.Event | None = None
         self._keepalive: asyncio.TimerHandle | None = None
+        self.date = _DateField()
 
     async def start(self, host: str, port: int) -> int:
         """Listen on host:port; the port bound (when 0 was asked for)."""
@@ -519,29 +525,34 @@ class ListenerServer:
         self._schedule_keepalive()
 
 
-_date_cache: list[object] = [0, b""]
+class _DateField:
+    """The Date header's value, formatted once a second rather than once an answer."""
+
+    def __init__(self) -> None:
+        self._second = 0
+        self._value = b""
+
+    def __call__(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._value = formatdate(now, usegmt=True).encode()
+        return self._value
 
 
-def _date() -> bytes:
-    """The Date header's value, formatted once a second."""
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache[0] = now
-        _date_cache[1] = formatdate(now, usegmt=True).encode()
-    return cast(bytes, _date_cache[1])
-
-
-def _head(status: int, headers: Mapping[str, str] | None, framing: str, close: bool) -> bytes:
+def _head(
+    status: int, headers: Mapping[str, str] | None, framing: str, close: bool, date: bytes
+) -> bytes:
     fields = "".join([f"{name}: {value}\r\n" for name, value in (headers or {}).items()])
     connection = "Connection: close\r\n" if close else ""
     start = f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"
     head = (start + fields + framing + connection).encode("latin-1")
-    return head + b"Date: " + _date() + b"\r\n\r\n"
+    return head + b"Date: " + date + b"\r\n\r\n"
 
 
-def _whole(answer: Answer, request: DownstreamRequest | None, close: bool) -> bytes:
+def _whole(answer: Answer, request: DownstreamRequest | None, close: bool, date: bytes) -> bytes:
     framing = f"Content-Type: {answer.content_type}\r\nContent-Length: {len(answer.body)}\r\n"
-    head = _head(answer.status, answer.headers, framing, close)
+    head = _head(answer.status, answer.headers, framing, close, date)
     if request is not None and request.method == "HEAD":
         return head
     return head + answer.body
