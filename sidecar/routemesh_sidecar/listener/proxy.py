@@ -27,6 +27,7 @@ from routemesh_sidecar.listener.server import (
     ListenerServer,
     ServerLimits,
     StreamAnswer,
+    UnreadableBody,
 )
 from routemesh_sidecar.listener.shadow import Shadowed, Shadowing, shadow_attributes
 from routemesh_sidecar.protocol.anthropic import parse_messages_request
@@ -175,6 +176,8 @@ async def read_body(request: DownstreamRequest, limit: int) -> bytes:
         return await request.read()  # the server stops reading past its limit, which is ours
     except BodyTooLarge as exc:
         raise ApiError(413, f"request body is larger than the limit of {limit} bytes") from exc
+    except UnreadableBody as exc:
+        raise ApiError(400, f"the request body cannot be read: {exc}") from exc
 
 
 class Listener:
@@ -449,14 +452,16 @@ class Listener:
     ) -> StreamAnswer:
         # Its head leaves with the first event, in one write; an app gone by then is found
         # by that write (`DownstreamGone`), and the relay's end frees the upstream.
-        response = request.stream(
-            200,
-            {
-                "content-type": "text/event-stream",
-                "cache-control": "no-cache",
-                **_routing_headers(decision, outcome),
-            },
-        )
+        headers = {
+            "content-type": "text/event-stream",
+            "cache-control": "no-cache",
+            **_routing_headers(decision, outcome),
+        }
+        try:
+            response = request.stream(200, headers)
+        except BaseException:
+            stream.abandon()  # no answer can start: free the upstream
+            raise
         error_class: str | None = None
         message: str | None = None
         downstream_gone = False

@@ -11,15 +11,20 @@ a bare httptools protocol 7 µs, in a sidecar that spent 263-327 µs a request. 
 payload, response and writer objects serve websockets, multipart, compression and cookies; the
 listener needs a body of a few MiB at most and two kinds of answer.
 
-What it does: HTTP/1.1 and 1.0; keep-alive, closed after `keepalive_seconds` idle; pipelined
-requests answered in order, one at a time; bodies by Content-Length or chunked, refused past
-`max_body_bytes` while they are read (the handler refuses a declared length before that, and
-answers `Expect: 100-continue` with `DownstreamRequest.send_continue`); 400 for bytes that are not
-HTTP, 431 for a head past `max_head_bytes`; HEAD answered without a body; streams chunked (close-
-delimited for HTTP/1.0), with the transport's backpressure; a write to a connection that is gone
-raises `ConnectionResetError`. An answer that leaves part of its request's body unread closes the
-connection after it. `drain(seconds)` stops listening, closes idle connections, lets the requests
-in flight finish for up to `seconds` (their connections close after), then cancels the rest.
+What it does: HTTP/1.1 keep-alive, closed after `keepalive_seconds` idle (HTTP/1.0 is answered
+and closed); pipelined requests answered in order, one at a time; bodies by Content-Length or
+chunked, refused past `max_body_bytes` while they are read (the handler refuses a declared length
+before that, and answers `Expect: 100-continue` with `DownstreamRequest.send_continue`); 400 for
+bytes that are not HTTP, 431 for a head past `max_head_bytes` (a field still arriving counts);
+an Upgrade header (curl --http2 asks for h2c) is not followed: the request is answered over
+HTTP/1.1, its body read raw, and the connection closed; HEAD answered without a body; header
+values written as UTF-8, and an answer whose header holds CR or LF is never sent (the connection
+closes, and it is logged); streams chunked (close-delimited for HTTP/1.0), with the transport's
+backpressure; a write to a connection that is gone raises `ConnectionResetError`. An answer that
+leaves part of its request's body unread ends the connection after it without a reset: our side
+closes, and what still comes is dropped for a while. `drain(seconds)` stops listening, closes idle
+connections, lets the requests in flight finish for up to `seconds` (their connections close
+after), then cancels the rest and gives them a second to unwind.
 
 It must not know routes, APIs or their error shapes (the handler answers every request it is
 given, errors too; the few answers the server writes itself are for bytes no handler could read),
@@ -39,6 +44,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import cast
+from urllib.parse import urlsplit
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -48,11 +54,16 @@ log = logging.getLogger(__name__)
 
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 _INTERNAL_ERROR = b'{"error":{"message":"internal error","type":"server_error"}}'
-_HIGH_WATER = 64 * 1024  # pipelined requests' bytes queued before reading pauses
+_QUEUED = 8  # pipelined requests read ahead of the one being answered before reading pauses
+_LINGER_SECONDS = 10.0  # after an answer that left a body unread: how long the rest is dropped
 
 
 class BodyTooLarge(Exception):
     """The request's body went past the server's limit while it was read."""
+
+
+class UnreadableBody(Exception):
+    """The request's body cannot be read: its framing is broken, or it comes in a way not served."""
 
 
 class _HeadTooLarge(Exception):
@@ -122,6 +133,8 @@ class DownstreamRequest:
     def path(self) -> str:
         """The path, decoded but for `%2F` and `%25` (an encoded slash separates nothing)."""
         path = self.raw_path.partition("?")[0]
+        if not path.startswith("/"):  # absolute-form (`POST http://host/v1/...`), as proxies send
+            path = urlsplit(path).path or "/"
         if "%" not in path:
             return path
         return URL.build(path=path, encoded=True).path_safe
@@ -245,6 +258,11 @@ class _Connection(asyncio.Protocol):
         self._paused_writing = False
         self._drain: asyncio.Future[None] | None = None
         self._closing = False  # no request after the one being answered
+        self._in_head = False  # a request's head is arriving
+        self._head_bytes = 0  # bytes received while it is, a field still arriving included
+        self._raw_body: tuple[DownstreamRequest, int] | None = None  # after an Upgrade header
+        self._unparsable = False  # the parser failed: nothing more is read as requests
+        self._lingering = False  # answered with its body unread: the rest is dropped
         self.idle_since = time.monotonic()
 
     # asyncio.Protocol
@@ -254,21 +272,27 @@ class _Connection(asyncio.Protocol):
         self._server.opened(self)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering or self._unparsable:
+            return  # dropped: an answered request's unread body, or bytes after a parse error
+        if self._raw_body is not None:
+            self._take_raw_body(data)
+            return
         if self._closing and self._active is None:
             return
+        if self._in_head:
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._closing = True  # no protocol but HTTP/1.1 here: answer, then close
-            if self._current is not None:
-                self._current._done()
-        except _HeadTooLarge:
-            self._refuse(431, "the request's head is larger than the limit")
+        except httptools.HttpParserUpgrade as exc:
+            # No protocol but HTTP/1.1 here (curl --http2 asks for h2c): the request is answered
+            # as one, its body taken as it comes after the head, and the connection closes.
+            self._closing = True
+            self._after_upgrade(data[int(exc.args[0]) if exc.args else len(data) :])
         except httptools.HttpParserError as exc:
-            if isinstance(exc.__context__, _HeadTooLarge):  # raised in a parser callback
+            self._parse_failed(exc)
+        else:
+            if self._in_head and self._head_bytes > 2 * self._limits.max_head_bytes:
                 self._refuse(431, "the request's head is larger than the limit")
-            else:
-                self._refuse(400, f"malformed HTTP request: {exc}")
 
     def eof_received(self) -> bool | None:
         # The app closed its side: it has left (its clients never half-close to wait for an
@@ -300,6 +324,8 @@ class _Connection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._head_size = 0
+        self._in_head = True
+        self._head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -310,6 +336,7 @@ class _Connection(asyncio.Protocol):
         self._grow_head(len(name) + len(value) + 4)
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         headers: CIMultiDict[str] = CIMultiDict(
             (name.decode("latin-1"), value.decode("utf-8", "surrogateescape"))
             for name, value in self._headers
@@ -325,9 +352,11 @@ class _Connection(asyncio.Protocol):
         )
         self._current = request
         self._queue.append(request)
+        if self._parser.should_upgrade():
+            self._upgrade(request)
         if self._active is None:
             self._next()
-        elif len(self._queue) > 8:
+        elif len(self._queue) > _QUEUED:
             self._pause_reading()
 
     def on_body(self, body: bytes) -> None:
@@ -337,8 +366,8 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         request, self._current = self._current, None
-        if request is not None:
-            request._done()
+        if request is not None and (self._raw_body is None or self._raw_body[0] is not request):
+            request._done()  # (an Upgrade request's body comes raw, after the parser stops)
 
     # used by the requests and their answers
 
@@ -368,8 +397,15 @@ class _Connection(asyncio.Protocol):
         return self._server.date()
 
     def closes_after(self, request: DownstreamRequest) -> bool:
-        """Whether the connection closes once this request is answered."""
-        return self._closing or not request.keep_alive
+        """Whether the connection closes once this request is answered.
+
+        HTTP/1.0 closes always: its keep-alive needs a header this server does not send.
+        """
+        return self._closing or not request.keep_alive or request.version < (1, 1)
+
+    def closes_after_answer(self) -> None:
+        """Answer the request in hand, then close."""
+        self._closing = True
 
     def close_when_idle(self) -> None:
         """Drain: answer the request in hand, then close; close now if there is none."""
@@ -377,12 +413,14 @@ class _Connection(asyncio.Protocol):
         if self._active is None and self.transport is not None:
             self.transport.close()
 
-    def cancel(self) -> None:
-        """The drain period is over: stop the request in hand and drop the connection."""
-        if self._task is not None:
-            self._task.cancel()
+    def cancel(self) -> asyncio.Task[None] | None:
+        """The drain period is over: stop the request in hand (its task) and drop the connection."""
+        task = self._task
+        if task is not None:
+            task.cancel()
         if self.transport is not None:
             self.transport.abort()
+        return task
 
     @property
     def idle(self) -> bool:
@@ -420,9 +458,13 @@ class _Connection(asyncio.Protocol):
         try:
             if isinstance(answer, Answer):
                 self.write(_whole(answer, request, close, self.date()))
+                await self.drained()  # an app that pipelines and never reads is not buffered for
             elif not answer.ended or not answer.chunked:  # unended (broken, or its app left)
                 close = True
         except ConnectionError:
+            close = True
+        except Exception:  # an answer that cannot be written: never a connection left hanging
+            log.exception("the listener failed to write its answer to %s", request.raw_path)
             close = True
         self._finished(request, close=close)
 
@@ -433,7 +475,11 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         if close or self._closing:
             self._queue.clear()
-            if transport is not None:
+            if transport is None:
+                return
+            if not request._complete and not self._unparsable and transport.can_write_eof():
+                self._linger(transport)
+            else:
                 transport.close()
             return
         if self._queue:
@@ -441,17 +487,71 @@ class _Connection(asyncio.Protocol):
         elif self._paused_reading:
             self._resume_reading()
 
-    def _refuse(self, status: int, message: str) -> None:
-        """Answer bytes no handler can read, and close."""
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Close after an answer that left its request's body unread, without a reset.
+
+        Closing a socket with bytes unread sends a reset, which can reach the app before the
+        answer does. Instead the answer ends with our side's close, and what still comes is
+        dropped until the app closes too, or for `_LINGER_SECONDS` (as aiohttp's server did).
+        """
+        self._lingering = True
+        self._resume_reading()
+        transport.write_eof()
+        asyncio.get_running_loop().call_later(_LINGER_SECONDS, transport.close)
+
+    def _upgrade(self, request: DownstreamRequest) -> None:
+        """A request with an Upgrade header: the parser skips its body, so it is taken raw."""
+        self._closing = True  # after an upgrade request, the parser reads nothing more
+        length = request.content_length
+        if request.headers.get("transfer-encoding"):
+            request._fail(UnreadableBody("a chunked body with an Upgrade header is not served"))
+        elif length:
+            self._raw_body = (request, length)
+
+    def _after_upgrade(self, rest: bytes) -> None:
+        """The parser stopped at an Upgrade request's head: its body, if any, is what follows."""
+        if self._raw_body is not None:
+            self._take_raw_body(rest)
+        else:
+            self._unparsable = True
+
+    def _take_raw_body(self, data: bytes) -> None:
+        if self._raw_body is None:
+            return
+        request, left = self._raw_body
+        piece = data[:left]
+        left -= len(piece)
+        if not request._feed(piece, self._limits.max_body_bytes):
+            left = 0  # past the limit: its answer says so, and the connection closes
+        elif left == 0:
+            request._done()
+        self._raw_body = (request, left) if left > 0 else None
+        if left == 0:
+            self._unparsable = True  # nothing after it is read
+
+    def _parse_failed(self, exc: httptools.HttpParserError) -> None:
+        cause = exc.__context__  # an exception raised in one of the callbacks above
+        if isinstance(cause, _HeadTooLarge):
+            self._refuse(431, "the request's head is larger than the limit")
+        elif cause is not None:
+            log.error("the listener failed to read a request", exc_info=cause)
+            self._refuse(500, "internal error", kind="server_error")
+        else:
+            self._refuse(400, f"malformed HTTP request: {exc}")
+
+    def _refuse(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+        """Answer bytes no handler can read, and close; a request in hand fails to read them."""
         log.info("refused a request: %s", message)
         self._closing = True
-        if self._active is None and self.transport is not None:
-            error = {"error": {"message": message, "type": "invalid_request_error"}}
+        self._unparsable = True
+        self._pause_reading()
+        if self._current is not None and self._current is self._active:
+            self._current._fail(UnreadableBody(message))  # its handler answers, then it closes
+        elif self._active is None and self.transport is not None:
+            error = {"error": {"message": message, "type": kind}}
             answer = Answer(status, json.dumps(error).encode())
             self.transport.write(_whole(answer, None, True, self.date()))
             self.transport.close()
-        elif self._current is not None:
-            self._current._fail(ConnectionResetError(message))
 
     def _pause_reading(self) -> None:
         if not self._paused_reading and self.transport is not None:
@@ -472,7 +572,7 @@ class ListenerServer:
         self.limits = limits
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_Connection] = set()
-        self._all_closed: asyncio.Event | None = None
+        self._all_closed: asyncio.Event | None = None  # set once draining
         self._keepalive: asyncio.TimerHandle | None = None
         self.date = _DateField()
 
@@ -496,14 +596,17 @@ class ListenerServer:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(seconds):
                     await self._all_closed.wait()
-        for connection in list(self._connections):
-            connection.cancel()
+        cancelled = [t for c in list(self._connections) if (t := c.cancel()) is not None]
+        if cancelled:  # let them finish their records before the rest of the sidecar stops
+            await asyncio.wait(cancelled, timeout=1.0)
         if self._server is not None:
             await self._server.wait_closed()
 
     def opened(self, connection: _Connection) -> None:
-        """A connection was accepted."""
+        """A connection was accepted (one accepted as the drain began is closed when idle)."""
         self._connections.add(connection)
+        if self._all_closed is not None:
+            connection.close_when_idle()
 
     def closed(self, connection: _Connection) -> None:
         """A connection closed (either side)."""
@@ -544,9 +647,11 @@ def _head(
     status: int, headers: Mapping[str, str] | None, framing: str, close: bool, date: bytes
 ) -> bytes:
     fields = "".join([f"{name}: {value}\r\n" for name, value in (headers or {}).items()])
+    if fields.count("\n") != len(headers or ()) or fields.count("\r") != len(headers or ()):
+        raise ValueError("an answer's header name or value holds a CR or LF character")
     connection = "Connection: close\r\n" if close else ""
     start = f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"
-    head = (start + fields + framing + connection).encode("latin-1")
+    head = (start + fields + framing + connection).encode()  # UTF-8, as aiohttp wrote them
     return head + b"Date: " + date + b"\r\n\r\n"
 
 

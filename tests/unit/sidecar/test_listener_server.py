@@ -42,6 +42,12 @@ class App:
     async def handle(self, request: DownstreamRequest) -> Answer | StreamAnswer:
         if request.path == "/fail":
             raise RuntimeError("a bug")
+        if request.path == "/early":  # answers without reading the body, as a 404 does
+            return Answer(404, b"no such path")
+        if request.path == "/header":
+            return Answer(200, b"", {"x-model": request.headers["x-value"]})
+        if request.path == "/crlf":  # a value that would split the answer's head
+            return Answer(200, b"", {"x-model": "m\r\nSet-Cookie: stolen=1"})
         try:
             body = await request.read()
         except BodyTooLarge as exc:
@@ -328,4 +334,100 @@ async def test_drain_cancels_what_is_still_in_flight_when_its_time_is_up():
         await asyncio.wait_for(app.cancelled.wait(), 2)
         with contextlib.suppress(ConnectionError):
             assert await reader.read() == b""
+        writer.close()
+
+
+async def test_a_header_value_beyond_latin_1_goes_out_as_utf_8():
+    async with serving() as (_, _, port):
+        reader, writer = await connect(port)
+        writer.write(post("/header", b"", "X-Value: modèle→v2"))
+        status, headers, _ = await read_answer(reader)
+        assert status == 200
+        assert headers["x-model"].encode("latin-1").decode() == "modèle→v2"
+        writer.close()
+
+
+async def test_an_answer_that_cannot_be_written_closes_its_connection_and_is_logged(
+    caplog: pytest.LogCaptureFixture,
+):
+    async with serving() as (_, _, port):
+        reader, writer = await connect(port)
+        with caplog.at_level(logging.ERROR):
+            writer.write(post("/crlf"))
+            assert await asyncio.wait_for(reader.read(), 2) == b"", "closed, never split or hung"
+        assert "failed to write its answer to /crlf" in caplog.text
+        assert "CR or LF" in caplog.text
+        writer.close()
+        reader, writer = await connect(port)
+        writer.write(post("/echo", b"ok"))
+        assert (await read_answer(reader))[2] == b"echo:ok", "the server goes on"
+        writer.close()
+
+
+async def test_a_request_that_asks_for_an_upgrade_is_answered_with_its_body_then_closed():
+    async with serving() as (app, _, port):
+        reader, writer = await connect(port)
+        writer.write(
+            post("/echo", b'{"a":1}', "Connection: Upgrade, HTTP2-Settings", "Upgrade: h2c")
+        )
+        status, headers, body = await read_answer(reader)
+        assert (status, body) == (200, b'echo:{"a":1}'), (
+            "curl --http2 sends this; h2c is not served"
+        )
+        assert headers["connection"] == "close"
+        assert app.seen[0][2] == b'{"a":1}'
+        assert await reader.read() == b""
+        writer.close()
+
+
+async def test_http_1_0_is_closed_after_its_answer_even_when_it_asks_for_keep_alive():
+    async with serving() as (_, _, port):
+        reader, writer = await connect(port)
+        writer.write(b"POST /echo HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\nx")
+        status, headers, body = await read_answer(reader)
+        assert (status, body, headers["connection"]) == (200, b"echo:x", "close")
+        assert await reader.read() == b""
+        writer.close()
+
+
+async def test_a_header_still_arriving_past_the_limit_is_refused_before_it_ends():
+    async with serving() as (app, _, port):
+        reader, writer = await connect(port)
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nX-Endless: ")
+        for _ in range(5):  # 5 KiB of one value, never ended; the limit is 1 KiB
+            writer.write(b"y" * 1024)
+            await writer.drain()
+            await asyncio.sleep(0.01)
+        status, _, body = await read_answer(reader)
+        assert status == 431
+        assert b"head is larger than the limit" in body
+        assert app.seen == []
+        writer.close()
+
+
+async def test_an_answer_before_the_body_arrived_lets_the_app_finish_sending_without_a_reset():
+    async with serving() as (_, _, port):
+        reader, writer = await connect(port)
+        body = b"z" * 300_000
+        writer.write(
+            post("/early", b"")[:-4].replace(
+                b"Content-Length: 0", b"Content-Length: %d" % len(body)
+            )
+            + b"\r\n\r\n"
+        )
+        status, headers, answer = await read_answer(reader)
+        assert (status, answer, headers["connection"]) == (404, b"no such path", "close")
+        for start in range(0, len(body), 65536):  # the rest of the body: no broken pipe
+            writer.write(body[start : start + 65536])
+            await writer.drain()
+        assert await reader.read() == b"", "the server closed its side after the answer"
+        writer.close()
+
+
+async def test_an_absolute_form_target_is_routed_by_its_path():
+    async with serving() as (app, _, port):
+        reader, writer = await connect(port)
+        writer.write(post("http://127.0.0.1/v1/models", b""))
+        await read_answer(reader)
+        assert app.seen[0][1] == "/v1/models"
         writer.close()
