@@ -5,11 +5,13 @@ table it started with; the admin port shows the active table without secrets.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import socket
 import sys
+import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,7 +23,7 @@ import pytest
 from opentelemetry.sdk.trace import SpanProcessor
 
 from routemesh_sidecar.routing import pipeline
-from routemesh_testing.fakes import OPENAI_KEY, Delay, Reply
+from routemesh_testing.fakes import OPENAI_KEY, Delay, Reply, StreamStall
 from routemesh_testing.otlp import OTLPReceiver
 from routemesh_testing.sidecar import SidecarProcess, SidecarThread, metric_samples, write_table
 from routemesh_testing.tables import backend, model_info, route, table
@@ -229,7 +231,7 @@ async def test_an_app_that_leaves_mid_stream_is_not_taken_for_a_broken_upstream(
         response.close()  # the app leaves mid-stream: its connection closes
     span = otlp.route_span("chat")
     assert span.attributes["error.type"] == "downstream_closed"
-    assert "closed its connection mid-stream" in span.status_message
+    assert "closed its connection" in span.status_message
     assert "routemesh.downstream.closed" in [name for name, _ in span.events]
     [attempt] = otlp.wait_for(lambda s: s.parent_span_id == span.span_id)
     assert "error.type" not in attempt.attributes, "the upstream did nothing wrong"
@@ -244,6 +246,49 @@ async def test_an_app_that_leaves_mid_stream_is_not_taken_for_a_broken_upstream(
     assert gone == [1.0]
     errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert errors == [], [r.getMessage() for r in errors]
+
+
+async def leave_after(url: str, body: dict, read_first_line: bool) -> float:
+    """Post `body`, leave (close the connection) once the answer began or 0.3 s passed."""
+    async with aiohttp.ClientSession() as session:
+        if read_first_line:
+            response = await session.post(url, json=body)
+            assert (await response.content.readline()).startswith(b"data: {")
+            response.close()
+        else:
+            with contextlib.suppress(TimeoutError):
+                await session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=0.3))
+    return time.monotonic()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("behaviour", "stream"),
+    [
+        (Delay(30.0), False),  # a long answer still being generated
+        (StreamStall(after_chunks=2), True),  # a stream whose upstream went quiet
+    ],
+    ids=["whole-answer", "stalled-stream"],
+)
+async def test_an_app_that_leaves_stops_its_attempt_at_once(
+    sidecar: SidecarThread, openai_upstream, otlp: OTLPReceiver, behaviour, stream: bool
+):
+    """Not at the next write, which may be the deadline: the attempt and its cost stop now."""
+    fake, _ = openai_upstream
+    fake.script(behaviour)
+    body = {"model": "m", "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
+    left = await leave_after(sidecar.base_url + "/v1/chat/completions", body, stream)
+    span = otlp.route_span("chat")
+    assert time.monotonic() - left < 5, "the route ended with the app, not at the deadline"
+    assert span.attributes["error.type"] == "downstream_closed"
+    [attempt] = otlp.wait_for(lambda s: s.parent_span_id == span.span_id)
+    assert "error.type" not in attempt.attributes, "the upstream did nothing wrong"
+    gone = metric_samples(
+        sidecar.admin_url, "routemesh_errors_total", error_class="downstream_closed"
+    )
+    assert gone == [1.0]
+    assert sum(metric_samples(sidecar.admin_url, "routemesh_errors_total")) == 1.0
+    assert fake.count() == 1, "no retry and no fallback for an app that left"
 
 
 @pytest.mark.asyncio

@@ -11,6 +11,7 @@ It owns no routing, retry or classification logic; it wires them to HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import random
@@ -398,6 +399,12 @@ class Listener:
             if shadowed is not None and self.parts.shadowing is not None:
                 self.parts.shadowing.settle(shadowed, None, None)
             return self._failed(call, decision, trace, failed, started, limits=limits)
+        except asyncio.CancelledError:  # the app left before its answer began: attempts stopped
+            if shadowed is not None and self.parts.shadowing is not None:
+                self.parts.shadowing.settle(shadowed, None, None)
+            self._downstream_gone(trace, None, "before its answer began")
+            trace.finish(usage=None, response_model=None, error_class=None)
+            raise
         self._record_attempts(outcome.attempts)
         self._record_skips(decision, limits)
         self.parts.metrics.of(
@@ -464,7 +471,7 @@ class Listener:
             raise
         error_class: str | None = None
         message: str | None = None
-        downstream_gone = False
+        downstream_gone = cancelled = False
         streamed = StreamCapture(call.api, capture.limit) if capture is not None else None
         try:
             # Closed at once when the loop stops (a downstream that went away), not when
@@ -476,7 +483,10 @@ class Listener:
                         streamed.feed(data)
         except DownstreamGone as gone:
             downstream_gone = True
-            self._downstream_gone(trace, outcome, str(gone))
+            self._downstream_gone(trace, outcome.target.backend_name, str(gone))
+        except asyncio.CancelledError:  # the app left while the upstream had nothing to send
+            downstream_gone = cancelled = True
+            self._downstream_gone(trace, outcome.target.backend_name, "mid-stream")
         except Exception as exc:  # any other failure after the first byte ends the stream
             error_class = getattr(exc, "error_class", "stream_broken")
             message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
@@ -507,18 +517,21 @@ class Listener:
             if capture is not None and streamed is not None
             else None,
         )
+        if cancelled:  # the records are finished; the cancellation goes on up
+            raise asyncio.CancelledError
         if not downstream_gone:  # a gone downstream's connection is the server's to close
             await response.end()
         return response
 
-    def _downstream_gone(self, trace: RequestTrace, outcome: Outcome, reason: str) -> None:
-        """The app closed its connection mid-stream: its doing, not the upstream's.
+    def _downstream_gone(self, trace: RequestTrace, backend: str | None, reason: str) -> None:
+        """The app closed its connection before its answer ended: its doing, not the upstream's.
 
-        The upstream's stream is closed already (the relay ended), and health hears of no fault;
-        the route span says the downstream closed, and the attempt span keeps no error.
+        The upstream's stream or attempt is closed already (the relay or the attempt ended),
+        and health hears of no fault; the route span says the downstream closed, and the
+        attempt spans keep no error (a stopped attempt says it was cancelled).
         """
-        message = f"the downstream closed its connection mid-stream: {reason}"
-        log.info("%s (from %s)", message, outcome.target.backend_name)
+        message = f"the downstream closed its connection: {reason}"
+        log.info("%s (upstream %s)", message, backend or "not chosen yet")
         self.parts.metrics.of(self.parts.metrics.errors, "downstream_closed").inc()
         trace.event("routemesh.downstream.closed", {"routemesh.error.message": reason})
         trace.route_span.fail("downstream_closed", message)

@@ -11,20 +11,21 @@ a bare httptools protocol 7 µs, in a sidecar that spent 263-327 µs a request. 
 payload, response and writer objects serve websockets, multipart, compression and cookies; the
 listener needs a body of a few MiB at most and two kinds of answer.
 
-What it does: HTTP/1.1 keep-alive, closed after `keepalive_seconds` idle (HTTP/1.0 is answered
-and closed); pipelined requests answered in order, one at a time; bodies by Content-Length or
-chunked, refused past `max_body_bytes` while they are read (the handler refuses a declared length
-before that, and answers `Expect: 100-continue` with `DownstreamRequest.send_continue`); 400 for
-bytes that are not HTTP, 431 for a head past `max_head_bytes` (a field still arriving counts);
-an Upgrade header (curl --http2 asks for h2c) is not followed: the request is answered over
-HTTP/1.1, its body read raw, and the connection closed; HEAD answered without a body; header
-values written as UTF-8, and an answer whose header holds CR or LF is never sent (the connection
-closes, and it is logged); streams chunked (close-delimited for HTTP/1.0), with the transport's
-backpressure; a write to a connection that is gone raises `ConnectionResetError`. An answer that
-leaves part of its request's body unread ends the connection after it without a reset: our side
-closes, and what still comes is dropped for a while. `drain(seconds)` stops listening, closes idle
-connections, lets the requests in flight finish for up to `seconds` (their connections close
-after), then cancels the rest and gives them a second to unwind.
+What it does: HTTP/1.1 keep-alive, closed after `keepalive_seconds` idle (HTTP/1.0 is answered and
+closed); pipelined requests answered in order, one at a time; bodies by Content-Length or chunked,
+refused past `max_body_bytes` while they are read (the handler refuses a declared length before
+that, and answers `Expect: 100-continue` with `DownstreamRequest.send_continue`); 400 for bytes
+that are not HTTP, 431 for a head past `max_head_bytes` (a field still arriving counts); an Upgrade
+header (curl --http2 asks for h2c) is not followed: the request is answered over HTTP/1.1, its body
+read raw, and the connection closed; HEAD answered without a body; header values written as UTF-8,
+and an answer whose header holds CR or LF is never sent (the connection closes, and it is logged);
+streams chunked (close-delimited for HTTP/1.0), with the transport's backpressure; a write to a
+connection that is gone raises `ConnectionResetError`, and an app that closes its connection
+cancels its request's handler (as Envoy resets the upstream stream when the downstream resets). An
+answer that leaves part of its request's body unread ends the connection after it without a reset:
+our side closes, and what still comes is dropped for a while. `drain(seconds)` stops listening,
+closes idle connections, lets the requests in flight finish for up to `seconds` (their connections
+close after), then cancels the rest and gives them a second to unwind.
 
 It must not know routes, APIs or their error shapes (the handler answers every request it is
 given, errors too; the few answers the server writes itself are for bytes no handler could read),
@@ -254,6 +255,7 @@ class _Connection(asyncio.Protocol):
         self._queue: deque[DownstreamRequest] = deque()  # read, waiting for their turn
         self._active: DownstreamRequest | None = None  # being answered
         self._task: asyncio.Task[None] | None = None
+        self._handling = False  # the task is in the handler (not writing what it returned)
         self._paused_reading = False
         self._paused_writing = False
         self._drain: asyncio.Future[None] | None = None
@@ -302,6 +304,10 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self._closing = True
+        if self._handling and self._task is not None:
+            # The app left: nobody reads this answer, so it is not waited for (or paid for)
+            # until its deadline. The handler records why as it unwinds.
+            self._task.cancel()
         for request in (self._current, *self._queue):
             if request is not None:
                 request._fail(ConnectionResetError("the app closed its connection"))
@@ -439,6 +445,7 @@ class _Connection(asyncio.Protocol):
         self._task = asyncio.get_running_loop().create_task(self._answer(request))
 
     async def _answer(self, request: DownstreamRequest) -> None:
+        self._handling = True
         try:
             answer = await self._server.handler(request)
         except ConnectionError:  # the app left while its request was read
@@ -453,6 +460,8 @@ class _Connection(asyncio.Protocol):
         except asyncio.CancelledError:
             self._finished(request, close=True)
             raise
+        finally:
+            self._handling = False
         # Any of its body left unread would be read as the next request: close instead.
         close = self.closes_after(request) or not request._complete or request._error is not None
         try:

@@ -36,7 +36,6 @@ class App:
         self.seen: list[tuple[str, str, bytes]] = []
         self.release = asyncio.Event()
         self.cancelled = asyncio.Event()
-        self.writes_failed = asyncio.Event()
         self.waiting = asyncio.Event()  # a /wait request is in the handler
 
     async def handle(self, request: DownstreamRequest) -> Answer | StreamAnswer:
@@ -70,9 +69,11 @@ class App:
             await stream.write(b"data: 1\n\n")
             await self.release.wait()
             await stream.write(b"data: 2\n\n")
-        except ConnectionError:
-            self.writes_failed.set()
+        except ConnectionError:  # the app left as it was written to
             return stream
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
         await stream.end()
         return stream
 
@@ -254,15 +255,16 @@ async def test_a_handler_that_fails_gets_500_and_is_logged(caplog: pytest.LogCap
         writer.close()
 
 
-async def test_a_write_after_the_app_left_raises_connection_reset():
-    async with serving() as (app, _, port):
+async def test_an_app_that_leaves_mid_stream_cancels_its_handler_and_later_writes_fail():
+    async with serving() as (app, server, port):
         reader, writer = await connect(port)
         writer.write(post("/stream"))
         await reader.readuntil(b"data: 1\n\n\r\n")
+        [connection] = server._connections
         writer.transport.abort()
-        await asyncio.sleep(0.05)  # the server sees the reset
-        app.release.set()
-        await asyncio.wait_for(app.writes_failed.wait(), 2)
+        await asyncio.wait_for(app.cancelled.wait(), 2)  # it was waiting for its next event
+        with pytest.raises(ConnectionResetError):
+            connection.write(b"late")  # a write that raced the loss fails, never silently
         writer.close()
 
 
@@ -431,3 +433,12 @@ async def test_an_absolute_form_target_is_routed_by_its_path():
         await read_answer(reader)
         assert app.seen[0][1] == "/v1/models"
         writer.close()
+
+
+async def test_an_app_that_leaves_cancels_its_requests_handler():
+    async with serving() as (app, _, port):
+        _, writer = await connect(port)
+        writer.write(post("/wait", b"x"))
+        await asyncio.wait_for(app.waiting.wait(), 2)
+        writer.close()  # the app leaves while its answer is being made
+        await asyncio.wait_for(app.cancelled.wait(), 2)
