@@ -16,7 +16,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -25,6 +25,7 @@ from routemesh_sidecar.listener.server import (
     Answer,
     BodyTooLarge,
     DownstreamRequest,
+    Handler,
     ListenerServer,
     ServerLimits,
     StreamAnswer,
@@ -89,7 +90,6 @@ from routemesh_sidecar.upstream.executor import (
 log = logging.getLogger(__name__)
 
 Parser = Callable[[bytes], dict[str, Any]]
-Handler = Callable[[DownstreamRequest], Awaitable[Answer | StreamAnswer]]
 
 # The status a downstream sees when every attempt failed with this class. A client_error keeps
 # the upstream's own status (it is the request's fault, and the app should see exactly why).
@@ -217,8 +217,8 @@ class Listener:
     async def _dispatch(self, request: DownstreamRequest) -> Answer | StreamAnswer:
         """The handler of the request's method and path, or the error that says there is none.
 
-        The path is matched with `%2F` and `%25` still encoded, as aiohttp's router does: an
-        encoded slash is part of a segment, not a separator.
+        The path is matched with `%2F` and `%25` still encoded, as aiohttp's router did
+        (`DownstreamRequest.path`): an encoded slash is part of a segment, not a separator.
         """
         path = request.path
         handler = self._by_route.get((request.method, path))

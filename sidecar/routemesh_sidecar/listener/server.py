@@ -409,10 +409,6 @@ class _Connection(asyncio.Protocol):
         """
         return self._closing or not request.keep_alive or request.version < (1, 1)
 
-    def closes_after_answer(self) -> None:
-        """Answer the request in hand, then close."""
-        self._closing = True
-
     def close_when_idle(self) -> None:
         """Drain: answer the request in hand, then close; close now if there is none."""
         self._closing = True

@@ -109,6 +109,22 @@ def keep_answering(answer: bytes) -> Callable[[Server], Handler]:
     return script
 
 
+def slowly_answering(answer: bytes) -> Callable[[Server], Handler]:
+    """Answer every request on a connection, each 20 ms after it arrived."""
+
+    def script(server: Server) -> Handler:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                await server.read_request(reader)
+                await asyncio.sleep(0.02)
+                writer.write(answer)
+                await writer.drain()
+
+        return handle
+
+    return script
+
+
 async def post(pool: ConnectionPool, body: bytes = b"{}") -> tuple[int, bytes]:
     response = await pool.post("/chat/completions", {"x-test": "1"}, body, connect_timeout=2)
     return response.status, await response.read()
@@ -273,17 +289,7 @@ async def post_after_close(pool: ConnectionPool, server: Server) -> int:
 
 
 async def test_the_pool_never_opens_more_connections_than_its_limit():
-    def script(server: Server) -> Handler:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            while True:
-                await server.read_request(reader)
-                await asyncio.sleep(0.02)
-                writer.write(OK)
-                await writer.drain()
-
-        return handle
-
-    async with serving(script) as (server, url):
+    async with serving(slowly_answering(OK)) as (server, url):
         pool = ConnectionPool(url, limit=2)
         results = await asyncio.gather(*(post(pool) for _ in range(6)))
         await pool.close()
@@ -385,17 +391,7 @@ async def test_an_answer_that_ended_keeps_no_deadline():
 
 
 async def test_the_pool_hands_a_freed_slot_to_the_next_waiter_and_skips_a_cancelled_one():
-    def script(server: Server) -> Handler:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            while True:
-                await server.read_request(reader)
-                await asyncio.sleep(0.02)
-                writer.write(OK)
-                await writer.drain()
-
-        return handle
-
-    async with serving(script) as (server, url):
+    async with serving(slowly_answering(OK)) as (server, url):
         pool = ConnectionPool(url, limit=1)
         first = asyncio.ensure_future(post(pool))
         await asyncio.sleep(0)
