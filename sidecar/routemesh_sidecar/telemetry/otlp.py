@@ -1,4 +1,4 @@
-"""OTLP/HTTP span export: spans written as protobuf bytes as they end, posted in batches.
+"""OTLP/HTTP span export: finished spans queued, then encoded by hand and posted in batches.
 
 `telemetry.tracing` calls `OtlpExporter.add` with each finished span (on the event loop);
 `app.Sidecar` runs `OtlpExporter.run` as the named task `otlp-export` and closes the exporter
@@ -10,9 +10,9 @@ GIL; with two spans a request, exporting cost a quarter of the sidecar's through
 (key, value) attribute is encoded once and its bytes reused (route, backend and model names repeat
 on every request), a block of attributes shared by many spans (`SpanFields.fixed`: an attempt's
 target, a route's decision) is encoded once and found again by identity, the wire format is
-written by hand, and the batch is posted with the
-sidecar's own HTTP/1.1 client. A test checks that the bytes parse, with the official OTLP
-protobuf classes, into what the SDK's encoder makes of the same spans.
+written by hand, spans are encoded a batch at a time just before the batch is posted, and the
+batch is posted with the sidecar's own HTTP/1.1 client. A test checks that the bytes parse, with
+the official OTLP protobuf classes, into what the SDK's encoder makes of the same spans.
 
 It must not decide what is sampled or recorded (the tracing module does), block the loop on the
 network, or retry forever: a failed post is retried with backoff within the export timeout, then
@@ -41,13 +41,14 @@ from routemesh_sidecar.protocol.http1 import ConnectionPool
 log = logging.getLogger(__name__)
 
 _CACHE_LIMIT = 8192  # attribute encodings kept; values beyond it are encoded every time
+_ENCODE_CHUNK = 64  # spans encoded between two turns of the loop: about 0.2 ms
 _RETRYABLE = frozenset({429, 502, 503, 504})
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200  # SpanFlags in trace.proto
 _DOUBLE = struct.Struct("<d")
 _TIMES = struct.Struct("<BQBQ")  # start (field 7) and end (field 8), both fixed64
 # trace_id (field 1, 16 bytes big-endian, as two halves) and span_id (field 2, 8 bytes)
 _IDS = struct.Struct(">BBQQBBQ")
-_PARENT = struct.Struct(">BBQ")  # parent_span_id (field 4)
+_IDS_PARENT = struct.Struct(">BBQQBBQBBQ")  # the same, then parent_span_id (field 4)
 _LOW64 = 0xFFFFFFFFFFFFFFFF
 # The status of every span that did not fail: one object, so the encoder knows it by identity.
 UNSET_STATUS = Status(StatusCode.UNSET)
@@ -164,21 +165,6 @@ class _AttributeCodec:
 
     def __init__(self) -> None:
         self._keys: dict[int, dict[str, _KeyEntry]] = {}
-        # Per field number, id -> (the block, its encoding): holding the block keeps its id
-        # from being given to another object.
-        self._blocks: dict[int, dict[int, tuple[Mapping[str, Any], bytes]]] = {}
-
-    def block(self, number: int, attributes: Mapping[str, Any]) -> bytes:
-        """A shared, never-mutated block of attributes, encoded the first time it is seen."""
-        blocks = self._blocks.setdefault(number, {})
-        known = blocks.get(id(attributes))
-        if known is not None:
-            return known[1]
-        encoded = self.key_values(number, attributes)
-        if len(blocks) >= _CACHE_LIMIT:
-            blocks.clear()  # blocks are replaced as tables and endpoints change: start again
-        blocks[id(attributes)] = (attributes, encoded)
-        return encoded
 
     def key_values(self, number: int, attributes: Mapping[str, Any] | None) -> bytes:
         """Every attribute as a repeated KeyValue field `number` of the enclosing message."""
@@ -208,7 +194,11 @@ class _AttributeCodec:
 
 @dataclass(frozen=True)
 class SpanFields:
-    """What one finished span is made of, as the tracing module records it."""
+    """What one finished span is made of, as the tracing module records it.
+
+    Handed over when the span ends, and read again only when its batch is encoded: whoever
+    made it never changes it (nor its attributes or events) after that.
+    """
 
     name: str
     context: SpanContext
@@ -225,13 +215,23 @@ class SpanFields:
 
 
 class SpanEncoder:
-    """OTLP protobuf bytes: one Span message at a time, then the request around a batch."""
+    """OTLP protobuf bytes: spans one at a time, then the request around a batch of them.
+
+    A span's bytes are written in three pieces. What spans of one kind share (the name and
+    kind, the shared `fixed` block) is one cached `head`, found by the name, the kind and the
+    block's identity; the ids and times are packed by one `struct` call each; only the span's
+    own attributes go through the attribute codec. Protobuf lets a message's fields come in any
+    order, so the shared pieces are written together, whatever their field numbers.
+    """
 
     def __init__(self, resource: Resource, scope: InstrumentationScope) -> None:
         self._attributes = _AttributeCodec()
-        self._names: dict[tuple[str, int], bytes] = {}
+        # (name, kind, id of the fixed block) -> (the block, its span's head); holding the
+        # block keeps its id from being given to another object.
+        self._heads: dict[tuple[str, int, int], tuple[Mapping[str, Any] | None, bytes]] = {}
         self._statuses: dict[tuple[int, str | None], bytes] = {}
-        self._unset = self._status(UNSET_STATUS.status_code.value, UNSET_STATUS.description)
+        unset = self._status(UNSET_STATUS.status_code.value, UNSET_STATUS.description)
+        self._tails = (unset + _FLAGS_LOCAL, unset + _FLAGS_REMOTE)
         resource_body = self._attributes.key_values(1, resource.attributes)
         self._resource = _field(1, resource_body)
         if resource.schema_url:
@@ -245,71 +245,78 @@ class SpanEncoder:
         if scope.schema_url:
             self._scope += _field(3, scope.schema_url.encode())
 
-    def request(self, spans: Sequence[bytes]) -> bytes:
-        """An ExportTraceServiceRequest holding these encoded spans (one resource, one scope).
+    def request(self, fields: Sequence[bytes]) -> bytes:
+        """An ExportTraceServiceRequest around spans encoded by `field` (one resource, one scope).
 
         The lengths are added up first and the message joined once: wrapping each span, then
         the scope, then the resource, as nested fields, copied a 512-span batch four times
         (602 µs a batch, against 60-88 µs joined once; 2026-12-06).
         """
-        if not spans:
+        if not fields:
             return b""
-        pieces = [b""]  # the ResourceSpans field's head, once its length is known
-        size = 0
-        for span in spans:
-            length = len(span)
-            head = _SPAN_HEADS[length] if length < len(_SPAN_HEADS) else _span_head(length)
-            pieces += (head, span)
-            size += len(head) + length
+        size = sum(map(len, fields))
         # ResourceSpans: the resource, then ScopeSpans (field 2: the scope, then the spans).
         inner = self._resource + b"\x12" + _varint(len(self._scope) + size) + self._scope
-        pieces[0] = b"\x0a" + _varint(len(inner) + size + len(self._resource_schema)) + inner
-        pieces.append(self._resource_schema)
-        return b"".join(pieces)
+        head = b"\x0a" + _varint(len(inner) + size + len(self._resource_schema)) + inner
+        return b"".join((head, *fields, self._resource_schema))
+
+    def encode(self, spans: Sequence[SpanFields]) -> bytes:
+        """The ExportTraceServiceRequest of these spans, in one step."""
+        return self.request(list(map(self.field, spans)))
+
+    def field(self, span: SpanFields) -> bytes:
+        """One span as a field of its ScopeSpans: the tag, the length, then the Span message."""
+        body = self.span(span)
+        length = len(body)
+        return (_SPAN_HEADS[length] if length < len(_SPAN_HEADS) else _span_head(length)) + body
 
     def span(self, span: SpanFields) -> bytes:
         """One Span message.
 
-        This runs twice a request, on the event loop, so it reads what it needs the cheap way:
-        a SpanContext is a tuple (trace_id, span_id, is_remote, flags, state, is_valid), unpacked
-        in one step rather than through six properties, and enum members give `_value_` rather
-        than the slower `.value` descriptor. The SDK-equivalence test catches a layout change.
+        This runs twice a request, so it reads what it needs the cheap way: a SpanContext is a
+        tuple (trace_id, span_id, is_remote, flags, state, is_valid), unpacked in one step
+        rather than through six properties, and enum members give `_value_` rather than the
+        slower `.value` descriptor. The SDK-equivalence test catches a layout change.
         """
         trace_id, span_id, _, _, trace_state, _ = span.context
-        parts = [_IDS.pack(0x0A, 0x10, trace_id >> 64, trace_id & _LOW64, 0x12, 0x08, span_id)]
+        high, low = trace_id >> 64, trace_id & _LOW64
+        parent = span.parent
+        if parent is None:
+            remote = False
+            ids = _IDS.pack(0x0A, 0x10, high, low, 0x12, 0x08, span_id)
+        else:
+            _, parent_span_id, remote, _, _, _ = parent
+            ids = _IDS_PARENT.pack(
+                0x0A, 0x10, high, low, 0x12, 0x08, span_id, 0x22, 0x08, parent_span_id
+            )
+        kind, fixed = span.kind._value_, span.fixed
+        known = self._heads.get((span.name, kind, id(fixed)))
+        head = known[1] if known is not None and known[0] is fixed else self._head(span, kind)
+        parts = [ids, _TIMES.pack(0x39, span.start_ns, 0x41, span.end_ns), head]
         if trace_state:
             parts.append(_field(3, trace_state.to_header().encode()))
-        parent = span.parent
-        if parent is not None:
-            _, parent_span_id, parent_is_remote, _, _, _ = parent
-            parts.append(_PARENT.pack(0x22, 0x08, parent_span_id))
-        kind = span.kind._value_
-        name_and_kind = self._names.get((span.name, kind))
-        if name_and_kind is None:
-            name_and_kind = self._name_and_kind(span.name, kind)
-        parts.append(name_and_kind)
-        parts.append(_TIMES.pack(0x39, span.start_ns, 0x41, span.end_ns))
-        fixed = span.fixed
-        if fixed is not None:
-            parts.append(self._attributes.block(9, fixed))
-        parts.append(self._attributes.key_values(9, span.attributes))
+        if span.attributes:
+            parts.append(self._attributes.key_values(9, span.attributes))
         for event in span.events:
             body = b"\x09" + struct.pack("<Q", event.timestamp) + _field(2, event.name.encode())
             parts.append(_field(11, body + self._attributes.key_values(3, event.attributes)))
         status = span.status
         if status is UNSET_STATUS:
-            parts.append(self._unset)
+            parts.append(self._tails[remote])
         else:
             parts.append(self._status(status.status_code._value_, status.description))
-        parts.append(_FLAGS_REMOTE if parent is not None and parent_is_remote else _FLAGS_LOCAL)
+            parts.append(_FLAGS_REMOTE if remote else _FLAGS_LOCAL)
         return b"".join(parts)
 
-    def _name_and_kind(self, name: str, kind: int) -> bytes:
-        # The proto's kinds start at 1, the SDK's at 0.
-        encoded = _field(5, name.encode()) + b"\x30" + _varint(kind + 1)
-        if len(self._names) < _CACHE_LIMIT:
-            self._names[name, kind] = encoded
-        return encoded
+    def _head(self, span: SpanFields, kind: int) -> bytes:
+        """The name and kind (the proto's kinds start at 1, the SDK's at 0), then the block."""
+        head = _field(5, span.name.encode()) + b"\x30" + _varint(kind + 1)
+        if span.fixed is not None:
+            head += self._attributes.key_values(9, span.fixed)
+        if len(self._heads) >= _CACHE_LIMIT:
+            self._heads.clear()  # blocks are replaced as tables and endpoints change: start again
+        self._heads[span.name, kind, id(span.fixed)] = (span.fixed, head)
+        return head
 
     def _status(self, code: int, description: str | None) -> bytes:
         encoded = self._statuses.get((code, description))
@@ -338,15 +345,18 @@ class ExportSettings:
 
 
 class OtlpExporter:
-    """Queues encoded spans, and posts them in batches from a named task on the event loop.
+    """Queues finished spans, and encodes and posts them in batches from a task on the loop.
 
     Nothing here runs in a thread: the SDK's batch processor exports from one, and its fight
-    for the GIL with the event loop cost more than the encoding. A span is encoded when it
-    ends (microseconds, on the loop) and kept as bytes, which the garbage collector never
-    scans. A queue past `max_queued_spans` drops new spans and counts them, rather than grow.
-    `count(outcome, spans)` is told of every batch the collector took ("exported") and of every
-    span lost ("queue_full", or "export_failed" for a batch given up on): once a batch, so the
-    metrics cost nothing per span unless spans are being dropped.
+    for the GIL with the event loop cost more than the encoding. A span is queued as it ended
+    and encoded with its batch, just before the post, a chunk of `_ENCODE_CHUNK` spans at a
+    time with the loop free between chunks: encoding a span as it ended, between a request's
+    other work, took 8 µs a span under load, against 2-5 µs in a batch, where the encoder's
+    code and caches stay warm (2026-12-07, see docs/benchmarks.md). A queue past
+    `max_queued_spans` drops new spans and counts them, rather than grow. `count(outcome,
+    spans)` is told of every batch the collector took ("exported") and of every span lost
+    ("queue_full", or "export_failed" for a batch given up on): once a batch, so the metrics
+    cost nothing per span unless spans are being dropped.
     """
 
     def __init__(
@@ -361,7 +371,7 @@ class OtlpExporter:
         self.settings = settings
         self._count = count
         self._sleep = sleep
-        self._queued: list[bytes] = []
+        self._queued: list[SpanFields] = []
         self._wake = asyncio.Event()
         tls = ssl.create_default_context(cafile=settings.certificate)
         self._pool = ConnectionPool(settings.url, limit=2, ssl_context=tls)
@@ -370,12 +380,12 @@ class OtlpExporter:
             self._headers["content-encoding"] = "gzip"
 
     def add(self, span: SpanFields) -> None:
-        """Encode a finished span and queue it."""
+        """Queue a finished span (never changed after this: see `SpanFields`)."""
         queued = self._queued
         if len(queued) >= self.settings.max_queued_spans:
             self._count("queue_full", 1)
             return
-        queued.append(self.encoder.span(span))
+        queued.append(span)
         if len(queued) == self.settings.batch_spans:
             self._wake.set()
 
@@ -393,7 +403,7 @@ class OtlpExporter:
         while self._queued:
             size = self.settings.batch_spans
             batch, self._queued = self._queued[:size], self._queued[size:]
-            await self._send(batch)
+            await self._send(await self._encode(batch), len(batch))
 
     async def close(self) -> None:
         """Post what is left (within the export timeout), then close the connections."""
@@ -402,22 +412,32 @@ class OtlpExporter:
         finally:
             await self._pool.close()
 
-    async def _send(self, batch: list[bytes]) -> None:
+    async def _encode(self, batch: list[SpanFields]) -> bytes:
+        """The batch's request body, encoded a chunk at a time, compressed in a thread."""
+        encode = self.encoder.field
+        fields = list(map(encode, batch[:_ENCODE_CHUNK]))
+        for start in range(_ENCODE_CHUNK, len(batch), _ENCODE_CHUNK):
+            await asyncio.sleep(0)  # requests in flight go on between chunks
+            fields += map(encode, batch[start : start + _ENCODE_CHUNK])
+        body = self.encoder.request(fields)
+        if self.settings.compression == "gzip":  # zlib lets go of the GIL: off the loop
+            loop = asyncio.get_running_loop()
+            body = await loop.run_in_executor(None, gzip.compress, body, 5)
+        return body
+
+    async def _send(self, body: bytes, spans: int) -> None:
         """Post one batch; retry a retryable failure with backoff until the timeout, then drop."""
-        body = self.encoder.request(batch)
-        if self.settings.compression == "gzip":
-            body = gzip.compress(body, compresslevel=5)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.timeout_seconds
         delay = 0.5
         while True:
             retryable, reason = await self._post(body, deadline)
             if reason is None:
-                self._count("exported", len(batch))
+                self._count("exported", spans)
                 return
             if not retryable or loop.time() + delay >= deadline:
-                log.warning("dropped %d spans: %s (%s)", len(batch), reason, self.settings.url)
-                self._count("export_failed", len(batch))
+                log.warning("dropped %d spans: %s (%s)", spans, reason, self.settings.url)
+                self._count("export_failed", spans)
                 return
             await self._sleep(delay)
             delay *= 2

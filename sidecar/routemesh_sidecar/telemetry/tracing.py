@@ -8,14 +8,14 @@ opts in: the listener then passes the content attributes (`telemetry.content`) i
 results and never influences routing.
 
 Spans are kept as plain records while the request runs; when one ends it goes to the sidecar's
-OTLP exporter (`telemetry.otlp`, which encodes it at once), or to an SDK span processor as a
-`ReadableSpan` (tests read spans that way). The SDK's live
-`Span` validates every attribute one by one, under a lock, which cost a fifth of the sidecar's
-CPU per request; the attributes here are built by this module from known types, so that work
-buys nothing. Attributes that repeat from request to request (an attempt's target, the route
-span's decision block from the listener) are one shared, never-mutated mapping, which the encoder
-writes once. The trade: these spans are not visible to `opentelemetry.trace.get_current_span`
-(nothing in the sidecar needs that).
+OTLP exporter (`telemetry.otlp`, which queues it and encodes it with its batch), or to an SDK
+span processor as a `ReadableSpan` (tests read spans that way). The SDK's live `Span` validates
+every attribute one by one, under a lock, which cost a fifth of the sidecar's CPU per request;
+the attributes here are built by this module from known types, so that work buys nothing.
+Attributes that repeat from request to request (an attempt's target, the route span's decision
+block from the listener) are one shared, never-mutated mapping, which the encoder writes once.
+The trade: these spans are not visible to `opentelemetry.trace.get_current_span` (nothing in the
+sidecar needs that).
 """
 
 from __future__ import annotations

@@ -123,7 +123,7 @@ def both_ways(
 
 
 def queued_request(exporter: OtlpExporter) -> ExportTraceServiceRequest:
-    return ExportTraceServiceRequest.FromString(exporter.encoder.request(exporter._queued))
+    return ExportTraceServiceRequest.FromString(exporter.encoder.encode(exporter._queued))
 
 
 def test_the_bytes_parse_into_what_the_sdk_encoder_makes_of_the_same_spans():
@@ -137,9 +137,10 @@ def test_spans_encoded_from_the_cache_still_match_the_sdk():
     exporter = exporter_to("http://127.0.0.1:9/v1/traces")
     recorder = SpanRecorder(sink, RESOURCE, lambda: 1.0, exporter=exporter)  # type: ignore[arg-type]
     record_spans(recorder)
-    first = len(exporter.encoder._names), len(exporter.encoder._attributes._keys[9])
+    queued_request(exporter)
+    first = len(exporter.encoder._heads), len(exporter.encoder._attributes._keys[9])
     record_spans(recorder)  # the same names and keys again: every one from the cache
-    assert (len(exporter.encoder._names), len(exporter.encoder._attributes._keys[9])) == first
+    assert (len(exporter.encoder._heads), len(exporter.encoder._attributes._keys[9])) == first
     assert queued_request(exporter) == encode_spans(sink.spans)
 
 
@@ -155,7 +156,7 @@ def test_a_batch_with_spans_of_every_length_matches_the_sdk(content_chars: int):
         usage=None, response_model=None, error_class=None
     )
     record_spans(recorder)
-    assert max(len(span) for span in exporter._queued) > content_chars
+    assert max(len(exporter.encoder.span(span)) for span in exporter._queued) > content_chars
     assert queued_request(exporter) == encode_spans(sink.spans)
 
 
@@ -171,8 +172,9 @@ def test_attempts_to_one_target_share_one_attribute_block_encoded_once():
     assert (other["server.address"], other["server.port"]) == ("eu.example.com", 443)
     record_spans(recorder)
     record_spans(recorder)
-    assert len(exporter.encoder._attributes._blocks[9]) == 1  # every attempt: the same target
     assert queued_request(exporter) == encode_spans(sink.spans)
+    attempt_heads = [head for head in exporter.encoder._heads if head[1] == 2]  # SpanKind.CLIENT
+    assert len(attempt_heads) == 1, "every attempt: the same name and target, one head"
 
 
 def test_past_the_block_limit_the_cache_starts_over_and_spans_still_encode(
@@ -207,13 +209,54 @@ def test_ints_past_the_cache_limit_still_match_the_sdk(monkeypatch: pytest.Monke
         trace = RequestTrace(recorder, {}, "chat", {"routemesh.route": "default", "n": -tokens})
         trace.attempt_started(attempt(0))
         trace.finish(usage=Usage(tokens, tokens // 3, 7), response_model="m", error_class=None)
+    assert queued_request(exporter) == encode_spans(sink.spans)
     keys = exporter.encoder._attributes._keys[9]
     assert len(keys["gen_ai.usage.input_tokens"].ints) == 64, "the cache stopped at its limit"
-    assert queued_request(exporter) == encode_spans(sink.spans)
 
 
 def test_an_empty_batch_is_an_empty_request():
     assert exporter_to("http://127.0.0.1:9/v1/traces").encoder.request([]) == b""
+
+
+@pytest.mark.asyncio
+async def test_a_batch_is_encoded_a_chunk_at_a_time_with_the_loop_free_between_chunks(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """Requests in flight must not wait for a whole batch's encoding."""
+    from routemesh_sidecar.telemetry import otlp
+
+    monkeypatch.setattr(otlp, "_ENCODE_CHUNK", 4)
+    sink = Collect()
+    exporter = exporter_to("http://127.0.0.1:9/v1/traces")
+    record_spans(SpanRecorder(sink, RESOURCE, lambda: 1.0, exporter=exporter))  # type: ignore[arg-type]
+    encoded: list[int] = []
+    turns: list[int] = []
+    field = exporter.encoder.field
+
+    def counting(span: Any) -> bytes:
+        encoded.append(1)
+        return field(span)
+
+    async def other_work() -> None:
+        while True:
+            turns.append(len(encoded))
+            await asyncio.sleep(0)
+
+    monkeypatch.setattr(exporter.encoder, "field", counting)
+    task = asyncio.create_task(other_work())
+    await asyncio.sleep(0)
+    body = await exporter._encode(exporter._queued)
+    task.cancel()
+    assert ExportTraceServiceRequest.FromString(body) == encode_spans(sink.spans)
+    assert {4, 8, 12} <= set(turns), "the loop ran between chunks of 4 spans"
+
+
+def test_a_span_is_encoded_when_its_batch_is_and_not_when_it_ends():
+    exporter = exporter_to("http://127.0.0.1:9/v1/traces")
+    recorder = SpanRecorder(None, RESOURCE, lambda: 1.0, exporter=exporter)
+    record_spans(recorder)
+    assert exporter.encoder._heads == {}, "nothing encoded yet"
+    assert len(exporter._queued) == 13
 
 
 class Collector(BaseHTTPRequestHandler):
