@@ -321,11 +321,7 @@ async def test_batches_are_posted_a_batch_at_a_time():
         record_spans(SpanRecorder(None, RESOURCE, lambda: 1.0, exporter=exporter))
         await exporter.flush()
         await exporter.close()
-    sizes = [
-        len(ExportTraceServiceRequest.FromString(body).resource_spans[0].scope_spans[0].spans)
-        for _, body in handler.received
-    ]
-    assert sizes == [5, 5, 3]
+    assert batch_sizes(handler) == [5, 5, 3]
 
 
 @pytest.mark.asyncio
@@ -341,6 +337,53 @@ async def test_a_full_batch_wakes_the_export_task_before_its_interval():
         task.cancel()
         await exporter.close()
     assert len(handler.received) == 1
+
+
+def batch_sizes(handler: type[Collector]) -> list[int]:
+    return [
+        len(ExportTraceServiceRequest.FromString(body).resource_spans[0].scope_spans[0].spans)
+        for _, body in handler.received
+    ]
+
+
+async def posts(handler: type[Collector], count: int) -> None:
+    for _ in range(500):
+        if len(handler.received) >= count:
+            return
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.asyncio
+async def test_a_partial_batch_waits_for_the_next_full_one_and_is_not_posted_alone():
+    """Under load, posting the few spans queued during the last post made batches of ~15."""
+    with collector() as (url, handler):
+        exporter = exporter_to(url, batch_spans=5, interval_seconds=3600)
+        task = asyncio.create_task(exporter.run())
+        record_spans(SpanRecorder(None, RESOURCE, lambda: 1.0, exporter=exporter))  # 13 spans
+        await posts(handler, 2)
+        for _ in range(20):  # the task has nothing left to post before its interval
+            await asyncio.sleep(0)
+        assert batch_sizes(handler) == [5, 5]
+        assert len(exporter._queued) == 3
+        record_spans(SpanRecorder(None, RESOURCE, lambda: 1.0, exporter=exporter))  # 13 more
+        await posts(handler, 5)
+        assert batch_sizes(handler) == [5, 5, 5, 5, 5], "the 3 left went out with the next"
+        assert len(exporter._queued) == 1
+        task.cancel()
+        await exporter.close()
+    assert batch_sizes(handler) == [5, 5, 5, 5, 5, 1]
+
+
+@pytest.mark.asyncio
+async def test_what_is_queued_is_posted_once_an_interval_passes_without_a_full_batch():
+    with collector() as (url, handler):
+        exporter = exporter_to(url, batch_spans=512, interval_seconds=0.05)
+        task = asyncio.create_task(exporter.run())
+        record_spans(SpanRecorder(None, RESOURCE, lambda: 1.0, exporter=exporter))
+        await posts(handler, 1)
+        task.cancel()
+        await exporter.close()
+    assert batch_sizes(handler) == [13]
 
 
 def test_a_queue_past_its_limit_drops_and_counts_new_spans():
