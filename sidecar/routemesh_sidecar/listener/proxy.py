@@ -405,13 +405,7 @@ class Listener:
             self._downstream_gone(trace, None, "before its answer began")
             trace.finish(usage=None, response_model=None, error_class=None)
             raise
-        self._record_attempts(outcome.attempts)
-        self._record_skips(decision, limits)
-        self.parts.metrics.of(
-            self.parts.metrics.time_to_first_token,
-            outcome.target.backend_name,
-            outcome.target.model,
-        ).observe(time.perf_counter() - started)
+        first_byte_seconds = time.perf_counter() - started
         if isinstance(outcome.result, UpstreamStream | BufferedStream):
             return await self._stream(
                 request,
@@ -426,7 +420,9 @@ class Listener:
                 capture=capture,
                 cost_labels=_cost_labels(table, decision, call),
                 shadowed=shadowed,
+                first_byte_seconds=first_byte_seconds,
             )
+        self._record_answered(decision, outcome, limits, first_byte_seconds)
         reply = outcome.result
         cost = self._account(outcome, reply.usage, _cost_labels(table, decision, call))
         self._settle_shadow(trace, shadowed, reply.usage, cost)
@@ -456,9 +452,12 @@ class Listener:
         capture: Capture | None,
         cost_labels: CostLabels,
         shadowed: Shadowed | None,
+        first_byte_seconds: float,
     ) -> StreamAnswer:
         # Its head leaves with the first event, in one write; an app gone by then is found
-        # by that write (`DownstreamGone`), and the relay's end frees the upstream.
+        # by that write (`DownstreamGone`), and the relay's end frees the upstream. The
+        # attempts are counted after that write: the first token waits for nothing it does
+        # not need.
         headers = {
             "content-type": "text/event-stream",
             "cache-control": "no-cache",
@@ -471,7 +470,7 @@ class Listener:
             raise
         error_class: str | None = None
         message: str | None = None
-        downstream_gone = cancelled = False
+        downstream_gone = cancelled = recorded = False
         streamed = StreamCapture(call.api, capture.limit) if capture is not None else None
         try:
             # Closed at once when the loop stops (a downstream that went away), not when
@@ -479,6 +478,9 @@ class Listener:
             async with contextlib.aclosing(stream.relay()) as relayed:
                 async for data in relayed:
                     await _write_downstream(response, data)
+                    if not recorded:
+                        recorded = True
+                        self._record_answered(decision, outcome, limits, first_byte_seconds)
                     if streamed is not None:
                         streamed.feed(data)
         except DownstreamGone as gone:
@@ -498,6 +500,8 @@ class Listener:
             self.parts.metrics.of(self.parts.metrics.errors, "stream_broken").inc()
             trace.event("routemesh.stream.broken", {"routemesh.error.message": message})
             await _write_terminal_error(response, call.api, message)
+        if not recorded:  # nothing was written: the app left, or the stream broke at once
+            self._record_answered(decision, outcome, limits, first_byte_seconds)
         usage, counted = stream.usage, {}
         if usage is None and isinstance(stream, UpstreamStream):
             # Cut before the upstream said what it used: count what was sent and received, so
@@ -667,6 +671,22 @@ class Listener:
             return None
         system, inputs = input_content(call.api, call.body)
         return Capture(self.parts.content_capture_max_bytes, system, inputs)
+
+    def _record_answered(
+        self,
+        decision: Decision,
+        outcome: Outcome,
+        limits: RequestBudget | None,
+        first_byte_seconds: float,
+    ) -> None:
+        """Count an answered request's attempts and skips, and its time to the first byte."""
+        self._record_attempts(outcome.attempts)
+        self._record_skips(decision, limits)
+        metrics = self.parts.metrics
+        target = outcome.target
+        metrics.of(metrics.time_to_first_token, target.backend_name, target.model).observe(
+            first_byte_seconds
+        )
 
     def _record_skips(self, decision: Decision, limits: RequestBudget | None) -> None:
         if limits is None:

@@ -54,6 +54,7 @@ _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _ALL_TRACES = 2**64
 _TARGET_BLOCKS = 4096  # targets whose attempt attributes are kept; past it, the cache starts over
+_NO_TRACE_STATE = TraceState()  # immutable (updates make new ones): one for every request without
 
 
 def sampled(parent: SpanContext | None, trace_id: int, ratio: float) -> bool:
@@ -174,7 +175,7 @@ class RequestTrace:
         trace_id = parent.trace_id if parent is not None else recorder.ids.generate_trace_id()
         self.sampled = sampled(parent, trace_id, recorder.sampling_ratio())
         self._flags = _SAMPLED if self.sampled else _NOT_SAMPLED
-        self._trace_state = parent.trace_state if parent is not None else TraceState()
+        self._trace_state = parent.trace_state if parent is not None else _NO_TRACE_STATE
         self.route_span = _OpenSpan(
             ROUTE_SPAN_NAME,
             self._context(trace_id),
@@ -307,6 +308,8 @@ def _traceparent(context: SpanContext) -> str:
 
 
 def _tracestate(context: SpanContext) -> dict[str, str]:
+    if context.trace_state is _NO_TRACE_STATE:
+        return {}
     state = context.trace_state.to_header()
     return {"tracestate": state} if state else {}
 
