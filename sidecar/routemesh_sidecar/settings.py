@@ -236,8 +236,9 @@ class SidecarSettings(BaseSettings):
         validation_alias=AliasChoices(
             "OTEL_BSP_SCHEDULE_DELAY", "ROUTEMESH_SIDECAR_OTLP_SCHEDULE_DELAY_MS"
         ),
-        description="How often whatever is queued is posted, in milliseconds (the SDK's default "
-        "is 5000; one second puts a request's trace in the backend sooner).",
+        description="How long a partial batch waits for a full one before it is posted, in "
+        "milliseconds (the SDK's default is 5000; one second puts a request's trace in the "
+        "backend sooner).",
     )
     otlp_max_queued_spans: int = Field(
         default=8192,

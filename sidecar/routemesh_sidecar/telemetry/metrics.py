@@ -151,7 +151,7 @@ class Metrics:
             "routemesh_spans_dropped",
             "Spans lost before the collector had them, by reason: queue_full (more spans waiting "
             "than the queue holds) or export_failed (a batch refused, or retried until the "
-            "export timeout).",
+            "export timeout, or a span that could not be encoded).",
             ["reason"],
             registry=self.registry,
         )

@@ -68,6 +68,15 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+def _utf8(text: str) -> bytes:
+    """Text as UTF-8, as protobuf strings must be.
+
+    A lone surrogate (JSON lets an upstream's error message carry one) becomes "?" rather than
+    fail the span.
+    """
+    return text.encode("utf-8", "replace")
+
+
 def _field(number: int, payload: bytes) -> bytes:
     """A length-delimited field (strings, bytes, messages)."""
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
@@ -84,7 +93,7 @@ _SPAN_HEADS = [_span_head(length) for length in range(4096)]  # nearly every spa
 def _any_value(value: Any) -> bytes:  # noqa: PLR0911  (one return per AnyValue kind)
     """An AnyValue message; bool before int, since a bool is an int in Python."""
     if isinstance(value, str):
-        return _field(1, value.encode())
+        return _field(1, _utf8(value))
     if isinstance(value, bool):
         return b"\x10\x01" if value else b"\x10\x00"
     if isinstance(value, int):
@@ -95,7 +104,7 @@ def _any_value(value: Any) -> bytes:  # noqa: PLR0911  (one return per AnyValue 
         return _field(7, value)
     if isinstance(value, Sequence):
         return _field(5, b"".join(_field(1, _any_value(item)) for item in value))
-    return _field(1, str(value).encode())
+    return _field(1, _utf8(str(value)))
 
 
 class _KeyEntry:
@@ -105,7 +114,7 @@ class _KeyEntry:
 
     def __init__(self, number: int, key: str) -> None:
         self.number = number
-        self.head = _field(1, key.encode())
+        self.head = _field(1, _utf8(key))
         self.strs: dict[Any, bytes] = {}
         self.ints: dict[Any, bytes] = {}
         self.seqs: dict[Any, bytes] = {}
@@ -298,7 +307,7 @@ class SpanEncoder:
         if span.attributes:
             parts.append(self._attributes.key_values(9, span.attributes))
         for event in span.events:
-            body = b"\x09" + struct.pack("<Q", event.timestamp) + _field(2, event.name.encode())
+            body = b"\x09" + struct.pack("<Q", event.timestamp) + _field(2, _utf8(event.name))
             parts.append(_field(11, body + self._attributes.key_values(3, event.attributes)))
         status = span.status
         if status is UNSET_STATUS:
@@ -310,7 +319,7 @@ class SpanEncoder:
 
     def _head(self, span: SpanFields, kind: int) -> bytes:
         """The name and kind (the proto's kinds start at 1, the SDK's at 0), then the block."""
-        head = _field(5, span.name.encode()) + b"\x30" + _varint(kind + 1)
+        head = _field(5, _utf8(span.name)) + b"\x30" + _varint(kind + 1)
         if span.fixed is not None:
             head += self._attributes.key_values(9, span.fixed)
         if len(self._heads) >= _CACHE_LIMIT:
@@ -321,7 +330,7 @@ class SpanEncoder:
     def _status(self, code: int, description: str | None) -> bytes:
         encoded = self._statuses.get((code, description))
         if encoded is None:
-            body = _field(2, description.encode()) if description else b""
+            body = _field(2, _utf8(description)) if description else b""
             if code:
                 body += b"\x18" + _varint(code)
             encoded = _field(15, body)
@@ -347,16 +356,16 @@ class ExportSettings:
 class OtlpExporter:
     """Queues finished spans, and encodes and posts them in batches from a task on the loop.
 
-    Nothing here runs in a thread: the SDK's batch processor exports from one, and its fight
-    for the GIL with the event loop cost more than the encoding. A span is queued as it ended
-    and encoded with its batch, just before the post, a chunk of `_ENCODE_CHUNK` spans at a
-    time with the loop free between chunks: encoding a span as it ended, between a request's
-    other work, took 8 µs a span under load, against 2-5 µs in a batch, where the encoder's
-    code and caches stay warm (2026-12-07, see docs/benchmarks.md). A queue past
-    `max_queued_spans` drops new spans and counts them, rather than grow. `count(outcome,
-    spans)` is told of every batch the collector took ("exported") and of every span lost
-    ("queue_full", or "export_failed" for a batch given up on): once a batch, so the metrics
-    cost nothing per span unless spans are being dropped.
+    Nothing here runs in a thread but gzip (zlib lets go of the GIL): the SDK's batch processor
+    exports from one, and its fight for the GIL with the event loop cost more than the encoding.
+    A span is queued as it ended and encoded with its batch, just before the post, a chunk of
+    `_ENCODE_CHUNK` spans at a time with the loop free between chunks: encoding a span as it
+    ended, between a request's other work, took 8 µs a span under load, against 2-5 µs in a
+    batch, where the encoder's code and caches stay warm (2026-12-07, see docs/benchmarks.md).
+    A queue past `max_queued_spans` drops new spans and counts them, rather than grow.
+    `count(outcome, spans)` is told of every batch the collector took ("exported") and of every
+    span lost ("queue_full", or "export_failed" for a batch given up on or a span that could not
+    be encoded): once a batch, so the metrics cost nothing per span unless spans are dropped.
     """
 
     def __init__(
@@ -386,7 +395,7 @@ class OtlpExporter:
             self._count("queue_full", 1)
             return
         queued.append(span)
-        if len(queued) % self.settings.batch_spans == 0:
+        if len(queued) >= self.settings.batch_spans:
             self._wake.set()
 
     async def run(self) -> None:
@@ -412,14 +421,18 @@ class OtlpExporter:
             await self._export(partial=True)
 
     async def _export(self, *, partial: bool) -> None:
-        """Post the whole batches queued now; with `partial`, the rest queued now as well."""
+        """Post the whole batches queued now; with `partial`, the rest queued now as well.
+
+        The queue is read again before each batch: a `flush` may have emptied it meanwhile.
+        """
         size = self.settings.batch_spans
         due = len(self._queued) if partial else len(self._queued) // size * size
-        while due > 0:
-            take = min(size, due)
+        while (take := min(size, due, len(self._queued))) > 0:
             batch, self._queued = self._queued[:take], self._queued[take:]
             due -= take
-            await self._send(await self._encode(batch), take)
+            body, encoded = await self._encode(batch)
+            if encoded:
+                await self._send(body, encoded)
 
     async def close(self) -> None:
         """Post what is left (within the export timeout), then close the connections."""
@@ -428,18 +441,31 @@ class OtlpExporter:
         finally:
             await self._pool.close()
 
-    async def _encode(self, batch: list[SpanFields]) -> bytes:
-        """The batch's request body, encoded a chunk at a time, compressed in a thread."""
-        encode = self.encoder.field
-        fields = list(map(encode, batch[:_ENCODE_CHUNK]))
+    async def _encode(self, batch: list[SpanFields]) -> tuple[bytes, int]:
+        """The batch's request body and how many spans it holds; compressed in a thread."""
+        fields = self._fields(batch[:_ENCODE_CHUNK])
         for start in range(_ENCODE_CHUNK, len(batch), _ENCODE_CHUNK):
             await asyncio.sleep(0)  # requests in flight go on between chunks
-            fields += map(encode, batch[start : start + _ENCODE_CHUNK])
+            fields += self._fields(batch[start : start + _ENCODE_CHUNK])
         body = self.encoder.request(fields)
         if self.settings.compression == "gzip":  # zlib lets go of the GIL: off the loop
             loop = asyncio.get_running_loop()
             body = await loop.run_in_executor(None, gzip.compress, body, 5)
-        return body
+        return body, len(fields)
+
+    def _fields(self, spans: list[SpanFields]) -> list[bytes]:
+        """The spans encoded; one that cannot be is dropped and counted, never the batch."""
+        try:
+            return list(map(self.encoder.field, spans))
+        except Exception:  # a bug of one span's: the export task must go on
+            fields = []
+            for span in spans:
+                try:
+                    fields.append(self.encoder.field(span))
+                except Exception:
+                    log.exception("dropped a span that could not be encoded: %s", span.name)
+                    self._count("export_failed", 1)
+            return fields
 
     async def _send(self, body: bytes, spans: int) -> None:
         """Post one batch; retry a retryable failure with backoff until the timeout, then drop."""

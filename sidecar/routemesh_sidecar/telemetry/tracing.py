@@ -54,7 +54,8 @@ _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 _ALL_TRACES = 2**64
 _TARGET_BLOCKS = 4096  # targets whose attempt attributes are kept; past it, the cache starts over
-_NO_TRACE_STATE = TraceState()  # immutable (updates make new ones): one for every request without
+# Immutable (its updates make new ones), so one serves every request that came without one.
+_NO_TRACE_STATE = TraceState()
 
 
 def sampled(parent: SpanContext | None, trace_id: int, ratio: float) -> bool:

@@ -245,8 +245,9 @@ async def test_a_batch_is_encoded_a_chunk_at_a_time_with_the_loop_free_between_c
     monkeypatch.setattr(exporter.encoder, "field", counting)
     task = asyncio.create_task(other_work())
     await asyncio.sleep(0)
-    body = await exporter._encode(exporter._queued)
+    body, spans = await exporter._encode(exporter._queued)
     task.cancel()
+    assert spans == len(encoded) == 13
     assert ExportTraceServiceRequest.FromString(body) == encode_spans(sink.spans)
     assert {4, 8, 12} <= set(turns), "the loop ran between chunks of 4 spans"
 
@@ -384,6 +385,63 @@ async def test_what_is_queued_is_posted_once_an_interval_passes_without_a_full_b
         task.cancel()
         await exporter.close()
     assert batch_sizes(handler) == [13]
+
+
+def test_an_error_message_with_a_lone_surrogate_is_encoded_not_fatal():
+    """JSON lets an upstream's error message carry one; protobuf strings must be UTF-8."""
+    exporter = exporter_to("http://127.0.0.1:9/v1/traces")
+    recorder = SpanRecorder(None, RESOURCE, lambda: 1.0, exporter=exporter)
+    trace = RequestTrace(recorder, {}, "chat", {"routemesh.route": "r\ud800"})
+    trace.finish(usage=None, response_model=None, error_class="server_error", message="x\ud800y")
+    message = queued_request(exporter)
+    span = message.resource_spans[0].scope_spans[0].spans[0]
+    assert span.status.message == "x?y"
+    assert span.attributes[0].value.string_value == "r?"
+
+
+@pytest.mark.asyncio
+async def test_a_span_that_cannot_be_encoded_is_dropped_and_counted_and_the_export_goes_on(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    counts = SpanCounts()
+    with collector() as (url, handler):
+        exporter = OtlpExporter(
+            SpanEncoder(RESOURCE, SCOPE), ExportSettings(url, batch_spans=5), count=counts
+        )
+        record_spans(SpanRecorder(None, RESOURCE, lambda: 1.0, exporter=exporter))
+        field = exporter.encoder.field
+        broken = exporter._queued[1]
+
+        def failing(span: Any) -> bytes:
+            if span is broken:
+                raise ValueError("a bug")
+            return field(span)
+
+        monkeypatch.setattr(exporter.encoder, "field", failing)
+        task = asyncio.create_task(exporter.run())
+        await posts(handler, 2)
+        task.cancel()
+        await exporter.close()
+    assert batch_sizes(handler) == [4, 5, 3]
+    assert counts == {"exported": 12, "export_failed": 1}
+    assert "dropped a span that could not be encoded" in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_a_flush_during_an_export_posts_and_counts_each_span_once():
+    counts = SpanCounts()
+    with collector() as (url, handler):
+        exporter = OtlpExporter(
+            SpanEncoder(RESOURCE, SCOPE), ExportSettings(url, batch_spans=5), count=counts
+        )
+        record_spans(SpanRecorder(None, RESOURCE, lambda: 1.0, exporter=exporter))
+        export = asyncio.create_task(exporter._export(partial=True))
+        await asyncio.sleep(0)  # the export took its first batch and awaits its post
+        await exporter.flush()
+        await export
+        await exporter.close()
+    assert sorted(batch_sizes(handler)) == [3, 5, 5]
+    assert counts == {"exported": 13}
 
 
 def test_a_queue_past_its_limit_drops_and_counts_new_spans():
