@@ -106,7 +106,9 @@ class Sidecar(Values):
         default=512, ge=1, description="Spans in one export request at most."
     )
     otlp_schedule_delay_ms: int = Field(
-        default=1000, ge=1, description="How often a sidecar posts whatever spans are queued."
+        default=1000,
+        ge=1,
+        description="How long a sidecar holds a partial batch of spans before posting it.",
     )
     otlp_max_queued_spans: int = Field(
         default=8192,
