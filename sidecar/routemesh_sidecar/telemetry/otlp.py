@@ -430,7 +430,11 @@ class OtlpExporter:
         while (take := min(size, due, len(self._queued))) > 0:
             batch, self._queued = self._queued[:take], self._queued[take:]
             due -= take
-            body, encoded = await self._encode(batch)
+            try:
+                body, encoded = await self._encode(batch)
+            except asyncio.CancelledError:  # stopping: `close` posts the batch, not sent yet
+                self._queued[:0] = batch
+                raise
             if encoded:
                 await self._send(body, encoded)
 

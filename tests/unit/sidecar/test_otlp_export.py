@@ -444,6 +444,32 @@ async def test_a_flush_during_an_export_posts_and_counts_each_span_once():
     assert counts == {"exported": 13}
 
 
+@pytest.mark.asyncio
+async def test_a_batch_being_encoded_when_the_task_stops_is_posted_by_close(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    from routemesh_sidecar.telemetry import otlp
+
+    monkeypatch.setattr(otlp, "_ENCODE_CHUNK", 4)
+    counts = SpanCounts()
+    with collector() as (url, handler):
+        exporter = OtlpExporter(
+            SpanEncoder(RESOURCE, SCOPE), ExportSettings(url, batch_spans=13), count=counts
+        )
+        record_spans(SpanRecorder(None, RESOURCE, lambda: 1.0, exporter=exporter))
+        task = asyncio.create_task(exporter.run())
+        await asyncio.sleep(0)  # woken by the full batch
+        await asyncio.sleep(0)  # the batch left the queue, its first chunk encoded
+        assert exporter._queued == []
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert len(exporter._queued) == 13, "back in the queue, in order"
+        await exporter.close()
+    assert batch_sizes(handler) == [13]
+    assert counts == {"exported": 13}
+
+
 def test_a_queue_past_its_limit_drops_and_counts_new_spans():
     counts = SpanCounts()
     exporter = OtlpExporter(
