@@ -140,13 +140,10 @@ http {{
 """
 
 
-def nginx_conf(tmp: Path, backend_port: int, proxy_port: int) -> str:
-    """One nginx, two servers: the backend (fixed answers, an OTLP sink) and a reverse proxy."""
+def nginx_conf(tmp: Path, backend_port: int, proxy_port: int | None = None) -> str:
+    """The backend's config (fixed answers, an OTLP sink); with `proxy_port`, a proxy's to it."""
     completion = json.dumps(COMPLETION, separators=(",", ":"))
-    return nginx_main(
-        tmp,
-        f"""  keepalive_requests 10000000;
-  upstream backend {{ server 127.0.0.1:{backend_port}; keepalive 64; }}
+    backend = f"""
   server {{
     listen 127.0.0.1:{backend_port} reuseport;
     location = /v1/chat/completions {{ default_type application/json; return 200 '{completion}'; }}
@@ -154,7 +151,8 @@ def nginx_conf(tmp: Path, backend_port: int, proxy_port: int) -> str:
       default_type text/event-stream; return 200 '{_event_stream()}';
     }}
     location = /v1/traces {{ default_type application/x-protobuf; return 200 ''; }}
-  }}
+  }}"""
+    proxy = f"""
   server {{
     listen 127.0.0.1:{proxy_port};
     location / {{
@@ -162,7 +160,12 @@ def nginx_conf(tmp: Path, backend_port: int, proxy_port: int) -> str:
       proxy_http_version 1.1;
       proxy_set_header Connection "";
     }}
-  }}""",
+  }}"""
+    return nginx_main(
+        tmp,
+        f"""  keepalive_requests 10000000;
+  upstream backend {{ server 127.0.0.1:{backend_port}; keepalive 64; }}"""
+        + (backend if proxy_port is None else proxy),
     )
 
 
@@ -182,21 +185,15 @@ def nginx(tmp: Path, name: str, conf: str, port: int, cpu: int) -> Iterator[None
 
 @contextmanager
 def nginx_pair(tmp: Path, backend_port: int, proxy_port: int) -> Iterator[None]:
-    """Start nginx twice from one config: the backend on core 1, the proxy on core 0.
+    """Start two nginx masters: the backend on core 1, the proxy to it on core 0.
 
-    Two masters with the same config would both bind both ports, so each gets its own copy with
-    the other server's `listen` moved to a port nobody uses.
+    Each gets a config with only its own server: a port picked for the other one's unused copy
+    could be one already handed to a target that had not bound it yet (it happened: the floor's
+    port answered as nginx, in one run).
     """
-    conf = nginx_conf(tmp, backend_port, proxy_port)
-    backend_only = conf.replace(
-        f"listen 127.0.0.1:{proxy_port};", f"listen 127.0.0.1:{free_port()};"
-    )
-    proxy_only = conf.replace(
-        f"listen 127.0.0.1:{backend_port} reuseport;", f"listen 127.0.0.1:{free_port()};"
-    )
     with (
-        nginx(tmp, "backend", backend_only, backend_port, 1),
-        nginx(tmp, "proxy", proxy_only, proxy_port, 0),
+        nginx(tmp, "backend", nginx_conf(tmp, backend_port), backend_port, 1),
+        nginx(tmp, "proxy", nginx_conf(tmp, backend_port, proxy_port), proxy_port, 0),
     ):
         yield
 
