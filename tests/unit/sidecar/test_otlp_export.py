@@ -292,6 +292,20 @@ def collector(*statuses: int) -> Iterator[tuple[str, type[Collector]]]:
         thread.join(5)
 
 
+def batch_sizes(handler: type[Collector]) -> list[int]:
+    return [
+        len(ExportTraceServiceRequest.FromString(body).resource_spans[0].scope_spans[0].spans)
+        for _, body in handler.received
+    ]
+
+
+async def posts(handler: type[Collector], count: int) -> None:
+    for _ in range(500):
+        if len(handler.received) >= count:
+            return
+        await asyncio.sleep(0.01)
+
+
 @pytest.mark.asyncio
 async def test_an_export_posts_protobuf_with_the_configured_headers():
     with collector() as (url, handler):
@@ -331,27 +345,10 @@ async def test_a_full_batch_wakes_the_export_task_before_its_interval():
         exporter = exporter_to(url, batch_spans=13, interval_seconds=3600)
         task = asyncio.create_task(exporter.run())
         record_spans(SpanRecorder(None, RESOURCE, lambda: 1.0, exporter=exporter))
-        for _ in range(200):
-            if handler.received:
-                break
-            await asyncio.sleep(0.01)
+        await posts(handler, 1)
         task.cancel()
         await exporter.close()
     assert len(handler.received) == 1
-
-
-def batch_sizes(handler: type[Collector]) -> list[int]:
-    return [
-        len(ExportTraceServiceRequest.FromString(body).resource_spans[0].scope_spans[0].spans)
-        for _, body in handler.received
-    ]
-
-
-async def posts(handler: type[Collector], count: int) -> None:
-    for _ in range(500):
-        if len(handler.received) >= count:
-            return
-        await asyncio.sleep(0.01)
 
 
 @pytest.mark.asyncio
