@@ -11,7 +11,7 @@ import asyncio
 import logging
 import random
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -383,13 +383,19 @@ class Sidecar:
             await self.spans.exporter.close()  # the spans of the last requests go out too
         self.embedding_pool.shutdown(wait=False, cancel_futures=True)
 
-    async def run_forever(self) -> None:
-        """Start, serve until SIGTERM or SIGINT (or cancellation), then drain and stop."""
+    async def run_forever(self, started: Callable[[], None] | None = None) -> None:
+        """Start, serve until SIGTERM or SIGINT (or cancellation), then drain and stop.
+
+        `started` is called once the sidecar is ready to serve (the process entry point
+        freezes what was loaded by then: see `__main__.settle_heap`).
+        """
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stopping.set)
         await self.start()
+        if started is not None:
+            started()
         try:
             await stopping.wait()
             log.info("stopping: draining for up to %g s", self.settings.drain_seconds)
