@@ -186,8 +186,8 @@ class SidecarSettings(BaseSettings):
         "generation (Python's default is 700). At 700 the collector ran about once every 40 "
         "requests under load and promoted the objects of the requests in flight, and of the "
         "spans waiting for export, to older generations, where full collections scanned them "
-        "again with everything loaded at start: 4% of the CPU of a sidecar exporting its spans, "
-        "1.5% of one that did not (docs/benchmarks.md). The objects loaded at start are also "
+        "again with everything loaded at start: 4% of the CPU of a sidecar exporting its spans "
+        "went to the collector, 1.5% of one that did not (docs/benchmarks.md). The objects loaded at start are also "
         "frozen once the sidecar is ready, so that no collection scans them. 0 leaves the "
         "collector as Python sets it, and freezes nothing.",
     )
