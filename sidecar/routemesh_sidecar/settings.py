@@ -187,9 +187,9 @@ class SidecarSettings(BaseSettings):
         "requests under load and promoted the objects of the requests in flight, and of the "
         "spans waiting for export, to older generations, where full collections scanned them "
         "again with everything loaded at start: 4% of the CPU of a sidecar exporting its spans "
-        "went to the collector, 1.5% of one that did not (docs/benchmarks.md). The objects loaded at start are also "
-        "frozen once the sidecar is ready, so that no collection scans them. 0 leaves the "
-        "collector as Python sets it, and freezes nothing.",
+        "went to the collector, 1.5% of one that did not (docs/benchmarks.md). The objects "
+        "loaded at start are also frozen once the sidecar is ready, so that no collection "
+        "scans them. 0 leaves the collector as Python sets it, and freezes nothing.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level of the sidecar's own logs."
