@@ -412,8 +412,12 @@ def shared_core_ratios(
     urls = [targets[numerator], targets[denominator]]
     rates_at_once(urls, script, IN_FLIGHT[-1], 1)  # both warm, and their connections open
     ratios = []
-    for _ in range(SHARED_ROUNDS):
-        mine, theirs = rates_at_once(urls, script, IN_FLIGHT[-1], SHARED_SECONDS)
+    for index in range(SHARED_ROUNDS):
+        # Whose wrk starts first alternates, as in the pairs: no target always leads.
+        if index % 2:
+            theirs, mine = rates_at_once(urls[::-1], script, IN_FLIGHT[-1], SHARED_SECONDS)
+        else:
+            mine, theirs = rates_at_once(urls, script, IN_FLIGHT[-1], SHARED_SECONDS)
         ratios.append(mine / theirs)
     return ratios
 
