@@ -23,8 +23,9 @@ then seconds apart, not a round apart. On this shared host even pairs spread by 
 so the two goals at 16 in flight are also measured with both targets on core 0 at the same
 time, each loaded by its own wrk, for SHARED_ROUNDS rounds: the scheduler halves the core
 between them, their rates' ratio is the inverse of their CPU a request, and the machine's noise
-in a round falls on both. A control runs the sidecar against a second copy of itself, which
-must come out at 1: its median and spread are the method's bias and noise. After the wrk part,
+in a round falls on both. A control runs the sidecar against a second copy of itself, started
+with it and given the same rounds, which must come out at 1: its median and spread are the
+method's bias and noise. After the wrk part,
 the exporting sidecar's
 `/metrics` says how many spans the sink accepted and how many were dropped, so that an export
 that fails (and so costs nothing) cannot pass for a cheap one.
@@ -313,8 +314,8 @@ def sidecar_argv(table: Path, port: int, admin: int | None = None) -> list[str]:
 
 def wrk_targets(tmp: Path, stack: ExitStack) -> tuple[dict[str, str], str]:
     """Start everything the wrk part measures; each target's URL, and the exporter's admin URL."""
-    ports = [free_port() for _ in range(7)]
-    backend, nginx_proxy, floor, sidecar, exporting, streaming, exporting_admin = ports
+    ports = [free_port() for _ in range(8)]
+    backend, nginx_proxy, floor, sidecar, exporting, streaming, exporting_admin, control = ports
     alone = {kind: free_port() for kind in SERVER_ALONE}
     origin = f"http://127.0.0.1:{backend}"
     stack.enter_context(nginx_pair(tmp, backend, nginx_proxy))
@@ -325,6 +326,8 @@ def wrk_targets(tmp: Path, stack: ExitStack) -> tuple[dict[str, str], str]:
     sse_table.write_text(route_table(origin + "/sse"))
     export = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{origin}/v1/traces"}
     stack.enter_context(process(sidecar_argv(plain_table, sidecar), sidecar, 0))
+    # The shared core's control: the same sidecar again, started and loaded alongside it.
+    stack.enter_context(process(sidecar_argv(plain_table, control), control, 0))
     exporting_argv = sidecar_argv(plain_table, exporting, exporting_admin)
     stack.enter_context(process(exporting_argv, exporting, 0, export))
     stack.enter_context(process(sidecar_argv(sse_table, streaming), streaming, 0))
@@ -337,6 +340,7 @@ def wrk_targets(tmp: Path, stack: ExitStack) -> tuple[dict[str, str], str]:
         "nginx as a proxy": f"http://127.0.0.1:{nginx_proxy}{path}",
         FLOOR: f"http://127.0.0.1:{floor}{path}",
         "sidecar": f"http://127.0.0.1:{sidecar}{path}",
+        CONTROL: f"http://127.0.0.1:{control}{path}",
         EXPORTED: f"http://127.0.0.1:{exporting}{path}",
         "floor, streaming": f"http://127.0.0.1:{floor}/sse{path}",
         "sidecar, streaming": f"http://127.0.0.1:{streaming}{path}",
@@ -389,37 +393,52 @@ Shared = dict[tuple[str, str, float | None], list[float]]
 
 
 def rates_at_once(urls: list[str], script: Path, connections: int, seconds: int) -> list[float]:
-    """Each URL's rate with all of them loaded at the same time, a wrk each (core 1)."""
+    """Each URL's rate with all of them loaded at the same time, a wrk each (core 1).
+
+    A run that failed, or whose target answered an error or dropped a connection, stops the
+    benchmark with wrk's output: wrk counts error answers in its rate, so a failing target
+    would read as a fast one.
+    """
     argv = ("taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s")
     runs = [
         subprocess.Popen([*argv, str(script), url], stdout=subprocess.PIPE, text=True)
         for url in urls
     ]
-    outputs = [run.communicate(timeout=seconds * 4 + 10)[0] for run in runs]
-    return [float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)) for out in outputs]  # type: ignore[union-attr]
+    try:
+        outputs = [run.communicate(timeout=seconds * 4 + 10)[0] for run in runs]
+    finally:
+        for run in runs:
+            run.kill()
+            run.wait()
+    rates = []
+    for url, run, out in zip(urls, runs, outputs, strict=True):
+        found = re.search(r"Requests/sec:\s+([\d.]+)", out)
+        if run.returncode != 0 or found is None or wrk_errors(out) or not float(found.group(1)):
+            raise RuntimeError(f"wrk against {url} failed or saw errors:\n{out}")
+        rates.append(float(found.group(1)))
+    return rates
 
 
-def shared_core_ratios(
-    targets: dict[str, str], script: Path, numerator: str, denominator: str
-) -> list[float]:
-    """`numerator`'s rate over `denominator`'s while both share core 0, SHARED_ROUNDS times.
+def shared_core_rounds(targets: dict[str, str], script: Path) -> Shared:
+    """Each of SHARED_GOALS' ratios, with both its targets on core 0 at once, SHARED_ROUNDS times.
 
     At 16 in flight each target always has work, so the scheduler gives each half the core and
     the ratio of their rates is the inverse ratio of their CPU a request, with the machine's
     noise in that round falling on both. (At 1 in flight neither fills the core: not measured
-    this way.)
+    this way.) The goals and the control take turns within each round, so that the control
+    sees the same moments of the run as the goals, and whose wrk starts first alternates from
+    round to round, so that no target always leads.
     """
-    urls = [targets[numerator], targets[denominator]]
-    rates_at_once(urls, script, IN_FLIGHT[-1], 1)  # both warm, and their connections open
-    ratios = []
+    shared: Shared = {goal: [] for goal in SHARED_GOALS}
     for index in range(SHARED_ROUNDS):
-        # Whose wrk starts first alternates, as in the pairs: no target always leads.
-        if index % 2:
-            theirs, mine = rates_at_once(urls[::-1], script, IN_FLIGHT[-1], SHARED_SECONDS)
-        else:
-            mine, theirs = rates_at_once(urls, script, IN_FLIGHT[-1], SHARED_SECONDS)
-        ratios.append(mine / theirs)
-    return ratios
+        for goal in SHARED_GOALS:
+            urls = [targets[goal[0]], targets[goal[1]]]
+            if index % 2:
+                theirs, mine = rates_at_once(urls[::-1], script, IN_FLIGHT[-1], SHARED_SECONDS)
+            else:
+                mine, theirs = rates_at_once(urls, script, IN_FLIGHT[-1], SHARED_SECONDS)
+            shared[goal].append(mine / theirs)
+    return shared
 
 
 def measure_wrk(
@@ -428,7 +447,7 @@ def measure_wrk(
     """Each target at each in-flight count, ROUNDS times in turn; the median of each.
 
     Then each goal's pairs (`paired_ratios`), the goals at 16 in flight on a shared core with
-    the control (`shared_core_ratios`), and the exporting sidecar's counters.
+    the control (`shared_core_rounds`), and the exporting sidecar's counters.
     """
     plain = tmp / "post.lua"
     plain.write_text(WRK_SCRIPT.format(body=json.dumps(BODY)))
@@ -449,10 +468,7 @@ def measure_wrk(
                 for connections in IN_FLIGHT:
                     runs.setdefault((name, connections), []).append(wrk(url, script, connections))
         pairs = {goal: paired_ratios(targets, plain, *goal[:3]) for goal in PAIRED_GOALS}
-        control = free_port()
-        stack.enter_context(process(sidecar_argv(tmp / "table.json", control), control, 0))
-        targets[CONTROL] = f"http://127.0.0.1:{control}/v1/chat/completions"
-        shared = {goal: shared_core_ratios(targets, plain, *goal[:2]) for goal in SHARED_GOALS}
+        shared = shared_core_rounds(targets, plain)
         counts = export_counts(exporting_admin)
     return (
         pairs,

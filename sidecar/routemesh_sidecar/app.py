@@ -275,8 +275,13 @@ class Sidecar:
         dump["health"] = self.health.snapshot()
         return dump
 
-    async def start(self) -> None:
-        """Load the route table, then bind the listeners and start the source's watch."""
+    async def start(self, before_listening: Callable[[], None] | None = None) -> None:
+        """Load the route table, then bind the listeners and start the source's watch.
+
+        `before_listening` is called once everything but the downstream listener has started,
+        with no request in flight or waiting (the process entry point freezes what start-up
+        loaded then: see `__main__.settle_heap`).
+        """
         self._started = True
         tokenizers = await self._tokenizers()
         if tokenizers is not None:  # before the first table, which may name GPT-4
@@ -316,6 +321,8 @@ class Sidecar:
             self.semantic,
             self.learned,
         )
+        if before_listening is not None:
+            before_listening()
         listener = Listener(parts).server()
         self.listen_port = await listener.start(
             self.settings.listen_host, self.settings.listen_port
@@ -383,19 +390,16 @@ class Sidecar:
             await self.spans.exporter.close()  # the spans of the last requests go out too
         self.embedding_pool.shutdown(wait=False, cancel_futures=True)
 
-    async def run_forever(self, started: Callable[[], None] | None = None) -> None:
+    async def run_forever(self, before_listening: Callable[[], None] | None = None) -> None:
         """Start, serve until SIGTERM or SIGINT (or cancellation), then drain and stop.
 
-        `started` is called once the sidecar is ready to serve (the process entry point
-        freezes what was loaded by then: see `__main__.settle_heap`).
+        `before_listening` goes to `start`.
         """
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stopping.set)
-        await self.start()
-        if started is not None:
-            started()
+        await self.start(before_listening)
         try:
             await stopping.wait()
             log.info("stopping: draining for up to %g s", self.settings.drain_seconds)

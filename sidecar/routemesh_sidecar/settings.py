@@ -182,14 +182,15 @@ class SidecarSettings(BaseSettings):
     gc_young_threshold: int = Field(
         default=10_000,
         ge=0,
-        description="Allocations of container objects between two collections of the youngest "
-        "generation (Python's default is 700). At 700 the collector ran about once every 40 "
-        "requests under load and promoted the objects of the requests in flight, and of the "
-        "spans waiting for export, to older generations, where full collections scanned them "
-        "again with everything loaded at start: 4% of the CPU of a sidecar exporting its spans "
-        "went to the collector, 1.5% of one that did not (docs/benchmarks.md). The objects "
-        "loaded at start are also frozen once the sidecar is ready, so that no collection "
-        "scans them. 0 leaves the collector as Python sets it, and freezes nothing.",
+        description="Allocations of container objects (net of those freed) between two "
+        "collections of the youngest generation (Python's default is 700). At 700 the "
+        "collector ran every 30 to 70 requests under load, promoted the objects of the requests "
+        "in flight and of the spans waiting for export to older generations, and its full "
+        "collections walked everything loaded at start: 4% of the CPU of a sidecar exporting "
+        "its spans went to the collector, 1.5% of one that did not (docs/benchmarks.md). What "
+        "is alive once the sidecar has started is also frozen, just before its listener binds, "
+        "so that no collection scans it again. 0 leaves the collector as Python sets it, and "
+        "freezes nothing.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level of the sidecar's own logs."
