@@ -336,6 +336,43 @@ def test_stream_broken_after_the_first_chunk_ends_with_an_error_the_client_sees(
     assert attempts[-1].attributes["error.type"] == "stream_broken"
 
 
+def test_an_app_gone_while_the_streams_error_is_written_still_gets_its_records(
+    sidecar: SidecarThread, upstreams, otlp: OTLPReceiver, monkeypatch: pytest.MonkeyPatch
+):
+    """The server cancels the handler of an app that left; here that lands on the error's write.
+
+    The cancellation goes on up, but only after the spans, the cost and the counts are done.
+    """
+    import asyncio
+    import urllib.request
+
+    from routemesh_sidecar.listener import proxy
+
+    async def app_gone_during_the_write(*_: object) -> None:
+        raise asyncio.CancelledError
+
+    monkeypatch.setattr(proxy, "_write_terminal_error", app_gone_during_the_write)
+    primary, _ = upstreams
+    otlp.clear()
+    primary.script(BreakStream(after_chunks=2))
+    with pytest.raises(openai.APIError), client(sidecar) as c:
+        for _chunk in c.chat.completions.create(
+            model="any", messages=[{"role": "user", "content": "hi"}], stream=True
+        ):
+            pass
+    span, attempts = route_span(otlp, sidecar)
+    assert span.attributes["error.type"] == "stream_broken"
+    event_names = [name for name, _ in span.events]
+    assert "routemesh.stream.broken" in event_names
+    assert "routemesh.downstream.closed" in event_names
+    assert span.attributes["routemesh.cost.usd"] > 0, "what was streamed is still billed"
+    assert attempts[-1].attributes["error.type"] == "stream_broken"
+    with urllib.request.urlopen(sidecar.admin_url + "/metrics", timeout=5) as response:  # noqa: S310
+        text = response.read().decode()
+    counted = 'routemesh_requests_total{backend="primary",code="200",model="m",route="chat"} 1.0'
+    assert counted in text
+
+
 def test_metrics_count_attempts_and_errors_by_class(sidecar: SidecarThread, upstreams):
     import urllib.request
 

@@ -492,14 +492,8 @@ class Listener:
         except Exception as exc:  # any other failure after the first byte ends the stream
             error_class = getattr(exc, "error_class", "stream_broken")
             message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-            log.warning(
-                "stream from %s broke after the first byte: %s",
-                outcome.target.backend_name,
-                message,
-            )
-            self.parts.metrics.of(self.parts.metrics.errors, "stream_broken").inc()
-            trace.event("routemesh.stream.broken", {"routemesh.error.message": message})
-            await _write_terminal_error(response, call.api, message)
+            left = await self._stream_broke(response, call.api, trace, outcome, message)
+            downstream_gone = cancelled = left
         if not recorded:  # nothing was written: the app left, or the stream broke at once
             self._record_answered(decision, outcome, limits, first_byte_seconds)
         usage, counted = stream.usage, {}
@@ -526,6 +520,27 @@ class Listener:
         if not downstream_gone:  # a gone downstream's connection is the server's to close
             await response.end()
         return response
+
+    async def _stream_broke(
+        self, response: StreamAnswer, api: Api, trace: RequestTrace, outcome: Outcome, message: str
+    ) -> bool:
+        """Log and count a stream broken after its first byte, and end it with an error event.
+
+        True when the app left while that event was written to it (the server cancels the
+        handler then): the caller finishes the request's records first, then re-raises.
+        """
+        log.warning(
+            "stream from %s broke after the first byte: %s", outcome.target.backend_name, message
+        )
+        self.parts.metrics.of(self.parts.metrics.errors, "stream_broken").inc()
+        trace.event("routemesh.stream.broken", {"routemesh.error.message": message})
+        try:
+            await _write_terminal_error(response, api, message)
+        except asyncio.CancelledError:
+            reason = {"routemesh.error.message": "while the stream's error was written"}
+            trace.event("routemesh.downstream.closed", reason)
+            return True
+        return False
 
     def _downstream_gone(self, trace: RequestTrace, backend: str | None, reason: str) -> None:
         """The app closed its connection before its answer ended: its doing, not the upstream's.
