@@ -25,10 +25,9 @@ time, each loaded by its own wrk, for SHARED_ROUNDS rounds: the scheduler halves
 between them, their rates' ratio is the inverse of their CPU a request, and the machine's noise
 in a round falls on both. A control runs the sidecar against a second copy of itself, started
 with it and given the same rounds, which must come out at 1: its median and spread are the
-method's bias and noise. After the wrk part,
-the exporting sidecar's
-`/metrics` says how many spans the sink accepted and how many were dropped, so that an export
-that fails (and so costs nothing) cannot pass for a cheap one.
+method's bias and noise. After the wrk part, the exporting sidecar's `/metrics` says how many
+spans the sink accepted and how many were dropped, so that an export that fails (and so costs
+nothing) cannot pass for a cheap one.
 
 A second part times streams: a fake provider (core 1) sends content events GAP_MS apart, and a
 client here records when each event arrives, directly, through the floor and through the sidecar:
@@ -266,13 +265,26 @@ def _percentile(output: str, percent: str) -> float:
     return _micros(found.group(1))
 
 
+def wrk_argv(url: str, script: Path, connections: int, seconds: int, *flags: str) -> list[str]:
+    """One wrk run against `url`, pinned to core 1 with the backend."""
+    return [
+        *("taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s"),
+        *("--latency", *flags, "-s", str(script), url),
+    ]
+
+
+def wrk_rate(output: str) -> float:
+    """The requests a second wrk printed."""
+    found = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    if found is None:
+        raise RuntimeError(f"no rate in wrk's output:\n{output}")
+    return float(found.group(1))
+
+
 def wrk_output(url: str, script: Path, connections: int, seconds: int, *flags: str) -> str:
     """What one wrk run against `url` prints, wrk pinned to core 1 with the backend."""
     return subprocess.run(
-        [
-            *("taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s"),
-            *("--latency", *flags, "-s", str(script), url),
-        ],
+        wrk_argv(url, script, connections, seconds, *flags),
         capture_output=True,
         text=True,
         check=True,
@@ -293,9 +305,8 @@ def wrk_errors(output: str) -> int:
 def wrk(url: str, script: Path, connections: int) -> WrkResult:
     """One wrk run against `url` for SECONDS: its rate, p50, p99 and errors."""
     out = wrk_output(url, script, connections, SECONDS)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50, p99 = (_percentile(out, p) for p in ("50", "99"))
-    return WrkResult(rps, p50, p99, wrk_errors(out))
+    return WrkResult(wrk_rate(out), p50, p99, wrk_errors(out))
 
 
 def require_tools() -> None:
@@ -399,9 +410,10 @@ def rates_at_once(urls: list[str], script: Path, connections: int, seconds: int)
     benchmark with wrk's output: wrk counts error answers in its rate, so a failing target
     would read as a fast one.
     """
-    argv = ("taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s")
     runs = [
-        subprocess.Popen([*argv, str(script), url], stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            wrk_argv(url, script, connections, seconds), stdout=subprocess.PIPE, text=True
+        )
         for url in urls
     ]
     try:
@@ -410,12 +422,12 @@ def rates_at_once(urls: list[str], script: Path, connections: int, seconds: int)
         for run in runs:
             run.kill()
             run.wait()
-    rates = []
     for url, run, out in zip(urls, runs, outputs, strict=True):
-        found = re.search(r"Requests/sec:\s+([\d.]+)", out)
-        if run.returncode != 0 or found is None or wrk_errors(out) or not float(found.group(1)):
+        if run.returncode != 0 or wrk_errors(out):
             raise RuntimeError(f"wrk against {url} failed or saw errors:\n{out}")
-        rates.append(float(found.group(1)))
+    rates = [wrk_rate(out) for out in outputs]
+    if not all(rates):
+        raise RuntimeError(f"a target served nothing: {dict(zip(urls, rates, strict=True))}")
     return rates
 
 
@@ -432,12 +444,11 @@ def shared_core_rounds(targets: dict[str, str], script: Path) -> Shared:
     shared: Shared = {goal: [] for goal in SHARED_GOALS}
     for index in range(SHARED_ROUNDS):
         for goal in SHARED_GOALS:
-            urls = [targets[goal[0]], targets[goal[1]]]
-            if index % 2:
-                theirs, mine = rates_at_once(urls[::-1], script, IN_FLIGHT[-1], SHARED_SECONDS)
-            else:
-                mine, theirs = rates_at_once(urls, script, IN_FLIGHT[-1], SHARED_SECONDS)
-            shared[goal].append(mine / theirs)
+            numerator, denominator = targets[goal[0]], targets[goal[1]]
+            order = [numerator, denominator] if index % 2 == 0 else [denominator, numerator]
+            rates = rates_at_once(order, script, IN_FLIGHT[-1], SHARED_SECONDS)
+            rate = dict(zip(order, rates, strict=True))
+            shared[goal].append(rate[numerator] / rate[denominator])
     return shared
 
 

@@ -37,6 +37,7 @@ from proxy import (
     sidecar_argv,
     wrk_errors,
     wrk_output,
+    wrk_rate,
 )
 from routemesh_testing.tables import backend, model_info, route, table
 from sidecar_overhead import free_port, process
@@ -189,7 +190,7 @@ def run() -> list[str]:
     os.sched_setaffinity(0, {1})
     with tempfile.TemporaryDirectory() as tmp:
         output, counts, timeline = measure(Path(tmp))
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    rps = wrk_rate(output)
     total = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     errors = wrk_errors(output)
     return [
